@@ -1,0 +1,8 @@
+"""Azure Functions entry point: wiring only. The logic lives in the `shared` package."""
+
+import azure.functions as func
+
+from shared.http_api import bp as identities_http
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(identities_http)

@@ -1,0 +1,240 @@
+"""The Entra ID objects of an automation identity, read and written through Graph."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from typing import Any
+
+from .errors import NeedsOperator
+from .graph import GraphClient, GraphError, literal, path_for_unique_name, retry_while_replicating
+from .model import (
+    APP_OWNER_TAG,
+    EXCHANGE_MANAGE_AS_APP_ROLE_ID,
+    EXCHANGE_RESOURCE_APP_ID,
+    CertificateVersion,
+    KeyCredential,
+    ObservedApplication,
+    key_id_for,
+)
+from .record import format_time, parse_time
+
+APP_FIELDS = "id,appId,uniqueName,tags,keyCredentials,requiredResourceAccess,signInAudience"
+EXCHANGE_PERMISSION = {
+    "resourceAppId": EXCHANGE_RESOURCE_APP_ID,
+    "resourceAccess": [{"id": EXCHANGE_MANAGE_AS_APP_ROLE_ID, "type": "Role"}],
+}
+
+
+def _not_replicated_principal(exc: GraphError) -> bool:
+    # A principal created moments ago: Graph answers 400/404 naming a missing object (REFERENCE.md).
+    text = f"{exc.code} {exc.message}".lower()
+    return exc.status in (400, 404) and (
+        exc.code == "Request_ResourceNotFound" or "does not exist" in text or "not found" in text
+        or "NoBackingApplicationObject" in exc.detail_codes
+    )
+
+
+def _no_backing_application(exc: GraphError) -> bool:
+    return exc.status == 400 and "NoBackingApplicationObject" in exc.detail_codes
+
+
+def key_credential_from_graph(entry: dict[str, Any]) -> KeyCredential:
+    thumbprint = None
+    if entry.get("key"):
+        thumbprint = hashlib.sha1(base64.b64decode(entry["key"])).hexdigest().upper()  # noqa: S324 - X.509 thumbprint
+    return KeyCredential(
+        key_id=str(entry["keyId"]), start=parse_time(entry["startDateTime"]), end=parse_time(entry["endDateTime"]),
+        thumbprint=thumbprint, display_name=entry.get("displayName"),
+    )
+
+
+def application_from_graph(app: dict[str, Any]) -> ObservedApplication:
+    declares = any(
+        r.get("resourceAppId") == EXCHANGE_RESOURCE_APP_ID
+        and any(a.get("id") == EXCHANGE_MANAGE_AS_APP_ROLE_ID and a.get("type") == "Role"
+                for a in r.get("resourceAccess", []))
+        for r in app.get("requiredResourceAccess") or []
+    )
+    tags = tuple(app.get("tags") or ())
+    return ObservedApplication(
+        object_id=app["id"], app_id=app["appId"], owned=APP_OWNER_TAG in tags, tags=tags,
+        key_credentials=tuple(key_credential_from_graph(k) for k in app.get("keyCredentials") or []),
+        declares_exchange_permission=declares, sign_in_audience=app.get("signInAudience", ""),
+    )
+
+
+def key_credential_entry(identity: str, version: CertificateVersion, der: bytes) -> dict[str, Any]:
+    return {
+        "keyId": key_id_for(version.thumbprint),
+        "type": "AsymmetricX509Cert",
+        "usage": "Verify",
+        "key": base64.b64encode(der).decode(),
+        # Exactly the certificate's window in UTC: anything else is refused (REFERENCE.md).
+        "startDateTime": format_time(version.not_before),
+        "endDateTime": format_time(version.not_after),
+        "displayName": f"exo-automation {identity} {version.version}"[:90],
+    }
+
+
+class DirectoryGateway:
+    def __init__(self, graph: GraphClient) -> None:
+        self.graph = graph
+        self._exchange_sp_id: str | None = None
+
+    async def exchange_service_principal_id(self) -> str:
+        if self._exchange_sp_id is None:
+            sp = await self.graph.get_optional(
+                f"/servicePrincipals(appId={literal(EXCHANGE_RESOURCE_APP_ID)})", {"$select": "id"})
+            if sp is None:
+                raise NeedsOperator("the Office 365 Exchange Online service principal does not exist in this "
+                                    "tenant; Exchange Online must be provisioned first", reason="ExchangeMissing")
+            self._exchange_sp_id = str(sp["id"])
+        return self._exchange_sp_id
+
+    # -- application ------------------------------------------------------------------------------
+    async def find_application(self, unique_name: str) -> dict[str, Any] | None:
+        return await self.graph.get_optional(path_for_unique_name(unique_name), {"$select": APP_FIELDS})
+
+    async def upsert_application(self, unique_name: str, display_name: str,
+                                 existing: dict[str, Any] | None) -> dict[str, Any]:
+        """Create the app, or repair it, keeping tags and permissions that others added."""
+        tags = list((existing or {}).get("tags") or [])
+        if APP_OWNER_TAG not in tags:
+            tags.append(APP_OWNER_TAG)
+        access = [r for r in (existing or {}).get("requiredResourceAccess") or []
+                  if r.get("resourceAppId") != EXCHANGE_RESOURCE_APP_ID]
+        exchange = next((r for r in (existing or {}).get("requiredResourceAccess") or []
+                         if r.get("resourceAppId") == EXCHANGE_RESOURCE_APP_ID), None)
+        merged = dict(EXCHANGE_PERMISSION) if exchange is None else {
+            "resourceAppId": EXCHANGE_RESOURCE_APP_ID,
+            "resourceAccess": [a for a in exchange.get("resourceAccess", [])
+                               if a.get("id") != EXCHANGE_MANAGE_AS_APP_ROLE_ID]
+            + EXCHANGE_PERMISSION["resourceAccess"],  # type: ignore[operator]
+        }
+        body = {
+            "displayName": display_name if existing is None else existing.get("displayName", display_name),
+            "signInAudience": "AzureADMyOrg",
+            "tags": tags,
+            "requiredResourceAccess": [*access, merged],
+        }
+        if existing is None:
+            body["displayName"] = display_name
+        # uniqueName is an alternate key: concurrent upserts of one name yield one application.
+        response = await self.graph.request("PATCH", path_for_unique_name(unique_name), json=body,
+                                            headers={"Prefer": "create-if-missing"})
+        if response.status_code == 201 and response.content:
+            created: dict[str, Any] = response.json()
+            return created
+        app = await retry_while_replicating(lambda: self._must_find(unique_name),
+                                            lambda e: e.status == 404, budget_seconds=60)
+        return app
+
+    async def _must_find(self, unique_name: str) -> dict[str, Any]:
+        return await self.graph.get_json(path_for_unique_name(unique_name), {"$select": APP_FIELDS})
+
+    async def key_credentials_with_keys(self, app_object_id: str) -> list[dict[str, Any]]:
+        # `key` is only returned for a single object with $select=keyCredentials (REFERENCE.md).
+        app = await self.graph.get_json(f"/applications/{app_object_id}", {"$select": "keyCredentials"})
+        return list(app.get("keyCredentials") or [])
+
+    async def replace_key_credentials(self, app_object_id: str, entries: list[dict[str, Any]]) -> None:
+        await self.graph.request("PATCH", f"/applications/{app_object_id}", json={"keyCredentials": entries})
+
+    async def delete_application(self, app_object_id: str) -> None:
+        await self._delete(f"/applications/{app_object_id}")
+
+    # -- service principal ------------------------------------------------------------------------
+    async def find_service_principal(self, app_id: str) -> dict[str, Any] | None:
+        return await self.graph.get_optional(f"/servicePrincipals(appId={literal(app_id)})",
+                                             {"$select": "id,appId"})
+
+    async def create_service_principal(self, app_id: str) -> dict[str, Any]:
+        async def create() -> dict[str, Any]:
+            try:
+                response = await self.graph.request("POST", "/servicePrincipals", json={"appId": app_id})
+            except GraphError as exc:
+                if exc.status in (400, 409) and not _no_backing_application(exc):
+                    existing = await self.find_service_principal(app_id)
+                    if existing is not None:  # created concurrently by another run
+                        return existing
+                raise
+            created: dict[str, Any] = response.json()
+            return created
+
+        return await retry_while_replicating(create, _no_backing_application)
+
+    async def delete_service_principal(self, sp_id: str) -> None:
+        await self._delete(f"/servicePrincipals/{sp_id}")
+
+    # -- consent ----------------------------------------------------------------------------------
+    async def find_consent(self, sp_id: str) -> str | None:
+        exchange_sp = await self.exchange_service_principal_id()
+        assignments = await self.graph.collect(f"/servicePrincipals/{sp_id}/appRoleAssignments",
+                                               {"$select": "id,appRoleId,resourceId"})
+        for assignment in assignments:
+            if (assignment.get("resourceId") == exchange_sp
+                    and assignment.get("appRoleId") == EXCHANGE_MANAGE_AS_APP_ROLE_ID):
+                return str(assignment["id"])
+        return None
+
+    async def grant_consent(self, sp_id: str) -> str:
+        exchange_sp = await self.exchange_service_principal_id()
+        body = {"principalId": sp_id, "resourceId": exchange_sp, "appRoleId": EXCHANGE_MANAGE_AS_APP_ROLE_ID}
+
+        async def grant() -> str:
+            try:
+                response = await self.graph.request("POST", f"/servicePrincipals/{exchange_sp}/appRoleAssignedTo",
+                                                    json=body)
+            except GraphError as exc:
+                # "Permission being assigned already exists": another run got there first.
+                if exc.status == 400 and "already exists" in exc.message.lower():
+                    existing = await self.find_consent(sp_id)
+                    if existing is not None:
+                        return existing
+                raise
+            return str(response.json()["id"])
+
+        return await retry_while_replicating(grant, _not_replicated_principal)
+
+    async def revoke_consent(self, assignment_id: str) -> None:
+        exchange_sp = await self.exchange_service_principal_id()
+        await self._delete(f"/servicePrincipals/{exchange_sp}/appRoleAssignedTo/{assignment_id}")
+
+    # -- directory roles --------------------------------------------------------------------------
+    async def role_assignments(self, sp_id: str) -> dict[str, str]:
+        items = await self.graph.collect("/roleManagement/directory/roleAssignments",
+                                         {"$filter": f"principalId eq {literal(sp_id)}",
+                                          "$select": "id,roleDefinitionId,principalId,directoryScopeId"})
+        return {str(a["roleDefinitionId"]): str(a["id"]) for a in items if a.get("directoryScopeId", "/") == "/"}
+
+    async def assign_role(self, sp_id: str, role_id: str) -> str:
+        body = {"roleDefinitionId": role_id, "principalId": sp_id, "directoryScopeId": "/"}
+
+        async def assign() -> str:
+            try:
+                response = await self.graph.request("POST", "/roleManagement/directory/roleAssignments", json=body)
+            except GraphError as exc:
+                if exc.status in (400, 409) and not _not_replicated_principal(exc):
+                    existing = (await self.role_assignments(sp_id)).get(role_id)
+                    if existing is not None:  # a concurrent run assigned it
+                        return existing
+                raise
+            return str(response.json()["id"])
+
+        return await retry_while_replicating(assign, _not_replicated_principal)
+
+    async def remove_role_assignment(self, assignment_id: str) -> None:
+        await self._delete(f"/roleManagement/directory/roleAssignments/{assignment_id}")
+
+    async def _delete(self, path: str) -> None:
+        try:
+            await self.graph.request("DELETE", path)
+        except GraphError as exc:
+            if exc.status != 404:  # already gone is what we wanted
+                raise
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

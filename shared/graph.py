@@ -1,0 +1,176 @@
+"""Microsoft Graph access: msgraph-sdk's HTTP pipeline, JSON payloads.
+
+The pipeline is msgraph-core's default middleware (retry honouring `Retry-After` on 429/503/504,
+redirects, telemetry) around an httpx client whose base URL comes from `GRAPH_ENDPOINT`. Payloads
+stay JSON dicts instead of msgraph-sdk's typed models: deserialising the first typed object
+imports the whole model graph (about 0.7 to 2.4 s in a fresh process, msgraph-sdk-python #904/#909),
+which would dominate a Functions cold start. Every call names the fields it needs (`$select`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from .errors import NeedsOperator, Retryable
+from .settings import Settings
+
+T = TypeVar("T")
+
+
+class GraphError(Exception):
+    """A Graph error response; `code` is Graph's error code (branch on it, never on `message`)."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[dict[str, Any]] | None = None,
+                 retry_after: float | None = None, method: str = "", path: str = "") -> None:
+        super().__init__(f"Graph {method} {path} → {status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or []
+        self.retry_after = retry_after
+
+    @property
+    def detail_codes(self) -> set[str]:
+        return {str(d.get("code")) for d in self.details if isinstance(d, dict)}
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 429 or self.status >= 500
+
+    def classified(self) -> Exception:
+        """As one of the product's errors: retryable, or needs an operator."""
+        if self.retryable:
+            return Retryable(f"Microsoft Graph is unavailable or throttling ({self.status} {self.code})",
+                             reason="GraphUnavailable", retry_after=self.retry_after)
+        if self.status == 403:
+            return NeedsOperator(f"Microsoft Graph refused the platform identity: {self.code}: {self.message} "
+                                 "(check the Graph permissions in the README's permission table)",
+                                 reason="GraphPermissionMissing")
+        return NeedsOperator(f"Microsoft Graph refused a request: {self.status} {self.code}: {self.message}",
+                             reason="GraphRequestRefused")
+
+
+class TokenSource:
+    """Anything with azure-identity's async `get_token(scope)`."""
+
+    async def get_token(self, *scopes: str) -> Any: ...
+
+
+def literal(value: str) -> str:
+    """An OData string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+class GraphClient:
+    def __init__(self, settings: Settings, credential: Any, *, http: httpx.AsyncClient | None = None) -> None:
+        self._settings = settings
+        self._credential = credential
+        self._http = http or _default_http(settings)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                      json: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+        token = await self._credential.get_token(self._settings.graph_scope)
+        all_headers = {"Authorization": f"Bearer {token.token}", "Accept": "application/json"}
+        all_headers.update(headers or {})
+        try:
+            response = await self._http.request(method, path, params=params, json=json, headers=all_headers)
+        except httpx.TransportError as exc:
+            raise Retryable(f"Microsoft Graph could not be reached: {type(exc).__name__}",
+                            reason="GraphUnreachable") from exc
+        if response.status_code >= 400:
+            raise _error_from(response, method, path)
+        return response
+
+    async def get_json(self, path: str, params: dict[str, str] | None = None,
+                       headers: dict[str, str] | None = None) -> dict[str, Any]:
+        response = await self.request("GET", path, params=params, headers=headers)
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def get_optional(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any] | None:
+        try:
+            return await self.get_json(path, params)
+        except GraphError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def pages(self, path: str, params: dict[str, str] | None = None,
+                    headers: dict[str, str] | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+        """Each page of a collection, following `@odata.nextLink` (an absolute URL)."""
+        body = await self.get_json(path, params, headers)
+        while True:
+            yield list(body.get("value", []))
+            next_link = body.get("@odata.nextLink")
+            if not next_link:
+                return
+            body = await self.get_json(next_link, None, headers)
+
+    async def collect(self, path: str, params: dict[str, str] | None = None,
+                      headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        async for page in self.pages(path, params, headers):
+            items.extend(page)
+        return items
+
+
+def _default_http(settings: Settings) -> httpx.AsyncClient:
+    from msgraph_core import GraphClientFactory
+
+    client = httpx.AsyncClient(base_url=f"{settings.graph_endpoint}/v1.0", timeout=httpx.Timeout(60.0),
+                               trust_env=True)
+    result: httpx.AsyncClient = GraphClientFactory.create_with_default_middleware(client=client)
+    return result
+
+
+def _error_from(response: httpx.Response, method: str, path: str) -> GraphError:
+    code, message = "UnknownError", response.reason_phrase
+    details: list[dict[str, Any]] = []
+    try:
+        error = response.json().get("error", {})
+        code = str(error.get("code", code))
+        message = str(error.get("message", message))
+        details = error.get("details") or []
+    except ValueError:
+        pass
+    retry_after = None
+    if "retry-after" in response.headers:
+        try:
+            retry_after = float(response.headers["retry-after"])
+        except ValueError:
+            retry_after = None
+    return GraphError(response.status_code, code, message, details, retry_after, method, path.split("?")[0])
+
+
+async def retry_while_replicating(operation: Callable[[], Awaitable[T]], is_replication: Callable[[GraphError], bool],
+                                  *, budget_seconds: float = 180.0, first_delay: float = 0.5) -> T:
+    """Retry `operation` while Graph says a just-created object has not replicated yet.
+
+    Entra ID is eventually consistent: a service principal created a moment ago can be unknown to
+    the next write for seconds to minutes (REFERENCE.md). Bounded, with jittered back-off.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_seconds
+    delay = first_delay
+    while True:
+        try:
+            return await operation()
+        except GraphError as exc:
+            if not is_replication(exc) or loop.time() + delay > deadline:
+                raise
+        await asyncio.sleep(delay * (0.75 + random.random() / 2))
+        delay = min(delay * 2, 15.0)
+
+
+def path_for_unique_name(unique_name: str) -> str:
+    key = quote(literal(unique_name), safe="'")
+    return f"/applications(uniqueName={key})"

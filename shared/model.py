@@ -1,0 +1,94 @@
+"""The observed state of one identity, as gathered from Key Vault and Graph (plain data)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .record import ConnectionRecord
+from .spec import IdentitySpec
+
+OWNER_TAG = "managed-by"
+OWNER_TAG_VALUE = "exo-automation-identities"
+# Graph tags are plain strings; this one marks applications this product created.
+APP_OWNER_TAG = "exo-automation-identities"
+
+EXCHANGE_RESOURCE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
+EXCHANGE_MANAGE_AS_APP_ROLE_ID = "dc50a0fb-09a3-484d-be87-e023b12c6440"
+
+_KEY_ID_NAMESPACE = uuid.UUID("5a1c6f9e-2b0e-4c1f-9a57-0e5d3c8b7a41")
+
+
+def key_id_for(thumbprint: str) -> str:
+    """The keyCredential id this product gives a certificate: stable, so listings identify it
+    without downloading key material, and a repeated add cannot create a second entry."""
+    return str(uuid.uuid5(_KEY_ID_NAMESPACE, thumbprint.upper()))
+
+
+@dataclass(frozen=True)
+class CertificateVersion:
+    version: str
+    thumbprint: str  # upper-case hex SHA-1, as Exchange wants it
+    not_before: dt.datetime
+    not_after: dt.datetime
+    enabled: bool = True
+
+    def valid_at(self, now: dt.datetime) -> bool:
+        return self.enabled and self.not_before <= now < self.not_after
+
+
+@dataclass(frozen=True)
+class ObservedCertificate:
+    owned: bool
+    tags: Mapping[str, str]
+    current: CertificateVersion | None  # newest completed version
+    pending: bool = False  # a create operation is still in progress
+    versions: tuple[CertificateVersion, ...] = ()
+
+    @property
+    def spec(self) -> IdentitySpec | None:
+        if not self.owned or "identity" not in self.tags:
+            return None
+        return IdentitySpec.from_tags(self.tags)
+
+    def version_by_thumbprint(self, thumbprint: str) -> CertificateVersion | None:
+        candidates = [*self.versions, *([self.current] if self.current else [])]
+        return next((c for c in candidates if c.thumbprint == thumbprint), None)
+
+
+@dataclass(frozen=True)
+class KeyCredential:
+    key_id: str
+    start: dt.datetime
+    end: dt.datetime
+    thumbprint: str | None = None  # known when Graph returned the key itself
+    display_name: str | None = None
+
+    def matches(self, thumbprint: str) -> bool:
+        return self.key_id == key_id_for(thumbprint) or self.thumbprint == thumbprint.upper()
+
+
+@dataclass(frozen=True)
+class ObservedApplication:
+    object_id: str
+    app_id: str
+    owned: bool
+    tags: tuple[str, ...]
+    key_credentials: tuple[KeyCredential, ...]
+    declares_exchange_permission: bool
+    sign_in_audience: str = "AzureADMyOrg"
+
+
+@dataclass(frozen=True)
+class Observed:
+    certificate: ObservedCertificate | None = None
+    application: ObservedApplication | None = None
+    service_principal_id: str | None = None
+    consent_assignment_id: str | None = None
+    # roleDefinitionId (template id) -> role assignment id, for our service principal
+    role_assignments: Mapping[str, str] = field(default_factory=dict)
+    record: ConnectionRecord | None = None
+    record_unreadable: bool = False  # the secret exists but is not a v1 record
+    record_owned: bool = True

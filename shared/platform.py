@@ -1,0 +1,82 @@
+"""The composition root: settings → credential → gateways → reconciler, once per event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from .directory import DirectoryGateway
+from .graph import GraphClient
+from .planner import PlanContext
+from .reconciler import Clock, Reconciler, SignInProbe, utc_now
+from .renewal import DEFAULT_RENEWAL_FRACTION, RenewalPolicy
+from .settings import Settings
+from .vault import VaultGateway
+
+
+def renewal_policy(settings: Settings) -> RenewalPolicy:
+    return RenewalPolicy(
+        renew_before=dt.timedelta(days=settings.renew_before_days) if settings.renew_before_days else None,
+        renew_at_fraction=(1 - settings.renew_before_fraction) if settings.renew_before_fraction
+        else DEFAULT_RENEWAL_FRACTION,
+    )
+
+
+def platform_credential(settings: Settings) -> Any:
+    """The platform's own identity: the Function App's managed identity in Azure; az login for an
+    admin running the CLI; the stand-ins' managed-identity endpoint locally."""
+    from azure.identity.aio import DefaultAzureCredential
+
+    return DefaultAzureCredential(
+        managed_identity_client_id=settings.managed_identity_client_id,
+        authority=settings.authority_host,
+        exclude_interactive_browser_credential=True,
+    )
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    credential: Any
+    graph: GraphClient
+    directory: DirectoryGateway
+    vault: VaultGateway
+    reconciler: Reconciler
+
+    @classmethod
+    def create(cls, settings: Settings, *, clock: Clock = utc_now, credential: Any = None) -> Platform:
+        credential = credential or platform_credential(settings)
+        graph = GraphClient(settings, credential)
+        directory = DirectoryGateway(graph)
+        vault = VaultGateway(settings, credential)
+        context = PlanContext(
+            tenant_id=settings.tenant_id, key_vault_url=settings.key_vault_url, policy=renewal_policy(settings),
+            grace=dt.timedelta(hours=settings.rotation_grace_hours), verify_sign_in=settings.verify_sign_in,
+        )
+        probe = SignInProbe(settings.tenant_id, settings.authority_host, settings.exo_scope,
+                            settings.disable_instance_discovery) if settings.verify_sign_in else None
+        return cls(settings, credential, graph, directory, vault, Reconciler(context, vault, directory, probe, clock))
+
+    async def aclose(self) -> None:
+        await self.graph.aclose()
+        await self.vault.aclose()
+        close = getattr(self.credential, "close", None)
+        if close is not None:
+            await close()
+
+
+# Clients hold connections bound to the event loop that opened them; a host runs one loop, tests many.
+_platforms: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Settings, Platform]] = weakref.WeakKeyDictionary()
+
+
+def current_platform(settings: Settings | None = None) -> Platform:
+    settings = settings or Settings.from_environment()
+    loop = asyncio.get_running_loop()
+    per_loop = _platforms.setdefault(loop, {})
+    platform = per_loop.get(settings)
+    if platform is None:
+        platform = per_loop[settings] = Platform.create(settings)
+    return platform

@@ -1,0 +1,54 @@
+"""RFC 9457 problem documents and the status code each product error maps to."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type",
+           500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+
+
+def problem_type(reason: str) -> str:
+    slug = re.sub(r"(?<!^)(?=[A-Z])", "-", reason).lower()
+    return f"urn:exo-automation:problem:{slug}"
+
+
+def problem(status: int, reason: str, detail: str, **extensions: Any) -> dict[str, Any]:
+    document: dict[str, Any] = {"type": problem_type(reason), "title": _TITLES.get(status, "Error"),
+                                "status": status, "detail": detail, "reason": reason}
+    document.update({k: v for k, v in extensions.items() if v is not None})
+    return document
+
+
+def status_for(error: ExoAutomationError) -> int:
+    if isinstance(error, InvalidSpec):
+        return 400
+    if isinstance(error, IdentityNotFound):
+        return 404
+    if isinstance(error, ForeignObject) or error.reason in ("DeletedButRecoverable", "Decommissioning"):
+        return 409
+    if isinstance(error, Retryable):
+        return 503
+    if isinstance(error, NeedsOperator):
+        return 502
+    return 500
+
+
+def problem_for(error: ExoAutomationError, **extensions: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+    status = status_for(error)
+    headers: dict[str, str] = {}
+    if isinstance(error, Retryable):
+        headers["Retry-After"] = str(int(error.retry_after or 30))
+    errors = error.errors if isinstance(error, InvalidSpec) and error.errors else None
+    return status, problem(status, error.reason, error.message, errors=errors, **extensions), headers
+
+
+def dumps(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=False)

@@ -1,0 +1,428 @@
+"""Observe an identity, plan, and apply the plan one small idempotent action at a time.
+
+Nothing here remembers the last run: a crash at any point leaves state that the next run's
+observation and plan complete (DESIGN.md, "one reconciler").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .directory import DirectoryGateway, application_from_graph, key_credential_entry, key_credential_from_graph
+from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
+from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, Observed, ObservedCertificate, key_id_for
+from .planner import (
+    DECOMMISSIONING_TAG,
+    DECOMMISSIONING_VALUE,
+    Action,
+    AddKeyCredential,
+    AssignRole,
+    AwaitCertificate,
+    CreateCertificateVersion,
+    CreateServicePrincipal,
+    DeleteApplication,
+    DeleteCertificate,
+    DeleteConnectionSecret,
+    DeleteServicePrincipal,
+    GrantConsent,
+    MarkDecommissioning,
+    Plan,
+    PlanContext,
+    PublishConnectionRecord,
+    RemoveRoleAssignment,
+    RetireKeyCredential,
+    RevokeConsent,
+    TagCertificate,
+    UpsertApplication,
+    VerifySignIn,
+    desired_certificate_tags,
+    plan_actions,
+    plan_decommission,
+)
+from .record import ConnectionRecord, format_time
+from .spec import IdentityNames, IdentitySpec
+from .vault import VaultGateway
+
+log = logging.getLogger("exo_automation.reconciler")
+
+Clock = Callable[[], dt.datetime]
+MAX_TAG = 256
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class ActionOutcome:
+    action: Action
+    result: str = "Succeeded"
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    name: str
+    operation: str
+    plan: Plan
+    dry_run: bool = False
+    executed: list[ActionOutcome] = field(default_factory=list)
+    error: ExoAutomationError | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.executed)
+
+
+class SignInProbe:
+    """Proves a certificate can obtain an Exchange token (Entra validated it against the app)."""
+
+    def __init__(self, tenant_id: str, authority_host: str, scope: str, disable_instance_discovery: bool,
+                 budget_seconds: float = 120.0) -> None:
+        self.tenant_id = tenant_id
+        self.authority_host = authority_host
+        self.scope = scope
+        self.disable_instance_discovery = disable_instance_discovery
+        self.budget_seconds = budget_seconds
+
+    async def prove(self, app_id: str, pfx: bytes) -> None:
+        from azure.core.exceptions import ClientAuthenticationError
+        from azure.identity.aio import CertificateCredential
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget_seconds
+        delay = 1.0
+        while True:
+            credential = CertificateCredential(
+                self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
+                disable_instance_discovery=self.disable_instance_discovery,
+            )
+            try:
+                async with credential:
+                    await credential.get_token(self.scope)
+                return
+            except ClientAuthenticationError as exc:
+                # A key added seconds ago is not yet known everywhere (observed: 4-18 s).
+                if loop.time() + delay > deadline:
+                    raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
+                                    f"({_first_line(str(exc))})", reason="SignInNotYetPossible") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0][:200] if text.strip() else ""
+
+
+class Reconciler:
+    def __init__(self, context: PlanContext, vault: VaultGateway, directory: DirectoryGateway,
+                 probe: SignInProbe | None, clock: Clock = utc_now) -> None:
+        self.context = context
+        self.vault = vault
+        self.directory = directory
+        self.probe = probe
+        self.clock = clock
+
+    # -- observation -----------------------------------------------------------------------------
+    async def observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
+        cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
+        record_task = asyncio.create_task(self.vault.read_record(names.connection_secret))
+        app_raw = await self.directory.find_application(names.unique_name)
+        observed = Observed()
+        if app_raw is not None:
+            app = application_from_graph(app_raw)
+            observed = dataclasses.replace(observed, application=app)
+            if app.owned:
+                sp = await self.directory.find_service_principal(app.app_id)
+                if sp is not None:
+                    sp_id = str(sp["id"])
+                    consent, roles = await asyncio.gather(self.directory.find_consent(sp_id),
+                                                          self.directory.role_assignments(sp_id))
+                    observed = dataclasses.replace(observed, service_principal_id=sp_id,
+                                                   consent_assignment_id=consent, role_assignments=roles)
+        cert = await cert_task
+        record, unreadable, record_owned = await record_task
+        if cert is not None and cert.owned and observed.application is not None \
+                and len(observed.application.key_credentials) > 1:
+            # Retirement needs to know which older keys are ours: only worth a listing when there are several.
+            cert = dataclasses.replace(cert, versions=await self.vault.certificate_versions(names.certificate))
+        observed = dataclasses.replace(observed, certificate=cert, record=record, record_unreadable=unreadable,
+                                       record_owned=record_owned)
+        return observed, app_raw
+
+    # -- operations -------------------------------------------------------------------------------
+    async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
+                        operation: str = "reconcile") -> RunResult:
+        observed, app_raw = await self.observe(spec.names)
+        plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate)
+        result = RunResult(spec.name, operation, plan, dry_run=dry_run)
+        if plan.blocked:
+            first = plan.blocked[0]
+            result.error = ForeignObject(first.message) if first.reason == "ForeignObject" else \
+                NeedsOperator(first.message, reason=first.reason)
+            return result
+        if dry_run or not plan.actions:
+            return result
+        executor = _Executor(self, spec, observed, app_raw)
+        await self._run(executor, plan.actions, result)
+        await executor.record_outcome(result)
+        return result
+
+    async def decommission(self, name: str, *, dry_run: bool = False) -> RunResult:
+        names = IdentityNames(name)
+        observed, app_raw = await self.observe(names)
+        cert = observed.certificate
+        nothing_there = cert is None and observed.application is None and observed.record is None \
+            and not observed.record_unreadable
+        if nothing_there:
+            raise IdentityNotFound(f"no automation identity named {name!r}")
+        spec = cert.spec if cert is not None else None
+        plan = plan_decommission(observed, spec)
+        result = RunResult(name, "decommission", plan, dry_run=dry_run)
+        if plan.blocked:
+            result.error = ForeignObject(plan.blocked[0].message)
+            return result
+        if dry_run:
+            return result
+        executor = _Executor(self, spec, observed, app_raw, names=names)
+        await self._run(executor, plan.actions, result)
+        return result
+
+    async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
+        for action in actions:
+            try:
+                detail = await executor.execute(action)
+            except ExoAutomationError as exc:
+                result.executed.append(ActionOutcome(action, exc.reason, exc.message))
+                result.error = exc
+                log.warning("identity=%s action=%s result=%s detail=%s", result.name, action.kind, exc.reason,
+                            exc.message)
+                return
+            result.executed.append(ActionOutcome(action, "Succeeded", detail))
+            log.info("identity=%s action=%s result=Succeeded detail=%s", result.name, action.kind, detail)
+
+
+class _Executor:
+    """Applies actions, keeping the ids each one produces for the ones after it."""
+
+    def __init__(self, reconciler: Reconciler, spec: IdentitySpec | None, observed: Observed,
+                 app_raw: dict[str, Any] | None, names: IdentityNames | None = None) -> None:
+        self.r = reconciler
+        self.spec = spec
+        self.names = names or (spec.names if spec else None)
+        assert self.names is not None
+        self.observed = observed
+        self.app_raw = app_raw
+
+    @property
+    def current(self) -> CertificateVersion:
+        cert = self.observed.certificate
+        if cert is None or cert.current is None:
+            raise NeedsOperator("no certificate version to work with", reason="CertificateMissing")
+        return cert.current
+
+    def _set_current(self, version: CertificateVersion, tags: dict[str, str]) -> None:
+        self.observed = dataclasses.replace(
+            self.observed, certificate=ObservedCertificate(owned=True, tags=tags, current=version))
+
+    def _resolve(self, thumbprint: str | None) -> CertificateVersion:
+        current = self.current
+        if thumbprint is not None and current.thumbprint != thumbprint:
+            raise NeedsOperator("the certificate changed during the run", reason="ConcurrentChange")
+        return current
+
+    def _app(self) -> tuple[str, str]:
+        app = self.observed.application
+        if app is None:
+            raise NeedsOperator("the app registration is missing", reason="ApplicationMissing")
+        return app.object_id, app.app_id
+
+    def _sp(self) -> str:
+        if self.observed.service_principal_id is None:
+            raise NeedsOperator("the service principal is missing", reason="ServicePrincipalMissing")
+        return self.observed.service_principal_id
+
+    async def execute(self, action: Action) -> str:
+        names = self.names
+        assert names is not None
+        vault, directory = self.r.vault, self.r.directory
+        match action:
+            case CreateCertificateVersion() | AwaitCertificate():
+                assert self.spec is not None
+                tags = desired_certificate_tags(self.spec)
+                if isinstance(action, AwaitCertificate):
+                    version = await vault.await_pending(names.certificate)
+                else:
+                    version = await vault.create_certificate_version(names.certificate, self.spec, tags)
+                self._set_current(version, tags)
+                return f"version {version.version} thumbprint {version.thumbprint}"
+            case TagCertificate():
+                return "tags are written with the outcome"
+            case UpsertApplication():
+                app = await directory.upsert_application(names.unique_name, names.display_name, self.app_raw)
+                self.app_raw = app
+                self.observed = dataclasses.replace(self.observed, application=application_from_graph(app))
+                return f"appId {app['appId']}"
+            case CreateServicePrincipal():
+                _, app_id = self._app()
+                sp = await directory.create_service_principal(app_id)
+                self.observed = dataclasses.replace(self.observed, service_principal_id=str(sp["id"]))
+                return f"servicePrincipal {sp['id']}"
+            case GrantConsent():
+                assignment = await directory.grant_consent(self._sp())
+                self.observed = dataclasses.replace(self.observed, consent_assignment_id=assignment)
+                return f"appRoleAssignment {assignment}"
+            case AddKeyCredential(thumbprint=thumbprint):
+                version = self._resolve(thumbprint)
+                return await self._add_key(version)
+            case AssignRole(role_id=role_id, role_name=role_name):
+                assignment = await directory.assign_role(self._sp(), role_id)
+                roles = {**self.observed.role_assignments, role_id: assignment}
+                self.observed = dataclasses.replace(self.observed, role_assignments=roles)
+                return f"{role_name}: roleAssignment {assignment}"
+            case VerifySignIn(thumbprint=thumbprint):
+                version = self._resolve(thumbprint)
+                if self.r.probe is None:
+                    return "skipped (no sign-in probe configured)"
+                _, app_id = self._app()
+                await self.r.probe.prove(app_id, await vault.pfx(names.certificate, version.version))
+                return f"{version.thumbprint} obtained an Exchange token"
+            case PublishConnectionRecord(clear_previous=clear_previous):
+                record = self._record(clear_previous)
+                await vault.publish_record(names.connection_secret, record)
+                self.observed = dataclasses.replace(self.observed, record=record)
+                return f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}"
+            case RetireKeyCredential(key_id=key_id, thumbprint=thumbprint):
+                return await self._retire_key(key_id, thumbprint)
+            case MarkDecommissioning():
+                cert = self.observed.certificate
+                assert cert is not None and cert.current is not None
+                tags = {**cert.tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
+                await vault.update_certificate_tags(names.certificate, cert.current.version, tags)
+                return "marked"
+            case RemoveRoleAssignment(assignment_id=assignment_id):
+                await directory.remove_role_assignment(assignment_id)
+                return assignment_id
+            case RevokeConsent(assignment_id=assignment_id):
+                await directory.revoke_consent(assignment_id)
+                return assignment_id
+            case DeleteServicePrincipal():
+                await directory.delete_service_principal(self._sp())
+                return "deleted"
+            case DeleteApplication():
+                object_id, _ = self._app()
+                await directory.delete_application(object_id)
+                return "deleted"
+            case DeleteConnectionSecret():
+                await vault.delete_secret(names.connection_secret)
+                return "soft-deleted"
+            case DeleteCertificate():
+                await vault.delete_certificate(names.certificate)
+                return "soft-deleted"
+        raise AssertionError(f"no executor for {action.kind}")
+
+    async def _add_key(self, version: CertificateVersion) -> str:
+        names = self.names
+        assert names is not None and self.spec is not None
+        object_id, _ = self._app()
+        der = await self.r.vault.certificate_der(names.certificate, version.version)
+        existing = await self.r.directory.key_credentials_with_keys(object_id)
+        if any(entry.get("keyId") == key_id_for(version.thumbprint) for entry in existing):
+            return "already present"
+        now = self.r.clock()
+        kept = []
+        for entry in existing:
+            if _parse(entry["endDateTime"]) > now:
+                kept.append(_writable(entry))
+            elif not _ours(entry):
+                raise NeedsOperator(
+                    f"the app has an expired key credential this product did not add ({entry.get('keyId')}); "
+                    "Graph refuses any key update while it is there: remove it, then retry",
+                    reason="ForeignExpiredKey")
+        kept.append(key_credential_entry(self.spec.name, version, der))
+        await self.r.directory.replace_key_credentials(object_id, kept)
+        return f"keyId {key_id_for(version.thumbprint)}"
+
+    async def _retire_key(self, key_id: str, thumbprint: str) -> str:
+        object_id, _ = self._app()
+        existing = await self.r.directory.key_credentials_with_keys(object_id)
+        now = self.r.clock()
+        remaining = [e for e in existing if e.get("keyId") != key_id]
+        if len(remaining) == len(existing):
+            return "already removed"
+        if not any(_parse(e["startDateTime"]) <= now < _parse(e["endDateTime"]) for e in remaining):
+            raise NeedsOperator("refusing to remove the last valid key credential", reason="LastValidKey")
+        await self.r.directory.replace_key_credentials(
+            object_id, [_writable(e) for e in remaining if _parse(e["endDateTime"]) > now or not _ours(e)])
+        return f"removed {thumbprint}"
+
+    def _record(self, clear_previous: bool) -> ConnectionRecord:
+        names = self.names
+        assert names is not None and self.spec is not None
+        version = self.current
+        _, app_id = self._app()
+        old = self.observed.record
+        previous_thumbprint = previous_version = None
+        if not clear_previous and old is not None:
+            if old.thumbprint != version.thumbprint and old.not_after > self.r.clock():
+                previous_thumbprint, previous_version = old.thumbprint, old.certificate_version
+            elif old.thumbprint == version.thumbprint:
+                previous_thumbprint, previous_version = old.previous_thumbprint, old.previous_certificate_version
+        return ConnectionRecord(
+            identity=self.spec.name, app_id=app_id, tenant_id=self.r.context.tenant_id,
+            organization=self.spec.organization, key_vault_url=self.r.context.key_vault_url,
+            certificate_name=names.certificate, certificate_version=version.version,
+            thumbprint=version.thumbprint, not_before=version.not_before, not_after=version.not_after,
+            previous_thumbprint=previous_thumbprint, previous_certificate_version=previous_version,
+            updated_at=self.r.clock(),
+        )
+
+    async def record_outcome(self, result: RunResult) -> None:
+        """Write the spec, the ids and the last result to the certificate's tags (Key Vault is the registry)."""
+        cert = self.observed.certificate
+        if cert is None or cert.current is None or self.spec is None:
+            return
+        tags = {**cert.tags, **desired_certificate_tags(self.spec)}
+        app = self.observed.application
+        if app is not None:
+            tags.update(appId=app.app_id, applicationObjectId=app.object_id)
+        if self.observed.service_principal_id:
+            tags["servicePrincipalId"] = self.observed.service_principal_id
+        tags["lastRun"] = format_time(self.r.clock())
+        tags["lastResult"] = "Succeeded" if result.error is None else result.error.reason
+        tags["lastError"] = "" if result.error is None else result.error.message[:MAX_TAG]
+        try:
+            await self.r.vault.update_certificate_tags(self.names.certificate if self.names else "",
+                                                       cert.current.version, tags)
+        except ExoAutomationError as exc:
+            # The outcome is also in the logs; failing the run for a tag would hide the real result.
+            log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
+
+
+def _parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+def _ours(entry: dict[str, Any]) -> bool:
+    """Added by this product: its keyId is the one derived from its own certificate."""
+    thumbprint = key_credential_from_graph(entry).thumbprint
+    return thumbprint is not None and entry.get("keyId") == key_id_for(thumbprint)
+
+
+def _writable(entry: dict[str, Any]) -> dict[str, Any]:
+    """A key credential as sent back in a PATCH: the fields Graph accepts, `key` included."""
+    keep = ("keyId", "type", "usage", "key", "startDateTime", "endDateTime", "displayName", "customKeyIdentifier")
+    return {k: entry[k] for k in keep if entry.get(k) is not None}
+
+
+__all__ = ["OWNER_TAG", "OWNER_TAG_VALUE", "Reconciler", "RunResult", "SignInProbe"]

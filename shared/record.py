@@ -1,0 +1,87 @@
+"""Connection record v1: the JSON document jobs read from the connection secret.
+
+A public contract (README, "Connection record"): fields are only ever added; a reader must ignore
+fields it does not know, and `schemaVersion` changes only for an incompatible change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+CONTENT_TYPE = "application/vnd.exo-automation.connection+json; version=1"
+
+
+def format_time(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    identity: str
+    app_id: str
+    tenant_id: str
+    organization: str
+    key_vault_url: str
+    certificate_name: str
+    certificate_version: str
+    thumbprint: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    previous_thumbprint: str | None
+    previous_certificate_version: str | None
+    updated_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schemaVersion": SCHEMA_VERSION,
+            "identity": self.identity,
+            "appId": self.app_id,
+            "tenantId": self.tenant_id,
+            "organization": self.organization,
+            "keyVaultUrl": self.key_vault_url,
+            "certificateName": self.certificate_name,
+            "certificateVersion": self.certificate_version,
+            "thumbprint": self.thumbprint,
+            "notBefore": format_time(self.not_before),
+            "notAfter": format_time(self.not_after),
+            "previousThumbprint": self.previous_thumbprint,
+            "previousCertificateVersion": self.previous_certificate_version,
+            "updatedAt": format_time(self.updated_at),
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: str) -> ConnectionRecord:
+        """Parse a record; ValueError if it is not a v1 record."""
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("schemaVersion") != SCHEMA_VERSION:
+            raise ValueError("not a v1 connection record")
+        try:
+            return cls(
+                identity=data["identity"], app_id=data["appId"], tenant_id=data["tenantId"],
+                organization=data["organization"], key_vault_url=data["keyVaultUrl"],
+                certificate_name=data["certificateName"], certificate_version=data["certificateVersion"],
+                thumbprint=data["thumbprint"], not_before=parse_time(data["notBefore"]),
+                not_after=parse_time(data["notAfter"]), previous_thumbprint=data.get("previousThumbprint"),
+                previous_certificate_version=data.get("previousCertificateVersion"),
+                updated_at=parse_time(data["updatedAt"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"connection record is missing a field: {exc}") from exc
+
+    def same_publication(self, other: ConnectionRecord) -> bool:
+        """Equal in everything a job relies on (the timestamp aside)."""
+        mine, theirs = self.to_json(), other.to_json()
+        mine.pop("updatedAt")
+        theirs.pop("updatedAt")
+        return mine == theirs

@@ -1,0 +1,147 @@
+"""The operations behind the HTTP API and the CLI, and the JSON documents they return."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError
+
+from .errors import IdentityNotFound
+from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, KeyCredential, Observed
+from .planner import Plan, plan_actions
+from .platform import Platform
+from .reconciler import RunResult
+from .record import ConnectionRecord, format_time
+from .renewal import jittered_renewal_time
+from .spec import IdentityNames, IdentitySpec, parse_spec, validate_name
+from .vault import vault_error
+
+
+async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False) -> RunResult:
+    spec = parse_spec(body, platform.settings)
+    return await platform.reconciler.reconcile(spec, dry_run=dry_run, operation="bootstrap")
+
+
+async def recorded_spec(platform: Platform, name: str) -> IdentitySpec:
+    """The spec an existing identity was created with (its certificate's tags)."""
+    validate_name(name)
+    cert = await platform.vault.observe_certificate(IdentityNames(name).certificate)
+    spec = cert.spec if cert is not None else None
+    if spec is None:
+        raise IdentityNotFound(f"no automation identity named {name!r}")
+    return spec
+
+
+async def reconcile(platform: Platform, name: str, *, force_rotate: bool = False, dry_run: bool = False,
+                    operation: str = "reconcile") -> RunResult:
+    spec = await recorded_spec(platform, name)
+    return await platform.reconciler.reconcile(spec, force_rotate=force_rotate, dry_run=dry_run,
+                                               operation=operation)
+
+
+async def decommission(platform: Platform, name: str, *, dry_run: bool = False) -> RunResult:
+    validate_name(name)
+    return await platform.reconciler.decommission(name, dry_run=dry_run)
+
+
+async def status(platform: Platform, name: str) -> dict[str, Any]:
+    spec = await recorded_spec(platform, name)
+    observed, _ = await platform.reconciler.observe(spec.names)
+    now = platform.reconciler.clock()
+    plan = plan_actions(spec, observed, now, platform.reconciler.context)
+    return status_document(spec, observed, plan, platform)
+
+
+async def list_identities(platform: Platform) -> list[dict[str, Any]]:
+    """Every identity in the vault: one paged certificate listing, no per-identity request."""
+    items = []
+    try:
+        async for props in platform.vault.certificates.list_properties_of_certificates(max_page_size=25):
+            tags = props.tags or {}
+            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "identity" not in tags:
+                continue
+            items.append({
+                "name": tags["identity"],
+                "appId": tags.get("appId"),
+                "thumbprint": bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
+                "notAfter": format_time(props.expires_on) if props.expires_on else None,
+                "state": tags.get("state", "active"),
+                "lastResult": tags.get("lastResult"),
+                "lastRun": tags.get("lastRun"),
+            })
+    except HttpResponseError as exc:
+        raise vault_error(exc, "listing certificates") from exc
+    return sorted(items, key=lambda item: item["name"])
+
+
+def plan_document(plan: Plan) -> dict[str, Any]:
+    return {
+        "inSync": plan.in_sync,
+        "facets": {f.facet.value: {"state": f.state.value, "reason": f.reason, "message": f.message}
+                   for f in plan.findings},
+        "actions": [{"action": a.kind, "description": a.describe()} for a in plan.actions],
+        "blocked": [{"facet": f.facet.value, "reason": f.reason, "message": f.message} for f in plan.blocked],
+    }
+
+
+def run_document(result: RunResult) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "name": result.name,
+        "operation": result.operation,
+        "dryRun": result.dry_run,
+        "result": "Succeeded" if result.succeeded else result.error.reason if result.error else "Failed",
+        "plan": plan_document(result.plan),
+        "executed": [{"action": o.action.kind, "result": o.result, "detail": o.detail} for o in result.executed],
+    }
+    if result.error is not None:
+        document["error"] = {"reason": result.error.reason, "message": result.error.message}
+    return document
+
+
+def status_document(spec: IdentitySpec, observed: Observed, plan: Plan, platform: Platform) -> dict[str, Any]:
+    cert = observed.certificate
+    current = cert.current if cert else None
+    app = observed.application
+    record = observed.record
+    policy = platform.reconciler.context.policy
+    certificate: dict[str, Any] | None = None
+    if current is not None:
+        renew_at = jittered_renewal_time(current.not_before, current.not_after, policy, current.thumbprint)
+        certificate = {
+            "name": spec.names.certificate, "version": current.version, "thumbprint": current.thumbprint,
+            "notBefore": format_time(current.not_before), "notAfter": format_time(current.not_after),
+            "renewalTime": format_time(renew_at),
+            "daysToExpiry": round((current.not_after - platform.reconciler.clock()) / dt.timedelta(days=1), 2),
+        }
+    tags = cert.tags if cert else {}
+    return {
+        "name": spec.name,
+        "spec": spec.to_json(),
+        "appId": app.app_id if app else None,
+        "applicationObjectId": app.object_id if app else None,
+        "servicePrincipalId": observed.service_principal_id,
+        "certificate": certificate,
+        "connectionRecord": {
+            "secretName": spec.names.connection_secret,
+            "thumbprint": record.thumbprint, "certificateVersion": record.certificate_version,
+            "previousThumbprint": record.previous_thumbprint, "updatedAt": format_time(record.updated_at),
+        } if record else None,
+        "keyCredentials": [
+            {"keyId": k.key_id, "startDateTime": format_time(k.start), "endDateTime": format_time(k.end),
+             "managed": _managed_key(k, current, record)}
+            for k in (app.key_credentials if app else ())
+        ],
+        "inSync": plan.in_sync,
+        "facets": plan_document(plan)["facets"],
+        "pendingActions": [{"action": a.kind, "description": a.describe()} for a in plan.actions],
+        "lastResult": {"result": tags.get("lastResult"), "at": tags.get("lastRun"),
+                       "error": tags.get("lastError") or None},
+        "state": tags.get("state", "active"),
+    }
+
+
+def _managed_key(key: KeyCredential, current: CertificateVersion | None, record: ConnectionRecord | None) -> bool:
+    if current is not None and key.matches(current.thumbprint):
+        return True
+    return record is not None and record.previous_thumbprint is not None and key.matches(record.previous_thumbprint)

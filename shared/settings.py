@@ -1,0 +1,216 @@
+"""The product's settings: one typed object read from app settings / the environment.
+
+Nothing is read at import time. `Settings.from_environment()` validates everything it reads and
+names the setting at fault, so a misconfigured Function App says what to fix on its first call.
+Endpoints are settings (not constants) because that is how national clouds and the local
+stand-ins are reached; identity and TLS trust come from the standard azure-identity and OpenSSL
+variables (`IDENTITY_ENDPOINT`, `AZURE_CLIENT_ID`, `AZURE_AUTHORITY_HOST`, `SSL_CERT_FILE`, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .errors import SettingsError
+from .roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, parse_allow_list
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_ORGANIZATION = re.compile(
+    r"^[a-z0-9][a-z0-9-]{0,62}\.(onmicrosoft\.com|onmicrosoft\.us|onmicrosoft\.de|partner\.onmschina\.cn)$")
+
+# Microsoft's own authority hosts; any other host (sovereign/private cloud, the local stand-ins)
+# makes MSAL's instance discovery call login.microsoftonline.com, which must then be turned off.
+KNOWN_AUTHORITY_HOSTS = frozenset({
+    "login.microsoftonline.com", "login.microsoftonline.us", "login.chinacloudapi.cn",
+    "login.partner.microsoftonline.cn",
+})
+
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
+DEFAULT_EXO_ENDPOINT = "https://outlook.office365.com"
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+
+
+@dataclass(frozen=True)
+class Settings:
+    key_vault_url: str
+    tenant_id: str
+    organization: str
+    graph_endpoint: str = DEFAULT_GRAPH_ENDPOINT
+    exo_endpoint: str = DEFAULT_EXO_ENDPOINT
+    authority_host: str = DEFAULT_AUTHORITY_HOST
+    verify_challenge_resource: bool = True
+    allowed_roles: frozenset[str] = field(
+        default_factory=lambda: frozenset({EXCHANGE_RECIPIENT_ADMINISTRATOR.template_id}))
+    default_validity_months: int = 12
+    renew_before_days: int | None = None
+    renew_before_fraction: float | None = None
+    rotation_grace_hours: float = 24.0
+    managed_identity_client_id: str | None = None
+    platform_name: str = "exo-automation"
+    reconcile_queue: str = "identity-reconcile"
+    verify_sign_in: bool = True
+    require_app_roles: bool = False
+
+    @property
+    def graph_scope(self) -> str:
+        return f"{self.graph_endpoint}/.default"
+
+    @property
+    def exo_scope(self) -> str:
+        return f"{self.exo_endpoint}/.default"
+
+    @property
+    def disable_instance_discovery(self) -> bool:
+        return (urlsplit(self.authority_host).hostname or "") not in KNOWN_AUTHORITY_HOSTS
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        settings = cls(
+            key_vault_url=reader.https_url("KEY_VAULT_URL", required=True).rstrip("/") + "/",
+            tenant_id=reader.guid("AZURE_TENANT_ID"),
+            organization=reader.organization("EXO_ORGANIZATION"),
+            graph_endpoint=reader.https_url("GRAPH_ENDPOINT", default=DEFAULT_GRAPH_ENDPOINT).rstrip("/"),
+            exo_endpoint=reader.https_url("EXO_ENDPOINT", default=DEFAULT_EXO_ENDPOINT).rstrip("/"),
+            authority_host=reader.https_url("AZURE_AUTHORITY_HOST", default=DEFAULT_AUTHORITY_HOST).rstrip("/"),
+            verify_challenge_resource=reader.boolean("KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", default=True),
+            allowed_roles=reader.allowed_roles("ALLOWED_ROLES"),
+            default_validity_months=reader.integer("CERTIFICATE_VALIDITY_MONTHS", default=12, low=1, high=24),
+            renew_before_days=reader.optional_integer("RENEW_BEFORE_DAYS", low=1, high=365),
+            renew_before_fraction=reader.optional_fraction("RENEW_BEFORE_FRACTION"),
+            rotation_grace_hours=reader.number("ROTATION_GRACE_HOURS", default=24.0, low=0.0, high=24.0 * 30),
+            managed_identity_client_id=reader.optional_guid("AZURE_CLIENT_ID"),
+            platform_name=reader.text("PLATFORM_NAME", default="exo-automation"),
+            reconcile_queue=reader.queue_name("RECONCILE_QUEUE", default="identity-reconcile"),
+            verify_sign_in=reader.boolean("VERIFY_SIGN_IN", default=True),
+            require_app_roles=reader.boolean("AUTH_REQUIRE_APP_ROLES", default=False),
+        )
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def _missing(self, name: str, expected: str) -> SettingsError:
+        return SettingsError(f"setting {name} is missing: expected {expected}", reason="SettingMissing")
+
+    def _bad(self, name: str, value: str, expected: str) -> SettingsError:
+        return SettingsError(f"setting {name} is malformed ({value!r}): expected {expected}")
+
+    def https_url(self, name: str, *, required: bool = False, default: str = "") -> str:
+        value = self._raw(name)
+        expected = "an https:// URL"
+        if value is None:
+            if required:
+                raise self._missing(name, expected)
+            return default
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
+            raise self._bad(name, value, expected)
+        return value
+
+    def guid(self, name: str) -> str:
+        value = self._raw(name)
+        if value is None:
+            raise self._missing(name, "the directory (tenant) id, a GUID")
+        if not _GUID.match(value):
+            raise self._bad(name, value, "a GUID")
+        return value.lower()
+
+    def optional_guid(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is not None and not _GUID.match(value):
+            raise self._bad(name, value, "a GUID")
+        return value.lower() if value else None
+
+    def organization(self, name: str) -> str:
+        value = self._raw(name)
+        expected = "the tenant's primary onmicrosoft domain, e.g. contoso.onmicrosoft.com"
+        if value is None:
+            raise self._missing(name, expected)
+        if not _ORGANIZATION.match(value.lower()):
+            raise self._bad(name, value, expected)
+        return value.lower()
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self._raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise self._bad(name, value, "true or false")
+
+    def integer(self, name: str, *, default: int, low: int, high: int) -> int:
+        value = self.optional_integer(name, low=low, high=high)
+        return default if value is None else value
+
+    def optional_integer(self, name: str, *, low: int, high: int) -> int | None:
+        value = self._raw(name)
+        if value is None:
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            raise self._bad(name, value, f"a whole number from {low} to {high}") from None
+        if not low <= number <= high:
+            raise self._bad(name, value, f"a whole number from {low} to {high}")
+        return number
+
+    def number(self, name: str, *, default: float, low: float, high: float) -> float:
+        value = self._raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise self._bad(name, value, f"a number from {low:g} to {high:g}") from None
+        if not low <= number <= high:
+            raise self._bad(name, value, f"a number from {low:g} to {high:g}")
+        return number
+
+    def optional_fraction(self, name: str) -> float | None:
+        value = self._raw(name)
+        if value is None:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise self._bad(name, value, "a fraction of the lifetime between 0 and 1, e.g. 0.33") from None
+        if not 0.0 < number < 1.0:
+            raise self._bad(name, value, "a fraction of the lifetime between 0 and 1, e.g. 0.33")
+        return number
+
+    def allowed_roles(self, name: str) -> frozenset[str]:
+        value = self._raw(name)
+        if value is None:
+            return frozenset({EXCHANGE_RECIPIENT_ADMINISTRATOR.template_id})
+        return parse_allow_list(value)
+
+    def text(self, name: str, *, default: str) -> str:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if len(value) > 64:
+            raise self._bad(name, value, "at most 64 characters")
+        return value
+
+    def queue_name(self, name: str, *, default: str) -> str:
+        value = self._raw(name) or default
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
+            raise self._bad(name, value, "a storage queue name (3-63 lower-case letters, digits, single hyphens)")
+        return value

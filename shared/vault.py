@@ -1,0 +1,229 @@
+"""Key Vault: the identity's certificate versions and its connection secret.
+
+Key Vault is the registry (DESIGN.md): certificates carry the identity's spec in their tags. The
+certificate create call goes through the client's public `send_request` and is then polled with
+`get_certificate_operation`, so completion is seen within a second instead of after the SDK
+poller's fixed 5-second first sleep, without touching private SDK arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.rest import HttpRequest
+
+from .errors import NeedsOperator, Retryable
+from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
+from .record import CONTENT_TYPE, ConnectionRecord
+from .settings import Settings
+from .spec import IdentitySpec
+
+CREATE_TIMEOUT_SECONDS = 300.0
+
+
+def _timestamp(value: dt.datetime | None) -> dt.datetime:
+    assert value is not None
+    return value.astimezone(dt.UTC)
+
+
+def vault_error(exc: HttpResponseError, what: str) -> Exception:
+    """A Key Vault failure as retryable or needs-an-operator."""
+    status = exc.status_code or 0
+    inner = ""
+    if exc.error is not None and getattr(exc.error, "innererror", None):
+        inner = str(exc.error.innererror.get("code", "")) if isinstance(exc.error.innererror, dict) else ""
+    code = exc.error.code if exc.error is not None else ""
+    if status == 429 or status >= 500 or status == 0:
+        return Retryable(f"Key Vault is unavailable or throttling while {what} ({status})", reason="VaultUnavailable")
+    if status == 403:
+        return NeedsOperator(f"Key Vault refused the platform identity while {what}: {code} {inner}".strip()
+                             + " (it needs Key Vault Certificates Officer and Secrets Officer)",
+                             reason="VaultPermissionMissing")
+    if status == 409 and inner == "ObjectIsDeletedButRecoverable":
+        return NeedsOperator(f"a deleted Key Vault object blocks {what}: recover it (az keyvault certificate "
+                             "recover) or purge it, then retry", reason="DeletedButRecoverable")
+    return NeedsOperator(f"Key Vault refused {what}: {status} {code} {inner}".strip(), reason="VaultRequestRefused")
+
+
+def version_from_properties(props: Any) -> CertificateVersion:
+    return CertificateVersion(
+        version=str(props.version),
+        thumbprint=bytes(props.x509_thumbprint).hex().upper(),
+        not_before=_timestamp(props.not_before),
+        not_after=_timestamp(props.expires_on),
+        enabled=bool(props.enabled),
+    )
+
+
+def certificate_policy_body(spec: IdentitySpec) -> dict[str, Any]:
+    return {
+        "key_props": {"exportable": True, "kty": "RSA", "key_size": spec.key_size, "reuse_key": False},
+        # PKCS#12 so a Windows job host can import it (with a CSP key) for Connect-ExchangeOnline.
+        "secret_props": {"contentType": "application/x-pkcs12"},
+        "x509_props": {
+            "subject": f"CN={spec.names.unique_name}",
+            "ekus": ["1.3.6.1.5.5.7.3.2"],  # client authentication
+            "key_usage": ["digitalSignature", "keyEncipherment"],
+            "validity_months": spec.validity_months,
+        },
+        "issuer": {"name": "Self"},
+        # Renewal is the product's job (it must add the key to the app before publishing), so the
+        # vault only e-mails contacts near expiry as a last line of defence.
+        "lifetime_actions": [{"trigger": {"days_before_expiry": 7}, "action": {"action_type": "EmailContacts"}}],
+    }
+
+
+class VaultGateway:
+    def __init__(self, settings: Settings, credential: Any) -> None:
+        from azure.keyvault.certificates.aio import CertificateClient
+        from azure.keyvault.secrets.aio import SecretClient
+
+        options = {"verify_challenge_resource": settings.verify_challenge_resource}
+        self.vault_url = settings.key_vault_url
+        self.certificates = CertificateClient(settings.key_vault_url, credential, **options)
+        self.secrets = SecretClient(settings.key_vault_url, credential, **options)
+
+    async def aclose(self) -> None:
+        await self.certificates.close()
+        await self.secrets.close()
+
+    # -- certificates -----------------------------------------------------------------------------
+    async def observe_certificate(self, name: str) -> ObservedCertificate | None:
+        try:
+            cert = await self.certificates.get_certificate(name)
+        except ResourceNotFoundError:
+            return await self._pending_only(name)
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"reading certificate {name}") from exc
+        assert cert.properties is not None
+        tags = dict(cert.properties.tags or {})
+        return ObservedCertificate(
+            owned=tags.get(OWNER_TAG) == OWNER_TAG_VALUE, tags=tags,
+            current=version_from_properties(cert.properties),
+        )
+
+    async def _pending_only(self, name: str) -> ObservedCertificate | None:
+        """A first create that has not completed: the name has an operation but no version."""
+        try:
+            operation = await self.certificates.get_certificate_operation(name)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"reading the pending operation of {name}") from exc
+        if operation.status and operation.status.lower() == "inprogress":
+            return ObservedCertificate(owned=True, tags={}, current=None, pending=True)
+        return None
+
+    async def certificate_versions(self, name: str) -> tuple[CertificateVersion, ...]:
+        try:
+            return tuple([version_from_properties(p) async for p in
+                          self.certificates.list_properties_of_certificate_versions(name, max_page_size=25)
+                          if p.x509_thumbprint])
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"listing versions of {name}") from exc
+
+    async def create_certificate_version(self, name: str, spec: IdentitySpec,
+                                         tags: Mapping[str, str]) -> CertificateVersion:
+        body = {"policy": certificate_policy_body(spec), "attributes": {"enabled": True}, "tags": dict(tags)}
+        request = HttpRequest("POST", f"{self.vault_url}certificates/{name}/create",
+                              params={"api-version": self.certificates.api_version}, json=body)
+        response = await self.certificates.send_request(request)
+        if response.status_code == 409:
+            # Another create is in progress for this name (a concurrent run): wait for it instead.
+            return await self.await_pending(name)
+        if response.status_code >= 400:
+            await response.read()
+            raise vault_error(HttpResponseError(response=response), f"creating certificate {name}")
+        return await self.await_pending(name)
+
+    async def await_pending(self, name: str) -> CertificateVersion:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CREATE_TIMEOUT_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                operation = await self.certificates.get_certificate_operation(name)
+            except HttpResponseError as exc:
+                raise vault_error(exc, f"polling the creation of {name}") from exc
+            status = (operation.status or "").lower()
+            if status == "completed":
+                break
+            if status not in ("inprogress", ""):
+                raise NeedsOperator(f"Key Vault could not create certificate {name}: {operation.status} "
+                                    f"{operation.error.message if operation.error else ''}".strip(),
+                                    reason="CertificateCreationFailed")
+            if loop.time() + delay > deadline:
+                raise Retryable(f"certificate {name} is still being created", reason="CertificatePending")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        cert = await self.certificates.get_certificate(name)
+        return version_from_properties(cert.properties)
+
+    async def certificate_der(self, name: str, version: str) -> bytes:
+        try:
+            cert = await self.certificates.get_certificate_version(name, version)
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"reading certificate {name}/{version}") from exc
+        assert cert.cer is not None
+        return bytes(cert.cer)
+
+    async def update_certificate_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        try:
+            await self.certificates.update_certificate_properties(name, version, tags=dict(tags))
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"tagging certificate {name}") from exc
+
+    async def delete_certificate(self, name: str) -> None:
+        try:
+            await self.certificates.delete_certificate(name)
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"deleting certificate {name}") from exc
+
+    async def pfx(self, name: str, version: str) -> bytes:
+        """The PKCS#12 (private key included) of one version: the backing secret's value."""
+        try:
+            secret = await self.secrets.get_secret(name, version)
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"reading the private key of {name}/{version}") from exc
+        assert secret.value is not None
+        return base64.b64decode(secret.value)
+
+    # -- connection secret ------------------------------------------------------------------------
+    async def read_record(self, name: str) -> tuple[ConnectionRecord | None, bool, bool]:
+        """(record, unreadable, owned) of the connection secret `name`."""
+        try:
+            secret = await self.secrets.get_secret(name)
+        except ResourceNotFoundError:
+            return None, False, True
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"reading secret {name}") from exc
+        owned = (secret.properties.tags or {}).get(OWNER_TAG) == OWNER_TAG_VALUE
+        try:
+            return ConnectionRecord.loads(secret.value or ""), False, owned
+        except ValueError:
+            return None, True, owned
+
+    async def publish_record(self, name: str, record: ConnectionRecord) -> None:
+        tags = {OWNER_TAG: OWNER_TAG_VALUE, "identity": record.identity, "thumbprint": record.thumbprint,
+                "certificateVersion": record.certificate_version}
+        try:
+            await self.secrets.set_secret(name, record.dumps(), content_type=CONTENT_TYPE, tags=tags,
+                                          not_before=None, expires_on=None)
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"publishing connection secret {name}") from exc
+
+    async def delete_secret(self, name: str) -> None:
+        try:
+            await self.secrets.delete_secret(name)
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"deleting secret {name}") from exc
+
