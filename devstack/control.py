@@ -26,7 +26,7 @@ class ControlService(Service):
         self.route("POST", "/control/platform/graph-roles", self.set_graph_roles)
         self.route("POST", "/control/platform/vault-roles", self.set_vault_roles)
         self.route("GET", "/control/state", self.get_state)
-        self.route("POST", "/control/reset", self.reset)
+        self.route("POST", "/control/reset", self.reset_world)
 
     def _body(self, request: Request) -> dict[str, Any]:
         body = request.json()
@@ -105,6 +105,6 @@ class ControlService(Service):
                 state["keyVault"] = vault.snapshot()
         return Response.json(200, state)
 
-    def reset(self, request: Request) -> Response:
+    def reset_world(self, request: Request) -> Response:
         self.world.reset()
         return Response.empty()

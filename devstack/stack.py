@@ -40,10 +40,13 @@ class Stack:
     servers: dict[str, StandInServer] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, state_dir: Path | None = None, world: World | None = None) -> Stack:
+    def start(cls, state_dir: Path | None = None, world: World | None = None,
+              ca: CertificateAuthority | None = None) -> Stack:
+        """Start every stand-in. Pass `ca` when the trust file must exist before the stack does
+        (aiohttp reads SSL_CERT_FILE once, when it is first imported)."""
         state_dir = Path(state_dir or tempfile.mkdtemp(prefix="devstack-"))
         state_dir.mkdir(parents=True, exist_ok=True)
-        ca = CertificateAuthority.create()
+        ca = ca or CertificateAuthority.create()
         ca_file = state_dir / "ca.pem"
         ca_file.write_bytes(ca.pem)
         cert_file, key_file = ca.issue_server_certificate(state_dir)

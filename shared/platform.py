@@ -57,7 +57,8 @@ class Platform:
             grace=dt.timedelta(hours=settings.rotation_grace_hours), verify_sign_in=settings.verify_sign_in,
         )
         probe = SignInProbe(settings.tenant_id, settings.authority_host, settings.exo_scope,
-                            settings.disable_instance_discovery) if settings.verify_sign_in else None
+                            settings.disable_instance_discovery,
+                            budget_seconds=settings.verify_sign_in_timeout_seconds) if settings.verify_sign_in else None
         return cls(settings, credential, graph, directory, vault, Reconciler(context, vault, directory, probe, clock))
 
     async def aclose(self) -> None:
@@ -80,3 +81,10 @@ def current_platform(settings: Settings | None = None) -> Platform:
     if platform is None:
         platform = per_loop[settings] = Platform.create(settings)
     return platform
+
+
+async def close_platforms() -> None:
+    """Close the platforms of the running loop (a CLI or test that owns its loop calls this last)."""
+    per_loop = _platforms.pop(asyncio.get_running_loop(), {})
+    for platform in per_loop.values():
+        await platform.aclose()

@@ -96,7 +96,7 @@ class SignInProbe:
         self.budget_seconds = budget_seconds
 
     async def prove(self, app_id: str, pfx: bytes) -> None:
-        from azure.core.exceptions import ClientAuthenticationError
+        from azure.core.exceptions import AzureError, ClientAuthenticationError
         from azure.identity.aio import CertificateCredential
 
         loop = asyncio.get_running_loop()
@@ -116,6 +116,9 @@ class SignInProbe:
                 if loop.time() + delay > deadline:
                     raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
                                     f"({_first_line(str(exc))})", reason="SignInNotYetPossible") from exc
+            except AzureError as exc:
+                raise Retryable(f"the token service is unavailable ({_first_line(str(exc))})",
+                                reason="TokenServiceUnavailable") from exc
             await asyncio.sleep(delay)
             delay = min(delay * 2, 15.0)
 

@@ -53,6 +53,7 @@ class Settings:
     platform_name: str = "exo-automation"
     reconcile_queue: str = "identity-reconcile"
     verify_sign_in: bool = True
+    verify_sign_in_timeout_seconds: float = 120.0
     require_app_roles: bool = False
 
     @property
@@ -88,6 +89,8 @@ class Settings:
             platform_name=reader.text("PLATFORM_NAME", default="exo-automation"),
             reconcile_queue=reader.queue_name("RECONCILE_QUEUE", default="identity-reconcile"),
             verify_sign_in=reader.boolean("VERIFY_SIGN_IN", default=True),
+            verify_sign_in_timeout_seconds=reader.number("VERIFY_SIGN_IN_TIMEOUT_SECONDS", default=120.0,
+                                                         low=0.0, high=600.0),
             require_app_roles=reader.boolean("AUTH_REQUIRE_APP_ROLES", default=False),
         )
         return settings

@@ -1,0 +1,180 @@
+"""Admin CLI: the HTTP API's operations for any configured environment.
+
+    python -m shared [--env-file FILE] [--json] COMMAND ...
+
+Settings come from the environment (or --env-file, e.g. the stand-ins' .devstack/devstack.env);
+the platform identity is whatever DefaultAzureCredential finds (az login for an admin).
+Exit codes: 0 done, 1 failed (see the message: retry later or fix what it names), 2 bad input,
+3 no such identity, 4 blocked by an object this product does not own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, InvalidSpec, SettingsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BLOCKED = 0, 1, 2, 3, 4
+
+
+def load_env_file(path: Path) -> None:
+    """KEY=VALUE lines into the environment (values already set win, like most dotenv tools)."""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        os.environ.setdefault(key.strip(), value.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env-file", type=Path, help="read settings from this KEY=VALUE file first")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    boot = sub.add_parser("bootstrap", help="create or converge an automation identity (idempotent)")
+    boot.add_argument("name")
+    boot.add_argument("--role", action="append", dest="roles", help="Entra role name or template id (repeatable)")
+    boot.add_argument("--validity-months", type=int)
+    boot.add_argument("--key-size", type=int, choices=(2048, 3072, 4096))
+    boot.add_argument("--contact", action="append", dest="contacts")
+    boot.add_argument("--description")
+    boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+    sub.add_parser("list", help="list identities (one Key Vault listing)")
+    for command, text in (("status", "show an identity's facets and dates"),
+                          ("plan", "show what a reconcile would do now")):
+        sub.add_parser(command, help=text).add_argument("name")
+    rotate = sub.add_parser("rotate", help="rotate the certificate now")
+    rotate.add_argument("name")
+    rotate.add_argument("--dry-run", action="store_true")
+    reconcile = sub.add_parser("reconcile", help="repair drift and rotate if due")
+    reconcile.add_argument("name")
+    decommission = sub.add_parser("decommission", help="remove the identity's roles, grant, app and vault objects")
+    decommission.add_argument("name")
+    decommission.add_argument("--dry-run", action="store_true")
+    decommission.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    return parser
+
+
+def spec_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": args.name}
+    for key, value in (("roles", args.roles), ("validityMonths", args.validity_months), ("keySize", args.key_size),
+                       ("contacts", args.contacts), ("description", args.description)):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+async def run(args: argparse.Namespace) -> tuple[int, Any]:
+    from . import service
+    from .platform import Platform
+    from .settings import Settings
+
+    platform = Platform.create(Settings.from_environment())
+    try:
+        if args.command == "bootstrap":
+            result = await service.bootstrap(platform, spec_body(args), dry_run=args.dry_run)
+        elif args.command == "list":
+            return EXIT_OK, {"value": await service.list_identities(platform)}
+        elif args.command == "status":
+            return EXIT_OK, await service.status(platform, args.name)
+        elif args.command == "plan":
+            result = await service.reconcile(platform, args.name, dry_run=True, operation="plan")
+        elif args.command == "rotate":
+            result = await service.reconcile(platform, args.name, force_rotate=True, dry_run=args.dry_run,
+                                             operation="rotate")
+        elif args.command == "reconcile":
+            result = await service.reconcile(platform, args.name)
+        else:
+            result = await service.decommission(platform, args.name, dry_run=args.dry_run)
+        document = service.run_document(result)
+        if result.error is not None:
+            return _exit_code(result.error), document
+        return EXIT_OK, document
+    finally:
+        await platform.aclose()
+
+
+def _exit_code(error: ExoAutomationError) -> int:
+    if isinstance(error, InvalidSpec):
+        return EXIT_USAGE
+    if isinstance(error, IdentityNotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, ForeignObject):
+        return EXIT_BLOCKED
+    return EXIT_FAILED
+
+
+def render(document: Any) -> str:
+    """Human-readable output: runs as their actions, status as facets, lists as a table."""
+    if isinstance(document, dict) and "value" in document:
+        rows = document["value"]
+        if not rows:
+            return "no identities"
+        lines = [f"{'NAME':<28} {'APP ID':<38} {'NOT AFTER':<22} LAST RESULT"]
+        lines += [f"{r['name']:<28} {r.get('appId') or '-':<38} {r.get('notAfter') or '-':<22} "
+                  f"{r.get('lastResult') or '-'}" for r in rows]
+        return "\n".join(lines)
+    if isinstance(document, dict) and "operation" in document:
+        lines = [f"{document['operation']} {document['name']}: {document['result']}"
+                 + (" (dry run)" if document["dryRun"] else "")]
+        for facet, finding in document["plan"]["facets"].items():
+            lines.append(f"  {facet:<18} {finding['state']:<8} {finding['message']}")
+        shown = document["executed"] or [{"action": a["description"], "result": "planned", "detail": ""}
+                                         for a in document["plan"]["actions"]]
+        for step in shown:
+            lines.append(f"  - {step['action']}: {step['result']} {step['detail']}".rstrip())
+        if "error" in document:
+            lines.append(f"error: {document['error']['reason']}: {document['error']['message']}")
+        return "\n".join(lines)
+    if isinstance(document, dict) and "facets" in document:
+        cert = document.get("certificate") or {}
+        lines = [f"{document['name']}: {'in sync' if document['inSync'] else 'needs work'}",
+                 f"  appId        {document.get('appId')}",
+                 f"  thumbprint   {cert.get('thumbprint')}  (not after {cert.get('notAfter')}, "
+                 f"renewal {cert.get('renewalTime')})"]
+        for facet, finding in document["facets"].items():
+            lines.append(f"  {facet:<18} {finding['state']:<8} {finding['message']}")
+        return "\n".join(lines)
+    return json.dumps(document, indent=2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.env_file is not None:
+        if not args.env_file.is_file():
+            parser.error(f"--env-file {args.env_file} does not exist")
+        load_env_file(args.env_file)
+    if args.command == "decommission" and not args.dry_run and not args.yes:
+        if not sys.stdin.isatty():
+            print("decommission removes the identity for good; pass --yes to confirm", file=sys.stderr)
+            return EXIT_USAGE
+        if input(f"decommission {args.name}? type its name to confirm: ").strip() != args.name:
+            print("not confirmed", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        code, document = asyncio.run(run(args))
+    except SettingsError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except ExoAutomationError as exc:
+        if args.json:
+            print(json.dumps({"error": {"reason": exc.reason, "message": exc.message,
+                                        "errors": getattr(exc, "errors", [])}}, indent=2))
+        else:
+            print(f"error: {exc.reason}: {exc.message}", file=sys.stderr)
+            for item in getattr(exc, "errors", []):
+                print(f"  {item['pointer']}: {item['detail']}", file=sys.stderr)
+        return _exit_code(exc)
+    print(json.dumps(document, indent=2) if args.json else render(document))
+    return code
