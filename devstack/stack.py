@@ -28,7 +28,7 @@ def key_vault_resource(vault_url: str) -> str:
     resource host: "127.0.0.1:PORT" ends with ".0.0.1:PORT", so verification can stay on.
     """
     host = vault_url.split("://", 1)[1].rstrip("/")
-    first, _, rest = host.partition(".")
+    _, _, rest = host.partition(".")
     return f"https://{rest}"
 
 

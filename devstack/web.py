@@ -8,6 +8,7 @@ product made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -177,15 +178,14 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.drop:
                 server.counter.record(service.name, request.method, "(dropped)")
                 self.close_connection = True
-                try:
+                with contextlib.suppress(OSError):
                     self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 return
             if fault.status is not None:
                 headers = {}
                 if fault.retry_after is not None:
-                    headers["Retry-After"] = str(int(fault.retry_after)) if float(fault.retry_after).is_integer() else str(fault.retry_after)
+                    seconds = float(fault.retry_after)
+                    headers["Retry-After"] = str(int(seconds)) if seconds.is_integer() else str(seconds)
                 err = HttpError(fault.status, fault.code or _default_code(fault.status),
                                 "Injected fault.", headers=headers)
                 route, _ = _route_of(service, request)

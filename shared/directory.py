@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from .errors import NeedsOperator
@@ -27,13 +28,18 @@ EXCHANGE_PERMISSION = {
 }
 
 
-def _not_replicated_principal(exc: GraphError) -> bool:
-    # A principal created moments ago: Graph answers 400/404 naming a missing object (REFERENCE.md).
-    text = f"{exc.code} {exc.message}".lower()
-    return exc.status in (400, 404) and (
-        exc.code == "Request_ResourceNotFound" or "does not exist" in text or "not found" in text
-        or "NoBackingApplicationObject" in exc.detail_codes
-    )
+def _replication_check(fresh_principal: bool) -> Callable[[GraphError], bool]:
+    """Whether a failed write may only be replication delay.
+
+    For a principal created moments ago, Graph refuses dependent writes with 400 or 404 whose
+    codes are generic (`Request_BadRequest`, "Not a valid reference update"; REFERENCE.md), so
+    the message cannot be trusted to tell. Such writes are retried, within a bounded budget, only
+    when this run created the principal; for an older principal a 400 is a real refusal.
+    """
+    def check(exc: GraphError) -> bool:
+        return fresh_principal and exc.status in (400, 404)
+
+    return check
 
 
 def _no_backing_application(exc: GraphError) -> bool:
@@ -179,7 +185,7 @@ class DirectoryGateway:
                 return str(assignment["id"])
         return None
 
-    async def grant_consent(self, sp_id: str) -> str:
+    async def grant_consent(self, sp_id: str, *, fresh_principal: bool = False) -> str:
         exchange_sp = await self.exchange_service_principal_id()
         body = {"principalId": sp_id, "resourceId": exchange_sp, "appRoleId": EXCHANGE_MANAGE_AS_APP_ROLE_ID}
 
@@ -196,7 +202,7 @@ class DirectoryGateway:
                 raise
             return str(response.json()["id"])
 
-        return await retry_while_replicating(grant, _not_replicated_principal)
+        return await retry_while_replicating(grant, _replication_check(fresh_principal))
 
     async def revoke_consent(self, assignment_id: str) -> None:
         exchange_sp = await self.exchange_service_principal_id()
@@ -209,21 +215,21 @@ class DirectoryGateway:
                                           "$select": "id,roleDefinitionId,principalId,directoryScopeId"})
         return {str(a["roleDefinitionId"]): str(a["id"]) for a in items if a.get("directoryScopeId", "/") == "/"}
 
-    async def assign_role(self, sp_id: str, role_id: str) -> str:
+    async def assign_role(self, sp_id: str, role_id: str, *, fresh_principal: bool = False) -> str:
         body = {"roleDefinitionId": role_id, "principalId": sp_id, "directoryScopeId": "/"}
 
         async def assign() -> str:
             try:
                 response = await self.graph.request("POST", "/roleManagement/directory/roleAssignments", json=body)
             except GraphError as exc:
-                if exc.status in (400, 409) and not _not_replicated_principal(exc):
+                if exc.status in (400, 409):
                     existing = (await self.role_assignments(sp_id)).get(role_id)
                     if existing is not None:  # a concurrent run assigned it
                         return existing
                 raise
             return str(response.json()["id"])
 
-        return await retry_while_replicating(assign, _not_replicated_principal)
+        return await retry_while_replicating(assign, _replication_check(fresh_principal))
 
     async def remove_role_assignment(self, assignment_id: str) -> None:
         await self._delete(f"/roleManagement/directory/roleAssignments/{assignment_id}")

@@ -17,10 +17,11 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import NeedsOperator, Retryable
+from .errors import ExoAutomationError, NeedsOperator, Retryable
 from .settings import Settings
 
 T = TypeVar("T")
+REQUEST_OPTIONS_KEY = "kiota_request_options"  # msgraph_core.middleware.async_graph_transport
 
 
 class GraphError(Exception):
@@ -43,7 +44,7 @@ class GraphError(Exception):
     def retryable(self) -> bool:
         return self.status == 429 or self.status >= 500
 
-    def classified(self) -> Exception:
+    def classified(self) -> ExoAutomationError:
         """As one of the product's errors: retryable, or needs an operator."""
         if self.retryable:
             return Retryable(f"Microsoft Graph is unavailable or throttling ({self.status} {self.code})",
@@ -68,13 +69,16 @@ def literal(value: str) -> str:
 
 
 class GraphClient:
-    def __init__(self, settings: Settings, credential: Any, *, http: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings, credential: Any) -> None:
         self._settings = settings
         self._credential = credential
-        self._http = http or _default_http(settings)
+        # msgraph-core's transport wrapper does not close what it wraps: keep the real one to close.
+        self._transport = httpx.AsyncHTTPTransport(retries=1, trust_env=True)
+        self._http = _graph_http(settings, self._transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._transport.aclose()
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                       json: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -82,7 +86,10 @@ class GraphClient:
         all_headers = {"Authorization": f"Bearer {token.token}", "Accept": "application/json"}
         all_headers.update(headers or {})
         try:
-            response = await self._http.request(method, path, params=params, json=json, headers=all_headers)
+            # The request-options extension is what makes msgraph-core run its middleware (retry
+            # with Retry-After, redirects); without it the pipeline is bypassed.
+            response = await self._http.request(method, path, params=params, json=json, headers=all_headers,
+                                                extensions={REQUEST_OPTIONS_KEY: {}})
         except httpx.TransportError as exc:
             raise Retryable(f"Microsoft Graph could not be reached: {type(exc).__name__}",
                             reason="GraphUnreachable") from exc
@@ -123,11 +130,11 @@ class GraphClient:
         return items
 
 
-def _default_http(settings: Settings) -> httpx.AsyncClient:
+def _graph_http(settings: Settings, transport: httpx.AsyncHTTPTransport) -> httpx.AsyncClient:
     from msgraph_core import GraphClientFactory
 
     client = httpx.AsyncClient(base_url=f"{settings.graph_endpoint}/v1.0", timeout=httpx.Timeout(60.0),
-                               trust_env=True)
+                               transport=transport, trust_env=True)
     result: httpx.AsyncClient = GraphClientFactory.create_with_default_middleware(client=client)
     return result
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .directory import DirectoryGateway, application_from_graph, key_credential_entry, key_credential_from_graph
 from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
+from .graph import GraphError
 from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, Observed, ObservedCertificate, key_id_for
 from .planner import (
     DECOMMISSIONING_TAG,
@@ -138,6 +139,12 @@ class Reconciler:
 
     # -- observation -----------------------------------------------------------------------------
     async def observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
+        try:
+            return await self._observe(names)
+        except GraphError as exc:
+            raise exc.classified() from exc
+
+    async def _observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
         cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
         record_task = asyncio.create_task(self.vault.read_record(names.connection_secret))
         app_raw = await self.directory.find_application(names.unique_name)
@@ -204,7 +211,10 @@ class Reconciler:
     async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
         for action in actions:
             try:
-                detail = await executor.execute(action)
+                try:
+                    detail = await executor.execute(action)
+                except GraphError as graph_error:
+                    raise graph_error.classified() from graph_error
             except ExoAutomationError as exc:
                 result.executed.append(ActionOutcome(action, exc.reason, exc.message))
                 result.error = exc
@@ -226,6 +236,7 @@ class _Executor:
         assert self.names is not None
         self.observed = observed
         self.app_raw = app_raw
+        self.fresh_principal = False  # created by this run: dependent writes may meet replication delay
 
     @property
     def current(self) -> CertificateVersion:
@@ -237,6 +248,20 @@ class _Executor:
     def _set_current(self, version: CertificateVersion, tags: dict[str, str]) -> None:
         self.observed = dataclasses.replace(
             self.observed, certificate=ObservedCertificate(owned=True, tags=tags, current=version))
+
+    async def _created_meanwhile(self) -> CertificateVersion | None:
+        """A concurrent bootstrap of the same name may have created the certificate since we looked.
+
+        Key Vault has no create-if-absent, so this re-read narrows the window in which two runs
+        each add a version; a version that loses the race is retired by the next run.
+        """
+        assert self.names is not None
+        cert = await self.r.vault.observe_certificate(self.names.certificate)
+        if cert is not None and cert.owned and cert.current is not None and cert.current.valid_at(self.r.clock()):
+            return cert.current
+        if cert is not None and cert.pending:
+            return await self.r.vault.await_pending(self.names.certificate)
+        return None
 
     def _resolve(self, thumbprint: str | None) -> CertificateVersion:
         current = self.current
@@ -265,6 +290,8 @@ class _Executor:
                 tags = desired_certificate_tags(self.spec)
                 if isinstance(action, AwaitCertificate):
                     version = await vault.await_pending(names.certificate)
+                elif action.reason == "CertificateMissing" and (raced := await self._created_meanwhile()):
+                    version = raced
                 else:
                     version = await vault.create_certificate_version(names.certificate, self.spec, tags)
                 self._set_current(version, tags)
@@ -280,16 +307,17 @@ class _Executor:
                 _, app_id = self._app()
                 sp = await directory.create_service_principal(app_id)
                 self.observed = dataclasses.replace(self.observed, service_principal_id=str(sp["id"]))
+                self.fresh_principal = True
                 return f"servicePrincipal {sp['id']}"
             case GrantConsent():
-                assignment = await directory.grant_consent(self._sp())
+                assignment = await directory.grant_consent(self._sp(), fresh_principal=self.fresh_principal)
                 self.observed = dataclasses.replace(self.observed, consent_assignment_id=assignment)
                 return f"appRoleAssignment {assignment}"
             case AddKeyCredential(thumbprint=thumbprint):
                 version = self._resolve(thumbprint)
                 return await self._add_key(version)
             case AssignRole(role_id=role_id, role_name=role_name):
-                assignment = await directory.assign_role(self._sp(), role_id)
+                assignment = await directory.assign_role(self._sp(), role_id, fresh_principal=self.fresh_principal)
                 roles = {**self.observed.role_assignments, role_id: assignment}
                 self.observed = dataclasses.replace(self.observed, role_assignments=roles)
                 return f"{role_name}: roleAssignment {assignment}"

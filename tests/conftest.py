@@ -2,17 +2,21 @@
 
 The stand-ins run in-process for the session (one CA, one set of ports); each test that asks for
 `stack` gets the tenant reset to its seed, the clock back at zero and no faults left over.
+Azurite (npm, `npm ci`) runs as a child process for the session when a test asks for `azurite`.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from devstack import Stack
+from devstack.azurite import Azurite
+from devstack.pki import CertificateAuthority
 
 # Nothing may reach a real endpoint by accident: these families are cleared for every test.
 _CLEARED_PREFIXES = ("AZURE_", "MSI_", "IDENTITY_", "APPLICATIONINSIGHTS_", "KEY_VAULT_", "GRAPH_",
@@ -26,9 +30,23 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+_SESSION_CA: CertificateAuthority | None = None
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="devstack-tests-"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Trust the session's CA before anything imports aiohttp, which reads SSL_CERT_FILE once."""
+    global _SESSION_CA
+    _SESSION_CA = CertificateAuthority.create()
+    ca_file = _SESSION_DIR / "ca.pem"
+    ca_file.write_bytes(_SESSION_CA.pem)
+    os.environ["SSL_CERT_FILE"] = str(ca_file)
+    os.environ["REQUESTS_CA_BUNDLE"] = str(ca_file)
+
+
 @pytest.fixture(scope="session")
-def _session_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack.start(Path(tmp_path_factory.mktemp("devstack")))
+def _session_stack() -> Iterator[Stack]:
+    stack = Stack.start(_SESSION_DIR, ca=_SESSION_CA)
     yield stack
     stack.stop()
 
@@ -40,3 +58,14 @@ def stack(_session_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
     for name, value in _session_stack.settings().items():
         monkeypatch.setenv(name, value)
     return _session_stack
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The connection string of an in-memory Azurite shared by the session (queues, blobs, tables).
+
+    Its contents persist across tests: use unique queue / container names.
+    """
+    emulator = Azurite.start(Path(tmp_path_factory.mktemp("azurite")))
+    yield emulator.connection_string
+    emulator.stop()

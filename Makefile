@@ -1,0 +1,67 @@
+# Developer entry points. Needs only python3 (3.11+), node and npm; everything else is installed
+# into .venv (PyPI) and node_modules (npm: Azurite) by `make setup`, which the other targets run
+# first when needed (stamp files), so `make test` works on a fresh clone.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP_STAMP := $(VENV)/.requirements-installed
+NPM_STAMP := node_modules/.npm-ci-done
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test lint check run bench clean distclean
+
+help:
+	@echo "make setup      create .venv (requirements-dev.txt) and install Azurite (npm ci)"
+	@echo "make test       ruff, mypy and the whole test suite (PYTEST_ARGS='-k name' to narrow it)"
+	@echo "make lint       ruff check + mypy"
+	@echo "make check      lint, then test"
+	@echo "make run        run the stand-ins and Azurite locally (python -m devstack up)"
+	@echo "make bench      the benchmarks under bench/"
+	@echo "make clean      caches and local state; 'make distclean' also removes .venv and node_modules"
+
+setup: $(PIP_STAMP) $(NPM_STAMP)
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "error: $(PYTHON) is older than Python 3.11 (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(PIP_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements-dev.txt
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is needed for Azurite (install Node.js 20+)" >&2; exit 1; }
+	npm ci --no-audit --no-fund
+	@touch $@
+
+# pytest exits 5 when it collected no test: a failure here, not a pass.
+test: setup lint
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+check: lint test
+
+# For now the stand-ins only; this will become the local run of the function app itself.
+run: setup
+	$(PY) -m devstack up
+
+bench: setup
+	@if [ -f bench/__main__.py ]; then $(PY) -m bench $(BENCH_ARGS); \
+		else echo "no benchmarks yet (bench/__main__.py)"; fi
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis .devstack test-artifacts bench/results
+	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './node_modules/*' -prune \
+		-exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) node_modules

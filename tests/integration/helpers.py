@@ -1,0 +1,125 @@
+"""Drive the Functions handlers without a host, and act as a job would."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import azure.functions as func
+import httpx
+
+from devstack import Stack
+from shared.platform import close_platforms
+
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+SYSTEM_MAILBOX = "bb558c35-97f1-4cb9-8ff7-d53741dc928c"
+
+
+@dataclass
+class HttpResult:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", self.headers.get("content-type", ""))
+
+
+_HANDLERS: dict[str, Any] = {}
+
+
+def handler(name: str) -> Any:
+    # get_functions() builds the function list once per app; a second build raises on duplicates.
+    if not _HANDLERS:
+        import function_app
+
+        _HANDLERS.update({fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()})
+    return _HANDLERS[name]
+
+
+def call(function: str, method: str, url: str, *, body: Any = None, raw: bytes | None = None,
+         params: dict[str, str] | None = None, route_params: dict[str, str] | None = None,
+         headers: dict[str, str] | None = None) -> HttpResult:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
+    all_headers = {"Content-Type": "application/json"} if data else {}
+    all_headers.update(headers or {})
+    request = func.HttpRequest(method=method, url=url, headers=all_headers, params=params or {},
+                               route_params=route_params or {}, body=data)
+
+    async def run() -> func.HttpResponse:
+        try:
+            response: func.HttpResponse = await handler(function)(request)
+            return response
+        finally:
+            await close_platforms()
+
+    response = asyncio.run(run())
+    text = response.get_body().decode()
+    return HttpResult(response.status_code, dict(response.headers), json.loads(text) if text else None)
+
+
+def post_identity(body: Any, **kwargs: Any) -> HttpResult:
+    return call("identities", "POST", "http://localhost/api/identities", body=body, **kwargs)
+
+
+def get_identity(name: str) -> HttpResult:
+    return call("identity", "GET", f"http://localhost/api/identities/{name}", route_params={"name": name})
+
+
+def rotate(name: str, **kwargs: Any) -> HttpResult:
+    return call("rotate_identity", "POST", f"http://localhost/api/identities/{name}/rotate",
+                route_params={"name": name}, **kwargs)
+
+
+def delete_identity(name: str, **kwargs: Any) -> HttpResult:
+    return call("identity", "DELETE", f"http://localhost/api/identities/{name}", route_params={"name": name},
+                **kwargs)
+
+
+def principal_header(roles: list[str]) -> dict[str, str]:
+    claims = [{"typ": "roles", "val": r} for r in roles] + [{"typ": "name", "val": "admin@contoso"}]
+    return {"X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps({"claims": claims}).encode()).decode()}
+
+
+def write_count(stack: Stack) -> int:
+    """Writes the product made to Graph and Key Vault (token requests are not writes)."""
+    return sum(row["count"] for row in stack.world.counter.snapshot()
+               if row["service"] in ("graph", "keyvault") and row["method"] in WRITE_METHODS)
+
+
+def requests_by_service(stack: Stack) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for row in stack.world.counter.snapshot():
+        totals[row["service"]] = totals.get(row["service"], 0) + row["count"]
+    return totals
+
+
+def run_job_get_mailbox(stack: Stack, identity: str) -> list[dict[str, Any]]:
+    """What an unattended job does: read only the connection secret and the PFX, connect, Get-Mailbox."""
+    from azure.identity import CertificateCredential, ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    settings = stack.settings()
+    with ManagedIdentityCredential() as platform_identity:
+        secrets = SecretClient(settings["KEY_VAULT_URL"], platform_identity)
+        record = json.loads(secrets.get_secret(f"exo-{identity}-connection").value or "")
+        backing = secrets.get_secret(record["certificateName"], record["certificateVersion"])
+        pfx = base64.b64decode(backing.value or "")
+        secrets.close()
+    credential = CertificateCredential(record["tenantId"], record["appId"], certificate_data=pfx,
+                                       authority=settings["AZURE_AUTHORITY_HOST"], disable_instance_discovery=True)
+    token = credential.get_token(f"{settings['EXO_ENDPOINT']}/.default").token
+    credential.close()
+    response = httpx.post(
+        f"{settings['EXO_ENDPOINT']}/adminapi/beta/{record['tenantId']}/InvokeCommand",
+        json={"CmdletInput": {"CmdletName": "Get-Mailbox", "Parameters": {"ResultSize": "Unlimited"}}},
+        headers={"Authorization": f"Bearer {token}", "X-ResponseFormat": "json",
+                 "X-AnchorMailbox": f"UPN:SystemMailbox{{{SYSTEM_MAILBOX}}}@{record['organization']}"},
+        verify=True,  # trust comes from SSL_CERT_FILE, as in production
+    )
+    response.raise_for_status()
+    return list(response.json()["value"])
