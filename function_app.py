@@ -3,6 +3,8 @@
 import azure.functions as func
 
 from shared.http_api import bp as identities_http
+from shared.sweep_triggers import bp as sweep_triggers
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(identities_http)
+app.register_functions(sweep_triggers)

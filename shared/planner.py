@@ -194,10 +194,13 @@ class Plan:
     findings: tuple[Finding, ...]
     actions: tuple[Action, ...]
     blocked: tuple[Finding, ...] = ()
+    # Drift the product reports but may not repair (verify-only role mode): the run then fails
+    # with NeedsOperator after doing everything else.
+    needs_operator: tuple[Finding, ...] = ()
 
     @property
     def in_sync(self) -> bool:
-        return not self.actions and not self.blocked
+        return not self.actions and not self.blocked and not self.needs_operator
 
 
 @dataclass(frozen=True)
@@ -207,6 +210,7 @@ class PlanContext:
     policy: RenewalPolicy = field(default_factory=RenewalPolicy)
     grace: dt.timedelta = dt.timedelta(hours=24)
     verify_sign_in: bool = True
+    assign_roles: bool = True  # False: verify-only role mode (an administrator assigns roles)
 
 
 DECOMMISSIONING_TAG = "state"
@@ -324,7 +328,14 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
         actions.append(AddKeyCredential(target_thumbprint))
 
     missing_roles = [role for role in spec.roles if role.template_id not in observed.role_assignments]
-    if missing_roles:
+    needs_operator: list[Finding] = []
+    if missing_roles and not context.assign_roles:
+        finding = Finding(Facet.ROLES, State.MISSING, "RoleNotAssigned",
+                          "verify-only role mode: an administrator must assign "
+                          + ", ".join(r.name for r in missing_roles) + " to the app's service principal")
+        findings.append(finding)
+        needs_operator.append(finding)
+    elif missing_roles:
         findings.append(Finding(Facet.ROLES, State.MISSING, "RoleMissing",
                                 "not assigned: " + ", ".join(r.name for r in missing_roles)))
         actions.extend(AssignRole(r.template_id, r.name) for r in missing_roles)
@@ -357,7 +368,7 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
                                 f"published {record.thumbprint}"))
         actions.extend(_retirement(observed, now, context))
 
-    return Plan(tuple(findings), tuple(actions))
+    return Plan(tuple(findings), tuple(actions), needs_operator=tuple(needs_operator))
 
 
 def _retirement(observed: Observed, now: dt.datetime, context: PlanContext) -> list[Action]:

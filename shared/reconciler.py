@@ -181,11 +181,17 @@ class Reconciler:
             result.error = ForeignObject(first.message) if first.reason == "ForeignObject" else \
                 NeedsOperator(first.message, reason=first.reason)
             return result
-        if dry_run or not plan.actions:
+        if dry_run:
             return result
         executor = _Executor(self, spec, observed, app_raw)
         await self._run(executor, plan.actions, result)
-        await executor.record_outcome(result)
+        if result.error is None and plan.needs_operator:
+            first = plan.needs_operator[0]
+            result.error = NeedsOperator(first.message, reason=first.reason)
+        # A repeated bootstrap that finds nothing to do writes nothing; a queued reconcile records
+        # that it checked, which is how the sweep knows when the next deep check is due.
+        if result.executed or result.error is not None or operation == "reconcile":
+            await executor.record_outcome(result)
         return result
 
     async def decommission(self, name: str, *, dry_run: bool = False) -> RunResult:
@@ -419,19 +425,36 @@ class _Executor:
         )
 
     async def record_outcome(self, result: RunResult) -> None:
-        """Write the spec, the ids and the last result to the certificate's tags (Key Vault is the registry)."""
+        """Write the spec, ids, publication and last result to the certificate's tags.
+
+        Key Vault is the registry: these tags are what one paged listing gives the sweep
+        (see `sweep.TAG_*` for the contract), so it can judge most drift without a read per
+        identity.
+        """
         cert = self.observed.certificate
         if cert is None or cert.current is None or self.spec is None:
             return
-        tags = {**cert.tags, **desired_certificate_tags(self.spec)}
+        record = self.observed.record
         app = self.observed.application
-        if app is not None:
-            tags.update(appId=app.app_id, applicationObjectId=app.object_id)
-        if self.observed.service_principal_id:
-            tags["servicePrincipalId"] = self.observed.service_principal_id
-        tags["lastRun"] = format_time(self.r.clock())
-        tags["lastResult"] = "Succeeded" if result.error is None else result.error.reason
-        tags["lastError"] = "" if result.error is None else result.error.message[:MAX_TAG]
+        previous_failures = cert.tags.get("failures", "0")
+        failures = (int(previous_failures) if previous_failures.isdigit() else 0) + 1
+        optional = {
+            "state": cert.tags.get("state", ""),
+            "appId": app.app_id if app else "",
+            "servicePrincipalId": self.observed.service_principal_id or "",
+            "publishedThumbprint": record.thumbprint if record else "",
+            "retireAfter": format_time(record.updated_at + self.r.context.grace)
+            if record and record.previous_thumbprint else "",
+            "failures": str(failures) if result.error else "",
+            "lastError": result.error.message[:MAX_TAG] if result.error else "",
+        }
+        # At most 15 tags per Key Vault object: empty values are left out (README, "Key Vault tags").
+        tags = {
+            **desired_certificate_tags(self.spec),
+            **{k: v for k, v in optional.items() if v},
+            "lastRun": format_time(self.r.clock()),
+            "lastResult": "Succeeded" if result.error is None else result.error.reason,
+        }
         try:
             await self.r.vault.update_certificate_tags(self.names.certificate if self.names else "",
                                                        cert.current.version, tags)

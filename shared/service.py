@@ -75,6 +75,17 @@ async def list_identities(platform: Platform) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: item["name"])
 
 
+async def record_poison(platform: Platform, name: str) -> None:
+    """Show in the identity's status that its reconcile exhausted the host's redeliveries."""
+    names = IdentityNames(validate_name(name))
+    cert = await platform.vault.observe_certificate(names.certificate)
+    if cert is None or not cert.owned or cert.current is None:
+        return
+    tags = {**cert.tags, "lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
+            "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
+    await platform.vault.update_certificate_tags(names.certificate, cert.current.version, tags)
+
+
 def plan_document(plan: Plan) -> dict[str, Any]:
     return {
         "inSync": plan.in_sync,

@@ -55,6 +55,10 @@ class Settings:
     verify_sign_in: bool = True
     verify_sign_in_timeout_seconds: float = 120.0
     require_app_roles: bool = False
+    connection_cache_seconds: float = 300.0
+    reports_container: str = "mailbox-reports"
+    role_mode: str = "assign"
+    deep_check_hours: float = 24.0
 
     @property
     def graph_scope(self) -> str:
@@ -92,6 +96,10 @@ class Settings:
             verify_sign_in_timeout_seconds=reader.number("VERIFY_SIGN_IN_TIMEOUT_SECONDS", default=120.0,
                                                          low=0.0, high=600.0),
             require_app_roles=reader.boolean("AUTH_REQUIRE_APP_ROLES", default=False),
+            connection_cache_seconds=reader.number("CONNECTION_CACHE_SECONDS", default=300.0, low=0.0, high=3600.0),
+            reports_container=reader.container_name("REPORTS_CONTAINER", default="mailbox-reports"),
+            role_mode=reader.choice("ROLE_MODE", ("assign", "verify"), default="assign"),
+            deep_check_hours=reader.number("DEEP_CHECK_HOURS", default=24.0, low=1.0, high=24.0 * 30),
         )
         return settings
 
@@ -204,6 +212,14 @@ class _Reader:
             return frozenset({EXCHANGE_RECIPIENT_ADMINISTRATOR.template_id})
         return parse_allow_list(value)
 
+    def choice(self, name: str, options: tuple[str, ...], *, default: str) -> str:
+        value = self._raw(name)
+        if value is None:
+            return default
+        if value.lower() not in options:
+            raise self._bad(name, value, " or ".join(options))
+        return value.lower()
+
     def text(self, name: str, *, default: str) -> str:
         value = self._raw(name)
         if value is None:
@@ -216,4 +232,10 @@ class _Reader:
         value = self._raw(name) or default
         if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
             raise self._bad(name, value, "a storage queue name (3-63 lower-case letters, digits, single hyphens)")
+        return value
+
+    def container_name(self, name: str, *, default: str) -> str:
+        value = self._raw(name) or default
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", value):
+            raise self._bad(name, value, "a blob container name (3-63 lower-case letters, digits, single hyphens)")
         return value

@@ -21,6 +21,7 @@ ALLOWED_KEY_SIZES = (2048, 3072, 4096)
 SPEC_FIELDS = frozenset({"name", "organization", "roles", "validityMonths", "keySize", "contacts", "description"})
 MAX_DESCRIPTION = 200
 MAX_CONTACTS = 5
+MAX_TAG_VALUE = 256
 
 
 @dataclass(frozen=True)
@@ -67,16 +68,28 @@ class IdentitySpec:
         return frozenset(role.template_id for role in self.roles)
 
     def to_tags(self) -> dict[str, str]:
-        """The spec as Key Vault tags (each value ≤ 256 characters)."""
-        return {
+        """The spec as Key Vault tags.
+
+        Key Vault allows 15 tags of at most 256 characters per object, and the registry needs
+        room for ids and the last result too (README, "Key Vault tags"), so the spec takes five:
+        the free-text parts share one `notes` tag, present only when there is something to say.
+        """
+        tags = {
             "identity": self.name,
             "organization": self.organization,
             "roles": ",".join(role.template_id for role in self.roles),
-            "validityMonths": str(self.validity_months),
-            "keySize": str(self.key_size),
-            "contacts": ",".join(self.contacts),
-            "description": self.description,
+            "certificate": f"validityMonths={self.validity_months},keySize={self.key_size}",
         }
+        notes = self.notes_tag()
+        if notes:
+            tags["notes"] = notes
+        return tags
+
+    def notes_tag(self) -> str:
+        if not self.contacts and not self.description:
+            return ""
+        return json.dumps({"contacts": list(self.contacts), "description": self.description},
+                          separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> IdentitySpec:
@@ -85,14 +98,16 @@ class IdentitySpec:
         for template_id in filter(None, tags.get("roles", "").split(",")):
             role = lookup_role(template_id)
             roles.append(role if role is not None else DirectoryRole(template_id, template_id))
+        certificate = dict(part.split("=", 1) for part in tags.get("certificate", "").split(",") if "=" in part)
+        notes = json.loads(tags["notes"]) if tags.get("notes") else {}
         return cls(
             name=tags["identity"],
             organization=tags.get("organization", ""),
             roles=tuple(roles),
-            validity_months=int(tags.get("validityMonths", "12")),
-            key_size=int(tags.get("keySize", "2048")),
-            contacts=tuple(filter(None, tags.get("contacts", "").split(","))),
-            description=tags.get("description", ""),
+            validity_months=int(certificate.get("validityMonths", "12")),
+            key_size=int(certificate.get("keySize", "2048")),
+            contacts=tuple(notes.get("contacts", ())),
+            description=str(notes.get("description", "")),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -163,6 +178,11 @@ def parse_spec(body: object, settings: Settings) -> IdentitySpec:
             any(ord(ch) < 32 for ch in description):
         errors.append({"pointer": "/description",
                        "detail": f"must be text of at most {MAX_DESCRIPTION} characters without control characters"})
+
+    if not errors and len(IdentitySpec("x", "", (), 1, 2048, tuple(contacts), description).notes_tag()) > MAX_TAG_VALUE:
+        errors.append({"pointer": "/description",
+                       "detail": f"contacts and description together must fit in {MAX_TAG_VALUE} characters "
+                                 "(they are stored as one Key Vault tag)"})
 
     if errors:
         role_refused = any(e["pointer"].startswith("/roles/") for e in errors)

@@ -102,10 +102,29 @@ class VaultGateway:
             raise vault_error(exc, f"reading certificate {name}") from exc
         assert cert.properties is not None
         tags = dict(cert.properties.tags or {})
+        if tags.get(OWNER_TAG) != OWNER_TAG_VALUE:
+            tags = await self.adopted_tags(name) or tags
         return ObservedCertificate(
             owned=tags.get(OWNER_TAG) == OWNER_TAG_VALUE, tags=tags,
             current=version_from_properties(cert.properties),
         )
+
+    async def adopted_tags(self, name: str) -> dict[str, str] | None:
+        """The tags of the newest version this product made, when the newest version is not ours.
+
+        Key Vault's auto-renew or an admin may add a version without our tags (whether tags carry
+        over is undocumented); the certificate is still ours, and that version gets adopted.
+        """
+        try:
+            versions = [p async for p in self.certificates.list_properties_of_certificate_versions(
+                name, max_page_size=25)]
+        except HttpResponseError as exc:
+            raise vault_error(exc, f"listing versions of {name}") from exc
+        ours = [p for p in versions if (p.tags or {}).get(OWNER_TAG) == OWNER_TAG_VALUE and p.created_on]
+        if not ours:
+            return None
+        newest = max(ours, key=lambda p: p.created_on)  # type: ignore[arg-type, return-value]
+        return dict(newest.tags or {})
 
     async def _pending_only(self, name: str) -> ObservedCertificate | None:
         """A first create that has not completed: the name has an operation but no version."""

@@ -1,0 +1,219 @@
+"""The sweep: find the identities that need work, with a handful of paged listings.
+
+One Key Vault certificate listing is the registry (each item carries the identity's tags and the
+current version's thumbprint and dates); one listing each of our applications, the grants on
+Exchange's service principal, the assignments of each directory role in use, and the deleted
+secrets describes the tenant side. `needs_work` then decides per identity, purely, and only
+those identities are fanned out to the queue. Cost is O(N / page size), not O(N) (DESIGN.md).
+
+What the listings cannot see (a connection secret overwritten in place, say) is caught by the
+deep check: every identity is reconciled in full at least every DEEP_CHECK_HOURS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from azure.core.exceptions import HttpResponseError
+
+from .directory import APP_FIELDS, application_from_graph
+from .graph import GraphError, literal
+from .model import APP_OWNER_TAG, EXCHANGE_MANAGE_AS_APP_ROLE_ID, OWNER_TAG, OWNER_TAG_VALUE, ObservedApplication
+from .planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext, desired_certificate_tags
+from .platform import Platform
+from .record import format_time, parse_time
+from .renewal import jittered_renewal_time, next_attempt_after_failure
+from .spec import IdentityNames, IdentitySpec
+from .vault import vault_error
+
+log = logging.getLogger("exo_automation.sweep")
+_ADOPTABLE = re.compile(r"^exo-[a-z0-9-]+-cert$")
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One identity as the certificate listing shows it."""
+
+    name: str
+    tags: dict[str, str]
+    thumbprint: str | None
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
+    enabled: bool
+
+    @property
+    def spec(self) -> IdentitySpec:
+        return IdentitySpec.from_tags(self.tags)
+
+
+@dataclass(frozen=True)
+class TenantSnapshot:
+    applications: dict[str, ObservedApplication]  # by appId
+    consented_principals: frozenset[str]  # service principal ids holding Exchange.ManageAsApp
+    role_holders: dict[str, frozenset[str]]  # role template id -> principal ids
+    deleted_secrets: frozenset[str]
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    identities: int = 0
+    due: dict[str, list[str]] = field(default_factory=dict)  # name -> reasons
+    skipped: list[str] = field(default_factory=list)
+
+    def messages(self) -> list[str]:
+        return [json.dumps({"name": name, "reasons": reasons, "sweepId": self.sweep_id}, sort_keys=True)
+                for name, reasons in sorted(self.due.items())]
+
+
+def needs_work(entry: RegistryEntry, snapshot: TenantSnapshot, now: dt.datetime, context: PlanContext,
+               deep_check: dt.timedelta) -> list[str]:
+    """Why this identity must be reconciled now (empty: in sync as far as the listings show)."""
+    tags = entry.tags
+    reasons: list[str] = []
+    if entry.thumbprint is None or entry.not_before is None or entry.not_after is None:
+        return ["CertificatePending"]
+    if not entry.enabled or not entry.not_before <= now < entry.not_after:
+        reasons.append("CertificateNotValid")
+    elif now >= jittered_renewal_time(entry.not_before, entry.not_after, context.policy, entry.thumbprint):
+        reasons.append("RenewalDue")
+    spec = entry.spec
+    if any(tags.get(k) != v for k, v in desired_certificate_tags(spec).items()):
+        reasons.append("TagsDrift")
+    app = snapshot.applications.get(tags.get("appId", ""))
+    if app is None:
+        reasons.append("ApplicationMissing")
+    else:
+        if not app.declares_exchange_permission or app.sign_in_audience != "AzureADMyOrg" \
+                or APP_OWNER_TAG not in app.tags:
+            reasons.append("ApplicationDrift")
+        if not any(k.matches(entry.thumbprint) for k in app.key_credentials):
+            reasons.append("KeyMissing")
+    sp_id = tags.get("servicePrincipalId", "")
+    # A grant disappears with its service principal, so a present grant also proves the SP.
+    if not sp_id or sp_id not in snapshot.consented_principals:
+        reasons.append("ConsentMissing")
+    if context.assign_roles:
+        for role in spec.roles:
+            if sp_id not in snapshot.role_holders.get(role.template_id, frozenset()):
+                reasons.append("RoleMissing")
+                break
+    if tags.get("publishedThumbprint") != entry.thumbprint:
+        reasons.append("RecordStale")
+    if IdentityNames(spec.name).connection_secret in snapshot.deleted_secrets:
+        reasons.append("RecordDeleted")
+    retire_after = tags.get("retireAfter")
+    if retire_after and now >= parse_time(retire_after):
+        reasons.append("RetirementDue")
+    if tags.get("lastResult") not in (None, "Succeeded"):
+        failures = int(tags["failures"]) if tags.get("failures", "").isdigit() else 1
+        last_run = parse_time(tags["lastRun"]) if tags.get("lastRun") else now
+        if now >= next_attempt_after_failure(last_run, failures, entry.not_after):
+            reasons.append("RetryAfterFailure")
+    last_checked = tags.get("lastRun")  # every queued reconcile records its run
+    if not reasons and (not last_checked or now - parse_time(last_checked) >= deep_check):
+        reasons.append("DeepCheckDue")
+    return reasons
+
+
+async def read_registry(platform: Platform) -> list[RegistryEntry]:
+    entries = []
+    try:
+        async for props in platform.vault.certificates.list_properties_of_certificates(max_page_size=25):
+            tags = dict(props.tags or {})
+            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE and props.name and _ADOPTABLE.match(props.name):
+                # A version made outside the product: one versions listing, only for such names.
+                tags = await platform.vault.adopted_tags(props.name) or tags
+            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "identity" not in tags:
+                continue
+            entries.append(RegistryEntry(
+                name=tags["identity"], tags=tags,
+                thumbprint=bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
+                not_before=props.not_before, not_after=props.expires_on, enabled=bool(props.enabled),
+            ))
+    except HttpResponseError as exc:
+        raise vault_error(exc, "listing certificates") from exc
+    return entries
+
+
+async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
+    graph = platform.graph
+    # `tags/any` may need advanced query support depending on the tenant: asking for it is harmless.
+    advanced = {"ConsistencyLevel": "eventual"}
+    exchange_sp = await platform.directory.exchange_service_principal_id()
+
+    async def applications() -> dict[str, ObservedApplication]:
+        items = await graph.collect("/applications", {
+            "$filter": f"tags/any(t:t eq {literal(APP_OWNER_TAG)})", "$select": APP_FIELDS, "$top": "999",
+            "$count": "true"}, advanced)
+        return {item["appId"]: application_from_graph(item) for item in items}
+
+    async def grants() -> frozenset[str]:
+        items = await graph.collect(f"/servicePrincipals/{exchange_sp}/appRoleAssignedTo",
+                                    {"$select": "principalId,appRoleId", "$top": "999"})
+        return frozenset(str(i["principalId"]) for i in items if i.get("appRoleId") == EXCHANGE_MANAGE_AS_APP_ROLE_ID)
+
+    async def holders(role_id: str) -> tuple[str, frozenset[str]]:
+        items = await graph.collect("/roleManagement/directory/roleAssignments", {
+            "$filter": f"roleDefinitionId eq {literal(role_id)}", "$select": "principalId,directoryScopeId"})
+        return role_id, frozenset(str(i["principalId"]) for i in items if i.get("directoryScopeId", "/") == "/")
+
+    async def deleted_secrets() -> frozenset[str]:
+        try:
+            return frozenset([s.name async for s in platform.vault.secrets.list_deleted_secrets(max_page_size=25)
+                              if s.name])
+        except HttpResponseError as exc:
+            raise vault_error(exc, "listing deleted secrets") from exc
+
+    try:
+        apps, consented, deleted, role_pairs = await asyncio.gather(
+            applications(), grants(), deleted_secrets(),
+            asyncio.gather(*(holders(r) for r in sorted(role_ids))))
+    except GraphError as exc:
+        raise exc.classified() from exc
+    return TenantSnapshot(apps, consented, dict(role_pairs), deleted)
+
+
+async def sweep(platform: Platform) -> SweepResult:
+    """Decide which identities need a reconcile; the caller enqueues `result.messages()`."""
+    result = SweepResult(sweep_id=uuid.uuid4().hex)
+    entries = await read_registry(platform)
+    result.identities = len(entries)
+    active = [e for e in entries if e.tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE]
+    result.skipped = sorted(e.name for e in entries if e not in active)
+    context = platform.reconciler.context
+    roles = {role.template_id for e in active for role in e.spec.roles} if context.assign_roles else set()
+    snapshot = await read_tenant(platform, roles) if active else TenantSnapshot({}, frozenset(), {}, frozenset())
+    now = platform.reconciler.clock()
+    deep_check = dt.timedelta(hours=platform.settings.deep_check_hours)
+    for entry in active:
+        reasons = needs_work(entry, snapshot, now, context, deep_check)
+        if entry.not_after is not None:
+            renew_at = jittered_renewal_time(entry.not_before or entry.not_after, entry.not_after, context.policy,
+                                             entry.thumbprint or entry.name)
+            # The contract of the expiry alert (infra/): one line per identity per sweep.
+            log.info("identity=%s daysToExpiry=%.2f renewalDue=%s renewalTime=%s", entry.name,
+                     (entry.not_after - now) / dt.timedelta(days=1), now >= renew_at, format_time(renew_at))
+        if reasons:
+            result.due[entry.name] = reasons
+    log.info("sweep=%s identities=%d due=%d skipped=%d", result.sweep_id, result.identities, len(result.due),
+             len(result.skipped))
+    return result
+
+
+def parse_message(body: str) -> dict[str, Any]:
+    """A queue message from `SweepResult.messages`, or ValueError."""
+    message = json.loads(body)
+    if not isinstance(message, dict) or not isinstance(message.get("name"), str):
+        raise ValueError("a reconcile message is a JSON object with a 'name'")
+    return message
+
+
+__all__ = ["RegistryEntry", "SweepResult", "TenantSnapshot", "needs_work", "sweep"]

@@ -1,0 +1,70 @@
+"""Timer and queue triggers: the sweep fans out, one queue message reconciles one identity.
+
+Retries and poison messages come from the Functions host (host.json `queues.maxDequeueCount`),
+not from loops here: a retryable failure raises so the host redelivers; a failure that needs an
+operator is recorded in the identity's tags and the message completes, since redelivery cannot
+fix it. A message that still fails after the last delivery lands in `<queue>-poison`, whose
+trigger records it in the identity's status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+log = logging.getLogger("exo_automation.triggers")
+
+bp = func.Blueprint()  # type: ignore[no-untyped-call]
+
+
+@bp.timer_trigger(schedule="%SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+@bp.queue_output(arg_name="reconcile", queue_name="%RECONCILE_QUEUE%", connection="AzureWebJobsStorage")
+async def sweep_identities(timer: func.TimerRequest, reconcile: func.Out[list[str]]) -> None:
+    from .platform import current_platform
+    from .sweep import sweep
+
+    if timer.past_due:
+        log.info("the sweep is running late (past due); it catches up in one run")
+    result = await sweep(current_platform())
+    reconcile.set(result.messages())
+
+
+@bp.queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%", connection="AzureWebJobsStorage")
+async def reconcile_identity(message: func.QueueMessage) -> None:
+    from .errors import IdentityNotFound, InvalidSpec, Retryable
+    from .platform import current_platform
+    from .service import reconcile
+    from .sweep import parse_message
+
+    try:
+        name = parse_message(message.get_body().decode("utf-8"))["name"]
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.error("discarding a malformed reconcile message %s: %s", message.id, exc)
+        return
+    try:
+        result = await reconcile(current_platform(), name, operation="reconcile")
+    except (IdentityNotFound, InvalidSpec) as exc:
+        log.warning("identity=%s skipped: %s", name, exc.message)  # decommissioned since the sweep
+        return
+    if isinstance(result.error, Retryable):
+        # Raising hands the message back to the host, which redelivers it with its own back-off.
+        raise result.error
+    if result.error is not None:
+        log.error("identity=%s needs an operator: %s: %s", name, result.error.reason, result.error.message)
+
+
+@bp.queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%-poison", connection="AzureWebJobsStorage")
+async def record_poisoned_reconcile(message: func.QueueMessage) -> None:
+    from .platform import current_platform
+    from .service import record_poison
+    from .sweep import parse_message
+
+    try:
+        name = parse_message(message.get_body().decode("utf-8"))["name"]
+    except (ValueError, UnicodeDecodeError):
+        log.error("poison queue: unreadable message %s", message.id)
+        return
+    log.error("identity=%s reconcile failed after every redelivery (dequeueCount=%s)", name,
+              message.dequeue_count)
+    await record_poison(current_platform(), name)

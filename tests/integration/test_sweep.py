@@ -1,0 +1,283 @@
+"""Issue: rotation and drift repair by the sweep, each facet on its own, through the stand-ins."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+
+import pytest
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+from devstack import Stack
+from devstack.pki import new_rsa_key, self_signed_certificate
+from devstack.world import EXCHANGE_MANAGE_AS_APP
+from shared.model import key_id_for
+
+from .helpers import call, run_job_get_mailbox
+from .platform_helpers import bootstrap, converge, reconcile, sweep
+
+DAY = 86400.0
+
+
+def app_of(stack: Stack, name: str) -> dict:
+    return next(a for a in stack.world.directory.applications.values()
+                if a.get("uniqueName") == f"exo-automation-{name}")
+
+
+def sp_of(stack: Stack, name: str) -> dict:
+    app_id = app_of(stack, name)["appId"]
+    return next(s for s in stack.world.directory.service_principals.values() if s["appId"] == app_id)
+
+
+def record_of(stack: Stack, name: str) -> dict:
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    with ManagedIdentityCredential() as credential:
+        client = SecretClient(stack.settings()["KEY_VAULT_URL"], credential)
+        record = json.loads(client.get_secret(f"exo-{name}-connection").value or "{}")
+        client.close()
+    return record
+
+
+def add_foreign_key(stack: Stack, name: str) -> str:
+    now = stack.world.clock.now()
+    cert = self_signed_certificate(new_rsa_key(), "CN=admin-added", now - dt.timedelta(days=1), now + dt.timedelta(days=900))
+    from cryptography.hazmat.primitives import serialization
+
+    der = cert.public_bytes(serialization.Encoding.DER)
+    key_id = "0f0f0f0f-1111-2222-3333-444444444444"
+    with stack.world.lock:
+        app_of(stack, name)["keyCredentials"].append({
+            "keyId": key_id, "type": "AsymmetricX509Cert", "usage": "Verify", "key": base64.b64encode(der).decode(),
+            "startDateTime": (now - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "endDateTime": (now + dt.timedelta(days=900)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "displayName": "added by an admin", "customKeyIdentifier": None,
+        })
+    return key_id
+
+
+def test_in_sync_identities_are_not_enqueued(stack: Stack) -> None:
+    for name in ("alpha", "bravo", "charlie"):
+        assert bootstrap(stack, name).error is None
+    result = sweep(stack)
+    assert result.identities == 3
+    assert result.due == {}
+
+
+def test_each_facet_removed_behind_our_back_is_reported_and_repaired(stack: Stack) -> None:
+    names = ["key-gone", "grant-gone", "role-gone", "record-gone", "app-gone", "untouched"]
+    for name in names:
+        assert bootstrap(stack, name).error is None
+    foreign_key = add_foreign_key(stack, "key-gone")
+    d = stack.world.directory
+    with stack.world.lock:
+        app = app_of(stack, "key-gone")
+        app["keyCredentials"] = [k for k in app["keyCredentials"] if k["keyId"] == foreign_key]
+        grant_sp = sp_of(stack, "grant-gone")["id"]
+        for key in [k for k, a in d.app_role_assignments.items() if a["principalId"] == grant_sp]:
+            del d.app_role_assignments[key]
+        role_sp = sp_of(stack, "role-gone")["id"]
+        for key in [k for k, a in d.role_assignments.items() if a["principalId"] == role_sp]:
+            del d.role_assignments[key]
+        gone = app_of(stack, "app-gone")
+        gone_sp = sp_of(stack, "app-gone")["id"]
+        del d.applications[gone["id"]]
+        del d.service_principals[gone_sp]
+        for key in [k for k, a in d.app_role_assignments.items() if a["principalId"] == gone_sp]:
+            del d.app_role_assignments[key]
+        for key in [k for k, a in d.role_assignments.items() if a["principalId"] == gone_sp]:
+            del d.role_assignments[key]
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    with ManagedIdentityCredential() as credential:
+        client = SecretClient(stack.settings()["KEY_VAULT_URL"], credential)
+        # Deleted and purged: only the deep check can notice a secret that vanished without a trace.
+        client.begin_delete_secret("exo-record-gone-connection", _polling_interval=0).wait()
+        client.purge_deleted_secret("exo-record-gone-connection")
+        client.close()
+
+    found = converge(stack)
+    assert found["key-gone"] == ["KeyMissing"]
+    assert found["grant-gone"] == ["ConsentMissing"]
+    assert found["role-gone"] == ["RoleMissing"]
+    assert "ApplicationMissing" in found["app-gone"]
+    assert "record-gone" not in found, "a purged secret is invisible to the listings..."
+    assert "untouched" not in found
+    stack.world.clock.advance(25 * 3600)
+    assert "record-gone" in converge(stack), "...until the deep check reconciles every identity"
+    # The foreign key survived the repair, next to the re-added one.
+    key_ids = {k["keyId"] for k in app_of(stack, "key-gone")["keyCredentials"]}
+    assert foreign_key in key_ids and len(key_ids) == 2
+    for name in names:
+        assert run_job_get_mailbox(stack, name), name
+
+
+def test_deleted_connection_secret_is_found_by_the_listing(stack: Stack) -> None:
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    assert bootstrap(stack, "soft-deleted").error is None
+    with ManagedIdentityCredential() as credential:
+        client = SecretClient(stack.settings()["KEY_VAULT_URL"], credential)
+        client.begin_delete_secret("exo-soft-deleted-connection", _polling_interval=0).wait()
+        client.close()
+    due = sweep(stack).due
+    assert due == {"soft-deleted": ["RecordDeleted"]}
+    outcome = reconcile(stack, "soft-deleted")
+    # A soft-deleted name cannot be written until it is recovered or purged: an operator decides.
+    assert outcome.error is not None and outcome.error.reason == "DeletedButRecoverable"
+
+
+def test_renewal_rotates_keeps_the_old_key_through_the_grace_period_then_retires_it(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROTATION_GRACE_HOURS", "24")
+    assert bootstrap(stack, "rotating", validityMonths=3).error is None
+    first = record_of(stack, "rotating")
+    foreign_key = add_foreign_key(stack, "rotating")
+    stack.world.clock.advance(70 * DAY)  # past two thirds of ~92 days
+    found = converge(stack)
+    assert "RenewalDue" in found["rotating"]
+    second = record_of(stack, "rotating")
+    assert second["thumbprint"] != first["thumbprint"]
+    assert second["previousThumbprint"] == first["thumbprint"]
+    keys = {k["keyId"] for k in app_of(stack, "rotating")["keyCredentials"]}
+    assert {key_id_for(first["thumbprint"]), key_id_for(second["thumbprint"]), foreign_key} == keys
+    assert run_job_get_mailbox(stack, "rotating")
+
+    stack.world.clock.advance(2 * DAY)
+    found = converge(stack)
+    assert found["rotating"] == ["RetirementDue"]
+    third = record_of(stack, "rotating")
+    assert third["previousThumbprint"] is None and third["thumbprint"] == second["thumbprint"]
+    keys = {k["keyId"] for k in app_of(stack, "rotating")["keyCredentials"]}
+    assert keys == {key_id_for(second["thumbprint"]), foreign_key}
+
+
+def test_a_version_created_outside_the_product_is_adopted(stack: Stack) -> None:
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.certificates import CertificateClient
+
+    assert bootstrap(stack, "adopter").error is None
+    before = record_of(stack, "adopter")
+    with ManagedIdentityCredential() as credential:
+        client = CertificateClient(stack.settings()["KEY_VAULT_URL"], credential)
+        policy = client.get_certificate_policy("exo-adopter-cert")
+        client.begin_create_certificate("exo-adopter-cert", policy, _polling_interval=0).result()
+        client.close()
+    found = converge(stack)
+    assert "RecordStale" in found["adopter"] and "KeyMissing" in found["adopter"]
+    after = record_of(stack, "adopter")
+    assert after["thumbprint"] != before["thumbprint"] and after["previousThumbprint"] == before["thumbprint"]
+    assert run_job_get_mailbox(stack, "adopter")
+
+
+def test_sweep_cost_does_not_grow_with_identities(stack: Stack) -> None:
+    def cost() -> dict[str, int]:
+        stack.world.counter.reset()
+        assert sweep(stack).due == {}
+        totals: dict[str, int] = {}
+        for row in stack.world.counter.snapshot():
+            if row["service"] != "entra":
+                totals[row["service"]] = totals.get(row["service"], 0) + row["count"]
+        return totals
+
+    for i in range(3):
+        bootstrap(stack, f"fleet-{i}")
+    small = cost()
+    for i in range(3, 24):
+        bootstrap(stack, f"fleet-{i}")
+    large = cost()
+    assert large == small, "8x the identities, same number of requests (one page each)"
+    assert sum(large.values()) <= 8
+
+
+def test_failed_identities_are_retried_with_backoff(stack: Stack) -> None:
+    assert bootstrap(stack, "flaky").error is None
+    with stack.world.lock:
+        app = app_of(stack, "flaky")
+        app["keyCredentials"] = []
+    stack.world.faults.add(__import__("devstack.faults", fromlist=["Fault"]).Fault.from_json(
+        {"service": "graph", "method": "PATCH", "path": r"/applications/[^/(]+$", "status": 500, "count": 1}))
+    assert sweep(stack).due == {"flaky": ["KeyMissing"]}
+    assert reconcile(stack, "flaky").error is not None
+    due = sweep(stack).due["flaky"]
+    assert "KeyMissing" in due  # still broken; the backoff only governs RetryAfterFailure
+    stack.world.clock.advance(600)
+    assert "RetryAfterFailure" in sweep(stack).due["flaky"]
+    assert reconcile(stack, "flaky").error is None
+    assert sweep(stack).due == {}
+
+
+def test_timer_and_queue_handlers_round_trip_through_azurite(stack: Stack, azurite: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import azure.functions as func
+
+    monkeypatch.setenv("RECONCILE_QUEUE", "identity-reconcile")
+    assert bootstrap(stack, "queued").error is None
+    with stack.world.lock:
+        sp = sp_of(stack, "queued")["id"]
+        for key in [k for k, a in stack.world.directory.app_role_assignments.items()
+                    if a["principalId"] == sp and a["appRoleId"] == EXCHANGE_MANAGE_AS_APP]:
+            del stack.world.directory.app_role_assignments[key]
+
+    class Out:
+        value: list[str] = []
+
+        def set(self, value: list[str]) -> None:
+            self.value = value
+
+        def get(self) -> list[str]:
+            return self.value
+
+    out = Out()
+    class Timer:  # the host's TimerRequest: only past_due is read
+        past_due = False
+
+    timer = Timer()
+    call_trigger("sweep_identities", timer=timer, reconcile=out)
+    assert [json.loads(m)["name"] for m in out.value] == ["queued"]
+
+    # The host base64-encodes queue messages (host.json messageEncoding): do as it does.
+    queue = QueueClient.from_connection_string(azurite, "identity-reconcile",
+                                               message_encode_policy=TextBase64EncodePolicy(),
+                                               message_decode_policy=TextBase64DecodePolicy())
+    queue.create_queue()
+    for body in out.value:
+        queue.send_message(body)
+    (received,) = list(queue.receive_messages())
+    message = func.QueueMessage(id=received.id, body=received.content.encode())
+    call_trigger("reconcile_identity", message=message)
+    queue.delete_message(received)
+    queue.close()
+    assert sweep(stack).due == {}
+    status = call("identity", "GET", "http://localhost/api/identities/queued", route_params={"name": "queued"})
+    assert status.body["facets"]["consent"]["state"] == "ok"
+
+
+def test_poison_message_shows_in_status(stack: Stack) -> None:
+    import azure.functions as func
+
+    assert bootstrap(stack, "poisoned").error is None
+    body = json.dumps({"name": "poisoned", "reasons": ["KeyMissing"], "sweepId": "x"})
+    call_trigger("record_poisoned_reconcile", message=func.QueueMessage(id="1", body=body.encode()))
+    status = call("identity", "GET", "http://localhost/api/identities/poisoned", route_params={"name": "poisoned"})
+    assert status.body["lastResult"]["result"] == "PoisonMessage"
+
+
+def call_trigger(name: str, **kwargs: object) -> None:
+    import asyncio
+
+    from shared.platform import close_platforms
+
+    from .helpers import handler
+
+    async def run() -> None:
+        try:
+            await handler(name)(**kwargs)
+        finally:
+            await close_platforms()
+
+    asyncio.run(run())
