@@ -8,6 +8,7 @@ import json
 
 import pytest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from cryptography.hazmat.primitives import serialization
 
 from devstack import Stack
 from devstack.pki import new_rsa_key, self_signed_certificate
@@ -43,8 +44,8 @@ def record_of(stack: Stack, name: str) -> dict:
 
 def add_foreign_key(stack: Stack, name: str) -> str:
     now = stack.world.clock.now()
-    cert = self_signed_certificate(new_rsa_key(), "CN=admin-added", now - dt.timedelta(days=1), now + dt.timedelta(days=900))
-    from cryptography.hazmat.primitives import serialization
+    cert = self_signed_certificate(new_rsa_key(), "CN=admin-added", now - dt.timedelta(days=1),
+                                   now + dt.timedelta(days=900))
 
     der = cert.public_bytes(serialization.Encoding.DER)
     key_id = "0f0f0f0f-1111-2222-3333-444444444444"
