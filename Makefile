@@ -12,14 +12,15 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint check run bench clean distclean
+.PHONY: help setup test lint check run stack bench clean distclean
 
 help:
 	@echo "make setup      create .venv (requirements-dev.txt) and install Azurite (npm ci)"
 	@echo "make test       ruff, mypy and the whole test suite (PYTEST_ARGS='-k name' to narrow it)"
 	@echo "make lint       ruff check + mypy"
 	@echo "make check      lint, then test"
-	@echo "make run        run the stand-ins and Azurite locally (python -m devstack up)"
+	@echo "make run        the main job locally: stand-ins up, bootstrap an identity, run a job with it"
+	@echo "make stack      only the stand-ins and Azurite (python -m devstack up), for func start"
 	@echo "make bench      the benchmarks under bench/"
 	@echo "make clean      caches and local state; 'make distclean' also removes .venv and node_modules"
 
@@ -50,8 +51,12 @@ lint: setup
 
 check: lint test
 
-# For now the stand-ins only; this will become the local run of the function app itself.
+# The main job, locally: start the stand-ins, bootstrap an identity end to end, run a job with it.
 run: setup
+	$(PY) -m devstack demo
+
+# The stand-ins (and Azurite) alone, for `func start` or your own scripts; Ctrl-C stops them.
+stack: setup
 	$(PY) -m devstack up
 
 bench: setup

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-local-settings", action="store_true", help="do not write local.settings.json")
     # For devstack.process: the parent holds our stdin open and closing it (even by dying) stops us.
     up.add_argument("--stop-on-stdin-eof", action="store_true", help=argparse.SUPPRESS)
+    commands.add_parser("demo", help="bootstrap an identity end to end and run a job with it (make run)",
+                        add_help=False)
     return parser
 
 
@@ -203,6 +205,11 @@ def up(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo
+
+        return demo(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "up":
         return up(args)

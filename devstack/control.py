@@ -11,6 +11,7 @@ from .world import World
 
 class ControlService(Service):
     name = "control"
+    faultable = False  # see Service.faultable
 
     def __init__(self, world: World) -> None:
         super().__init__()

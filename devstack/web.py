@@ -106,6 +106,9 @@ class Service:
     """A stand-in: routes plus how errors look on its wire."""
 
     name = "service"
+    # Whether injected faults apply. The control API opts out: a wildcard fault must not lock out
+    # the very routes (DELETE /control/faults, /control/reset) that remove it.
+    faultable = True
 
     def __init__(self) -> None:
         self.routes: list[Route] = []
@@ -171,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             base_url=service.base_url,
         )
-        fault = server.faults.take(service.name, request.method, request.path)
+        fault = server.faults.take(service.name, request.method, request.path) if service.faultable else None
         if fault is not None:
             if fault.latency:
                 time.sleep(fault.latency)

@@ -30,6 +30,7 @@ MAX_BODY_BYTES = 16 * 1024
 READ_ROLE = "ExoIdentities.Read"
 WRITE_ROLE = "ExoIdentities.ReadWrite"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+ROLE_CLAIM_URI = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
 
 
 def _json(status: int, document: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -60,7 +61,9 @@ def caller_principal(req: func.HttpRequest) -> dict[str, Any] | None:
     if not isinstance(principal, dict):
         return None
     claims = principal.get("claims") or []
-    roles = [c.get("val") for c in claims if isinstance(c, dict) and c.get("typ") in ("roles", "role")]
+    # Entra puts app roles in `roles`; App Service may announce another claim type in `role_typ`.
+    role_types = {"roles", "role", ROLE_CLAIM_URI, principal.get("role_typ") or "roles"}
+    roles = [c.get("val") for c in claims if isinstance(c, dict) and c.get("typ") in role_types]
     names = [c.get("val") for c in claims if isinstance(c, dict) and c.get("typ") in ("name", "appid", "oid")]
     return {"name": req.headers.get("x-ms-client-principal-name") or (names[0] if names else None),
             "id": req.headers.get("x-ms-client-principal-id"), "roles": [r for r in roles if isinstance(r, str)]}
@@ -144,6 +147,10 @@ async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.Htt
             log.warning("request failed: %s %s", exc.reason, exc.message)
         return func.HttpResponse(dumps(document), status_code=status,
                                  headers={"Content-Type": PROBLEM_CONTENT_TYPE, **headers})
+    except Exception:
+        # Still a problem document, never a traceback: the cause goes to the logs only.
+        log.exception("unexpected failure handling %s %s", req.method, req.url)
+        return _problem(500, "InternalError", "an unexpected error occurred; the function logs have the cause")
 
 
 def _run_response(result: Any, created_status: int = 200) -> func.HttpResponse:

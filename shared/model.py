@@ -34,6 +34,8 @@ class CertificateVersion:
     not_before: dt.datetime
     not_after: dt.datetime
     enabled: bool = True
+    # The public certificate (DER) when the read that found this version returned it.
+    der: bytes | None = field(default=None, compare=False, repr=False)
 
     def valid_at(self, now: dt.datetime) -> bool:
         return self.enabled and self.not_before <= now < self.not_after

@@ -394,7 +394,7 @@ def _retirement(observed: Observed, now: dt.datetime, context: PlanContext) -> l
     return actions
 
 
-def plan_decommission(observed: Observed, spec: IdentitySpec | None) -> Plan:
+def plan_decommission(observed: Observed, spec: IdentitySpec | None, *, assign_roles: bool = True) -> Plan:
     """Remove what the identity owns, role assignments and consent first, the registry entry last."""
     blocked = _ownership_findings(observed)
     if blocked:
@@ -403,7 +403,9 @@ def plan_decommission(observed: Observed, spec: IdentitySpec | None) -> Plan:
     cert = observed.certificate
     if cert is not None and cert.tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE:
         actions.append(MarkDecommissioning())
-    owned_roles = spec.role_ids if spec is not None else frozenset()
+    # In verify-only mode an administrator assigned the roles; deleting the service principal
+    # removes its assignments without the product needing write access to directory roles.
+    owned_roles = spec.role_ids if spec is not None and assign_roles else frozenset()
     for role_id, assignment_id in sorted(observed.role_assignments.items()):
         if role_id in owned_roles:
             actions.append(RemoveRoleAssignment(assignment_id, role_id))

@@ -183,6 +183,9 @@ class Reconciler:
             return result
         if dry_run:
             return result
+        if observed.certificate is None:
+            # A new name: refuse before the first write if a soft-deleted certificate holds it.
+            await self.vault.refuse_if_deleted(spec.names.certificate)
         executor = _Executor(self, spec, observed, app_raw)
         await self._run(executor, plan.actions, result)
         if result.error is None and plan.needs_operator:
@@ -203,7 +206,7 @@ class Reconciler:
         if nothing_there:
             raise IdentityNotFound(f"no automation identity named {name!r}")
         spec = cert.spec if cert is not None else None
-        plan = plan_decommission(observed, spec)
+        plan = plan_decommission(observed, spec, assign_roles=self.context.assign_roles)
         result = RunResult(name, "decommission", plan, dry_run=dry_run)
         if plan.blocked:
             result.error = ForeignObject(plan.blocked[0].message)
@@ -255,20 +258,6 @@ class _Executor:
         self.observed = dataclasses.replace(
             self.observed, certificate=ObservedCertificate(owned=True, tags=tags, current=version))
 
-    async def _created_meanwhile(self) -> CertificateVersion | None:
-        """A concurrent bootstrap of the same name may have created the certificate since we looked.
-
-        Key Vault has no create-if-absent, so this re-read narrows the window in which two runs
-        each add a version; a version that loses the race is retired by the next run.
-        """
-        assert self.names is not None
-        cert = await self.r.vault.observe_certificate(self.names.certificate)
-        if cert is not None and cert.owned and cert.current is not None and cert.current.valid_at(self.r.clock()):
-            return cert.current
-        if cert is not None and cert.pending:
-            return await self.r.vault.await_pending(self.names.certificate)
-        return None
-
     def _resolve(self, thumbprint: str | None) -> CertificateVersion:
         current = self.current
         if thumbprint is not None and current.thumbprint != thumbprint:
@@ -296,8 +285,6 @@ class _Executor:
                 tags = desired_certificate_tags(self.spec)
                 if isinstance(action, AwaitCertificate):
                     version = await vault.await_pending(names.certificate)
-                elif action.reason == "CertificateMissing" and (raced := await self._created_meanwhile()):
-                    version = raced
                 else:
                     version = await vault.create_certificate_version(names.certificate, self.spec, tags)
                 self._set_current(version, tags)
@@ -372,7 +359,8 @@ class _Executor:
         names = self.names
         assert names is not None and self.spec is not None
         object_id, _ = self._app()
-        der = await self.r.vault.certificate_der(names.certificate, version.version)
+        der = version.der or await self.r.vault.certificate_der(names.certificate, version.version)
+        # Always read back: a concurrent run may have added its key since the app was created.
         existing = await self.r.directory.key_credentials_with_keys(object_id)
         if any(entry.get("keyId") == key_id_for(version.thumbprint) for entry in existing):
             return "already present"

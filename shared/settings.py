@@ -50,7 +50,6 @@ class Settings:
     renew_before_fraction: float | None = None
     rotation_grace_hours: float = 24.0
     managed_identity_client_id: str | None = None
-    platform_name: str = "exo-automation"
     reconcile_queue: str = "identity-reconcile"
     verify_sign_in: bool = True
     verify_sign_in_timeout_seconds: float = 120.0
@@ -90,7 +89,6 @@ class Settings:
             renew_before_fraction=reader.optional_fraction("RENEW_BEFORE_FRACTION"),
             rotation_grace_hours=reader.number("ROTATION_GRACE_HOURS", default=24.0, low=0.0, high=24.0 * 30),
             managed_identity_client_id=reader.optional_guid("AZURE_CLIENT_ID"),
-            platform_name=reader.text("PLATFORM_NAME", default="exo-automation"),
             reconcile_queue=reader.queue_name("RECONCILE_QUEUE", default="identity-reconcile"),
             verify_sign_in=reader.boolean("VERIFY_SIGN_IN", default=True),
             verify_sign_in_timeout_seconds=reader.number("VERIFY_SIGN_IN_TIMEOUT_SECONDS", default=120.0,
@@ -219,14 +217,6 @@ class _Reader:
         if value.lower() not in options:
             raise self._bad(name, value, " or ".join(options))
         return value.lower()
-
-    def text(self, name: str, *, default: str) -> str:
-        value = self._raw(name)
-        if value is None:
-            return default
-        if len(value) > 64:
-            raise self._bad(name, value, "at most 64 characters")
-        return value
 
     def queue_name(self, name: str, *, default: str) -> str:
         value = self._raw(name) or default

@@ -45,18 +45,29 @@ def vault_error(exc: HttpResponseError, what: str) -> Exception:
                              + " (it needs Key Vault Certificates Officer and Secrets Officer)",
                              reason="VaultPermissionMissing")
     if status == 409 and inner == "ObjectIsDeletedButRecoverable":
-        return NeedsOperator(f"a deleted Key Vault object blocks {what}: recover it (az keyvault certificate "
-                             "recover) or purge it, then retry", reason="DeletedButRecoverable")
+        return NeedsOperator(f"a soft-deleted Key Vault object blocks {what}. " + _PURGE_ADVICE,
+                             reason="DeletedButRecoverable")
     return NeedsOperator(f"Key Vault refused {what}: {status} {code} {inner}".strip(), reason="VaultRequestRefused")
 
 
-def version_from_properties(props: Any) -> CertificateVersion:
+_PURGE_ADVICE = ("The name was decommissioned (or deleted by hand) and Key Vault keeps deleted objects for "
+                 "their retention period. To reuse the name, purge both objects, e.g. `az keyvault certificate "
+                 "purge --vault-name <vault> --name exo-<name>-cert` and `az keyvault secret purge --vault-name "
+                 "<vault> --name exo-<name>-connection`, or choose another name.")
+
+
+def deleted_name_message(certificate_name: str) -> str:
+    return f"the certificate {certificate_name} is soft-deleted, so its name cannot be used yet. " + _PURGE_ADVICE
+
+
+def version_from_properties(props: Any, der: bytes | None = None) -> CertificateVersion:
     return CertificateVersion(
         version=str(props.version),
         thumbprint=bytes(props.x509_thumbprint).hex().upper(),
         not_before=_timestamp(props.not_before),
         not_after=_timestamp(props.expires_on),
         enabled=bool(props.enabled),
+        der=der,
     )
 
 
@@ -106,7 +117,7 @@ class VaultGateway:
             tags = await self.adopted_tags(name) or tags
         return ObservedCertificate(
             owned=tags.get(OWNER_TAG) == OWNER_TAG_VALUE, tags=tags,
-            current=version_from_properties(cert.properties),
+            current=version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None),
         )
 
     async def adopted_tags(self, name: str) -> dict[str, str] | None:
@@ -138,6 +149,18 @@ class VaultGateway:
             return ObservedCertificate(owned=True, tags={}, current=None, pending=True)
         return None
 
+    async def refuse_if_deleted(self, name: str) -> None:
+        """A soft-deleted certificate blocks its name (409 on create): say so before anything is written."""
+        try:
+            await self.certificates.get_deleted_certificate(name)
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as exc:
+            if exc.status_code == 403:
+                return  # without list/get on deleted objects the create's own 409 will tell
+            raise vault_error(exc, f"checking for a deleted certificate {name}") from exc
+        raise NeedsOperator(deleted_name_message(name), reason="DeletedButRecoverable")
+
     async def certificate_versions(self, name: str) -> tuple[CertificateVersion, ...]:
         try:
             return tuple([version_from_properties(p) async for p in
@@ -152,7 +175,7 @@ class VaultGateway:
         request = HttpRequest("POST", f"{self.vault_url}certificates/{name}/create",
                               params={"api-version": self.certificates.api_version}, json=body)
         response = await self.certificates.send_request(request)
-        if response.status_code == 409:
+        if response.status_code == 409 and b"ObjectIsDeletedButRecoverable" not in await response.read():
             # Another create is in progress for this name (a concurrent run): wait for it instead.
             return await self.await_pending(name)
         if response.status_code >= 400:
@@ -181,7 +204,7 @@ class VaultGateway:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         cert = await self.certificates.get_certificate(name)
-        return version_from_properties(cert.properties)
+        return version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None)
 
     async def certificate_der(self, name: str, version: str) -> bytes:
         try:

@@ -29,16 +29,20 @@ class HttpResult:
         return self.headers.get("Content-Type", self.headers.get("content-type", ""))
 
 
-_HANDLERS: dict[str, Any] = {}
+_FUNCTIONS: list[Any] = []
+
+
+def registered_functions() -> list[Any]:
+    """`function_app.app.get_functions()`, built once: a second build of one app raises on duplicates."""
+    if not _FUNCTIONS:
+        import function_app
+
+        _FUNCTIONS.extend(function_app.app.get_functions())
+    return _FUNCTIONS
 
 
 def handler(name: str) -> Any:
-    # get_functions() builds the function list once per app; a second build raises on duplicates.
-    if not _HANDLERS:
-        import function_app
-
-        _HANDLERS.update({fn.get_function_name(): fn.get_user_function() for fn in function_app.app.get_functions()})
-    return _HANDLERS[name]
+    return {fn.get_function_name(): fn.get_user_function() for fn in registered_functions()}[name]
 
 
 def call(function: str, method: str, url: str, *, body: Any = None, raw: bytes | None = None,
@@ -59,7 +63,11 @@ def call(function: str, method: str, url: str, *, body: Any = None, raw: bytes |
 
     response = asyncio.run(run())
     text = response.get_body().decode()
-    return HttpResult(response.status_code, dict(response.headers), json.loads(text) if text else None)
+    response_headers = dict(response.headers)
+    if not any(name.lower() == "content-type" for name in response_headers):
+        # The worker sends `mimetype` as Content-Type when the headers do not set one.
+        response_headers["Content-Type"] = response.mimetype
+    return HttpResult(response.status_code, response_headers, json.loads(text) if text else None)
 
 
 def post_identity(body: Any, **kwargs: Any) -> HttpResult:

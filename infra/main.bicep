@@ -1,0 +1,242 @@
+// Azure Developer CLI entry point (`azd up`): one resource group with the Function App (Flex
+// Consumption, Python 3.11), its user-assigned platform identity, identity-only storage, the Key
+// Vault that holds every automation identity, monitoring with alerts, the data-plane roles and the
+// platform identity's Microsoft Graph permissions. See docs/deploy.md.
+
+targetScope = 'subscription'
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; names and tags every resource.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every resource; it must offer the Flex Consumption plan.')
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+param location string
+
+@description('Object id of the user running azd (AZURE_PRINCIPAL_ID); with grantDeployerVaultAccess it may use the admin CLI.')
+param principalId string = ''
+
+@description('Give the deploying user Key Vault Certificates Officer and Secrets Officer, for the admin CLI (python -m shared).')
+param grantDeployerVaultAccess bool = false
+
+@description('The tenant\'s primary onmicrosoft domain, e.g. contoso.onmicrosoft.com (EXO_ORGANIZATION).')
+param exoOrganization string
+
+@allowed(['assign', 'verify'])
+@description('assign: the product assigns the Entra roles of the automation identities; verify: an administrator does, the product only reports.')
+param roleMode string = 'assign'
+
+@description('Grant the platform identity its Microsoft Graph permissions in this deployment (Microsoft Graph Bicep extension). Needs a Privileged Role Administrator to deploy; false leaves it to scripts/postprovision.py --grant.')
+param grantGraphPermissions bool = true
+
+@description('Entra roles an identity may request: names or template ids, comma-separated (ALLOWED_ROLES).')
+param allowedRoles string = 'Exchange Recipient Administrator'
+
+@minValue(1)
+@maxValue(24)
+param certificateValidityMonths int = 12
+param renewBeforeDays string = ''
+param renewBeforeFraction string = ''
+@minValue(0)
+@maxValue(720)
+param rotationGraceHours int = 24
+param verifySignIn bool = true
+@minValue(0)
+@maxValue(600)
+param verifySignInTimeoutSeconds int = 120
+@description('Require the caller\'s app roles (ExoIdentities.Read / ExoIdentities.ReadWrite) from App Service authentication on every HTTP call.')
+param requireAppRoles bool = false
+param reconcileQueueName string = 'identity-reconcile'
+@description('NCRONTAB (six fields, seconds first) of the sweep that finds identities due for work.')
+param sweepSchedule string = '0 */30 * * * *'
+@minValue(1)
+@maxValue(720)
+param deepCheckHours int = 24
+@minValue(0)
+@maxValue(3600)
+param connectionCacheSeconds int = 300
+param reportsContainerName string = 'mailbox-reports'
+@description('The sample mailbox-report job: the automation identity it runs as (bootstrap it first).')
+param mailboxReportIdentity string = 'mailbox-reports'
+@description('NCRONTAB of the sample mailbox-report job.')
+param mailboxReportSchedule string = '0 0 6 * * *'
+
+@description('Microsoft Graph root for this cloud (GRAPH_ENDPOINT).')
+param graphEndpoint string = 'https://graph.microsoft.com'
+@description('Exchange Online root for this cloud (EXO_ENDPOINT).')
+param exoEndpoint string = 'https://outlook.office365.com'
+
+@description('E-mail address for the alerts; empty: alerts fire without notification.')
+param alertEmail string = ''
+
+var abbrs = loadJsonContent('abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+  workload: 'exo-automation-identities'
+}
+var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
+var deploymentContainerName = 'app-package-${take(functionAppName, 32)}'
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: '${abbrs.resourcesResourceGroups}${environmentName}'
+  location: location
+  tags: tags
+}
+
+module identity 'modules/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: '${abbrs.managedIdentityUserAssignedIdentities}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    reconcileQueueName: reconcileQueueName
+    reportsContainerName: reportsContainerName
+  }
+}
+
+module vault 'modules/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module platformRoles 'modules/role-assignments.bicep' = {
+  name: 'platform-roles'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    principalType: 'ServicePrincipal'
+    keyVaultName: vault.outputs.name
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+  }
+}
+
+module deployerRoles 'modules/role-assignments.bicep' = if (grantDeployerVaultAccess && !empty(principalId)) {
+  name: 'deployer-roles'
+  scope: rg
+  params: {
+    principalId: principalId
+    principalType: 'User'
+    keyVaultName: vault.outputs.name
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    includeHostRoles: false
+  }
+}
+
+// After the Function App, so that Entra ID has replicated the new identity's service principal:
+// granting to it moments after its creation can fail with "Not a valid reference update".
+module graphPermissions 'modules/graph-permissions.bicep' = if (grantGraphPermissions) {
+  name: 'graph-permissions'
+  scope: rg
+  dependsOn: [
+    functionApp
+  ]
+  params: {
+    principalId: identity.outputs.principalId
+    roleMode: roleMode
+  }
+}
+
+module functionApp 'modules/function-app.bicep' = {
+  name: 'function-app'
+  scope: rg
+  dependsOn: [
+    platformRoles
+  ]
+  params: {
+    name: functionAppName
+    planName: '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsConnectionString: monitoring.outputs.connectionString
+    keyVaultUrl: vault.outputs.uri
+    tenantId: tenant().tenantId
+    exoOrganization: exoOrganization
+    graphEndpoint: graphEndpoint
+    exoEndpoint: exoEndpoint
+    authorityHost: environment().authentication.loginEndpoint
+    allowedRoles: allowedRoles
+    roleMode: roleMode
+    certificateValidityMonths: certificateValidityMonths
+    renewBeforeDays: renewBeforeDays
+    renewBeforeFraction: renewBeforeFraction
+    rotationGraceHours: rotationGraceHours
+    verifySignIn: verifySignIn
+    verifySignInTimeoutSeconds: verifySignInTimeoutSeconds
+    requireAppRoles: requireAppRoles
+    reconcileQueueName: reconcileQueueName
+    sweepSchedule: sweepSchedule
+    deepCheckHours: deepCheckHours
+    connectionCacheSeconds: connectionCacheSeconds
+    reportsContainerName: reportsContainerName
+    mailboxReportIdentity: mailboxReportIdentity
+    mailboxReportSchedule: mailboxReportSchedule
+  }
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    namePrefix: '${abbrs.insightsScheduledQueryRules}${resourceToken}'
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    alertEmail: alertEmail
+  }
+}
+
+// azd stores these in the environment (.azure/<env>/.env); the post-provision hook reads them.
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output FUNCTION_APP_URL string = 'https://${functionApp.outputs.defaultHostName}'
+output AZURE_KEY_VAULT_NAME string = vault.outputs.name
+output KEY_VAULT_URL string = vault.outputs.uri
+output PLATFORM_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output PLATFORM_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+output ROLE_MODE string = roleMode
+output GRAPH_ENDPOINT string = graphEndpoint
+output GRAPH_PERMISSIONS_IN_BICEP bool = grantGraphPermissions

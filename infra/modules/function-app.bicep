@@ -1,0 +1,172 @@
+// The Function App on the Flex Consumption plan (Linux, Python 3.11), running as the platform
+// identity. Every app setting the code reads is set here, and nothing else: tests/infra checks both
+// directions against the code, local.settings.sample.json and the README.
+
+param name string
+param planName string
+param location string
+param tags object = {}
+param serviceName string = 'api'
+
+param identityId string
+param identityClientId string
+param storageAccountName string
+param storageBlobEndpoint string
+param deploymentContainerName string
+param applicationInsightsConnectionString string
+
+@allowed([2048, 4096])
+param instanceMemoryMB int = 2048
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+// -- product settings (shared/settings.py); defaults are the code's own ----------------------------
+param keyVaultUrl string
+param tenantId string
+param exoOrganization string
+param graphEndpoint string
+param exoEndpoint string
+param authorityHost string
+param allowedRoles string
+@allowed(['assign', 'verify'])
+param roleMode string
+param certificateValidityMonths int
+@description('Whole days before expiry to renew; empty: use the fraction or the default (a third of the lifetime).')
+param renewBeforeDays string
+@description('Fraction of the lifetime before expiry to renew, e.g. 0.33; empty: the default.')
+param renewBeforeFraction string
+param rotationGraceHours int
+param verifySignIn bool
+param verifySignInTimeoutSeconds int
+param requireAppRoles bool
+param reconcileQueueName string
+param sweepSchedule string
+param deepCheckHours int
+param connectionCacheSeconds int
+param reportsContainerName string
+// -- the sample job (shared/sample_jobs.py) -------------------------------------------------------------
+param mailboxReportIdentity string
+param mailboxReportSchedule string
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource site 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, { 'azd-service-name': serviceName })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientAffinityEnabled: false
+    publicNetworkAccess: 'Enabled'
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      remoteDebuggingEnabled: false
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storageBlobEndpoint}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+    }
+  }
+}
+
+// No basic-auth publishing: deployments authenticate with Entra ID.
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: site
+  name: 'appsettings'
+  properties: {
+    // Functions host: identity-based storage (no connection string, no key) and Entra-authenticated
+    // telemetry. FUNCTIONS_WORKER_RUNTIME is not set: Flex Consumption takes the runtime from
+    // functionAppConfig and refuses that setting.
+    AzureWebJobsStorage__accountName: storageAccountName
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identityClientId
+    APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // The product (shared/settings.py).
+    AZURE_CLIENT_ID: identityClientId
+    AZURE_TENANT_ID: tenantId
+    AZURE_AUTHORITY_HOST: authorityHost
+    KEY_VAULT_URL: keyVaultUrl
+    KEY_VAULT_VERIFY_CHALLENGE_RESOURCE: 'true'
+    EXO_ORGANIZATION: exoOrganization
+    GRAPH_ENDPOINT: graphEndpoint
+    EXO_ENDPOINT: exoEndpoint
+    ALLOWED_ROLES: allowedRoles
+    ROLE_MODE: roleMode
+    CERTIFICATE_VALIDITY_MONTHS: string(certificateValidityMonths)
+    RENEW_BEFORE_DAYS: renewBeforeDays
+    RENEW_BEFORE_FRACTION: renewBeforeFraction
+    ROTATION_GRACE_HOURS: string(rotationGraceHours)
+    VERIFY_SIGN_IN: verifySignIn ? 'true' : 'false'
+    VERIFY_SIGN_IN_TIMEOUT_SECONDS: string(verifySignInTimeoutSeconds)
+    AUTH_REQUIRE_APP_ROLES: requireAppRoles ? 'true' : 'false'
+    RECONCILE_QUEUE: reconcileQueueName
+    SWEEP_SCHEDULE: sweepSchedule
+    DEEP_CHECK_HOURS: string(deepCheckHours)
+    CONNECTION_CACHE_SECONDS: string(connectionCacheSeconds)
+    REPORTS_CONTAINER: reportsContainerName
+    // The sample job: the identity it runs as, and when (NCRONTAB).
+    MAILBOX_REPORT_IDENTITY: mailboxReportIdentity
+    MAILBOX_REPORT_SCHEDULE: mailboxReportSchedule
+  }
+}
+
+output id string = site.id
+output name string = site.name
+output defaultHostName string = site.properties.defaultHostName

@@ -1,0 +1,250 @@
+"""Issue: the Graph permission table is true.
+
+The table (infra/graph-permissions.json, rendered in docs/deploy.md) says which Microsoft Graph
+application permissions the platform identity holds in each role mode. Here the whole lifecycle
+(bootstrap, status, sweep, renewal through the queue path, rotation, decommission) runs against the
+stand-ins with the platform holding exactly the table's permissions, and its whole Graph traffic is
+accounted for by the table's calls; then, with any one permission removed, the lifecycle fails with
+a problem document whose reason is GraphPermissionMissing. The post-provision hook, which grants the
+same permissions with msgraph-sdk where the Bicep extension does not, is run against the stand-ins too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import io
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from devstack import Stack
+from devstack.world import DEFAULT_PLATFORM_GRAPH_ROLES, GRAPH_APP_ID, GRAPH_APP_ROLES
+from tests.infra.hook import load_hook
+
+from .helpers import delete_identity, get_identity, post_identity, rotate, run_job_get_mailbox
+from .platform_helpers import reconcile, sweep
+
+HOOK = load_hook()
+TABLE = HOOK.load_table()
+EXCHANGE_RECIPIENT_ADMINISTRATOR = "31392ffb-586c-42d1-9346-e59415a2cc4e"
+# The Graph call each reconcile action makes (to check that a refused action is one the removed
+# permission's row names).
+ACTION_CALLS = {
+    "UpsertApplication": "PATCH /applications({}='{}')",
+    "CreateServicePrincipal": "POST /servicePrincipals",
+    "GrantConsent": "POST /servicePrincipals/{}/appRoleAssignedTo",
+    "RevokeConsent": "DELETE /servicePrincipals/{}/appRoleAssignedTo/{}",
+    "AssignRole": "POST /roleManagement/directory/roleAssignments",
+    "RemoveRoleAssignment": "DELETE /roleManagement/directory/roleAssignments/{}",
+    "AddKeyCredential": "PATCH /applications/{}",
+    "RetireKeyCredential": "PATCH /applications/{}",
+    "DeleteServicePrincipal": "DELETE /servicePrincipals/{}",
+    "DeleteApplication": "DELETE /applications/{}",
+}
+
+def mode_param(mode: str) -> Any:
+    return pytest.param(mode, id=mode)
+
+
+def normalise(call: str) -> str:
+    """`METHOD /path` with ids and keys as {} and alternate keys as ({}='{}'), without /v1.0."""
+    method, path = call.split(" ", 1)
+    path = re.sub(r"\{[^}]*\}", "{}", path.removeprefix("/v1.0"))
+    path = re.sub(r"\((?:\w+|\{\})='\{\}'\)", "({}='{}')", path)
+    return f"{method} {path}"
+
+
+def declared_calls(mode: str, without: str | None = None) -> set[str]:
+    return {normalise(c) for p in TABLE.for_mode(mode) if p.name != without for c in p.calls}
+
+
+def graph_traffic(stack: Stack) -> set[str]:
+    return {normalise(f"{row['method']} {row['route']}") for row in stack.world.counter.snapshot()
+            if row["service"] == "graph"}
+
+
+# -- the lifecycle ---------------------------------------------------------------------------------
+@dataclass
+class Refusal:
+    step: str
+    status: int
+    reason: str | None
+    failed_action: str | None
+
+
+def _refusal(step: str, status: int, body: Any) -> Refusal:
+    body = body if isinstance(body, dict) else {}
+    executed = (body.get("run") or {}).get("executed") or []
+    failed = next((e["action"] for e in executed if e.get("result") != "Succeeded"), None)
+    return Refusal(step, status, body.get("reason"), failed)
+
+
+def assign_role_as_administrator(stack: Stack, service_principal_id: str) -> None:
+    """What an administrator does in verify mode: assign the identity's role outside the product."""
+    raw = uuid.UUID(EXCHANGE_RECIPIENT_ADMINISTRATOR).bytes_le + uuid.UUID(service_principal_id).bytes_le
+    assignment_id = base64.urlsafe_b64encode(raw).decode().rstrip("=") + "-1"
+    with stack.world.lock:
+        stack.world.directory.role_assignments[assignment_id] = {
+            "id": assignment_id, "principalId": service_principal_id,
+            "roleDefinitionId": EXCHANGE_RECIPIENT_ADMINISTRATOR, "directoryScopeId": "/", "appScopeId": None,
+        }
+
+
+def run_lifecycle(stack: Stack, name: str, mode: str) -> Refusal | None:
+    """Every operation the product offers, in order; the first refusal, or None when all succeeded."""
+    boot = post_identity({"name": name})
+    if mode == "verify" and boot.status == 502 and boot.body.get("reason") == "RoleNotAssigned":
+        status = get_identity(name)
+        if status.status != 200:
+            return _refusal("status before the role", status.status, status.body)
+        assert status.body["facets"]["roles"]["state"] == "missing"
+        assign_role_as_administrator(stack, status.body["servicePrincipalId"])
+        boot = post_identity({"name": name})  # idempotent: completes once the role is there
+    if boot.status not in (200, 201):
+        return _refusal("bootstrap", boot.status, boot.body)
+    status = get_identity(name)
+    if status.status != 200:
+        return _refusal("status", status.status, status.body)
+    assert status.body["inSync"] is True, status.body["facets"]
+    assert run_job_get_mailbox(stack, name), "the identity works for a job"
+
+    try:
+        assert sweep(stack).due == {}, "in sync: the sweep finds nothing to do"
+        stack.world.clock.advance(dt.timedelta(days=300).total_seconds())  # past the renewal point
+        due = sweep(stack).due
+    except Exception as exc:
+        return Refusal("sweep", 0, getattr(exc, "reason", type(exc).__name__), None)
+    assert "RenewalDue" in due.get(name, []), due
+    outcome = reconcile(stack, name)  # what the queue trigger runs for the message
+    if outcome.error is not None:
+        return Refusal("renewal", 0, outcome.error.reason, None)
+
+    rotated = rotate(name)
+    if rotated.status != 200:
+        return _refusal("rotate", rotated.status, rotated.body)
+    gone = delete_identity(name)
+    if gone.status != 200:
+        return _refusal("decommission", gone.status, gone.body)
+    assert get_identity(name).status == 404
+    return None
+
+
+# -- exactly the table: sufficient -----------------------------------------------------------------
+def test_the_suite_runs_with_exactly_the_tables_assign_permissions() -> None:
+    # Every other test of the suite runs with the stand-ins' default grant: it must be the table's.
+    assert sorted(DEFAULT_PLATFORM_GRAPH_ROLES) == sorted(TABLE.names("assign"))
+
+
+def test_table_ids_are_microsoft_graphs_app_role_ids() -> None:
+    assert TABLE.resource_app_id == GRAPH_APP_ID
+    for permission in TABLE.permissions:
+        assert GRAPH_APP_ROLES[permission.name] == permission.app_role_id, permission.name
+        assert permission.why and permission.calls and set(permission.modes) <= set(TABLE.modes)
+    for mode in TABLE.modes:
+        names = TABLE.names(mode)
+        assert "Application.ReadWrite.All" not in names, "OwnedBy, never .All"
+        assert "Directory.ReadWrite.All" not in names and "Directory.Read.All" not in names
+    assert "RoleManagement.ReadWrite.Directory" not in TABLE.names("verify")
+
+
+@pytest.mark.parametrize("mode", [mode_param("assign"), mode_param("verify")])
+def test_exactly_the_tables_permissions_carry_the_whole_lifecycle(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                                  mode: str) -> None:
+    monkeypatch.setenv("ROLE_MODE", mode)
+    stack.world.set_platform_graph_roles(TABLE.names(mode))
+    assert run_lifecycle(stack, "permission-check", mode) is None
+
+    traffic = graph_traffic(stack)
+    declared = declared_calls(mode)
+    assert traffic <= declared, f"Graph calls the table does not account for: {sorted(traffic - declared)}"
+    assert declared <= traffic, f"the table names calls the product never makes: {sorted(declared - traffic)}"
+    role_writes = {"POST /roleManagement/directory/roleAssignments",
+                   "DELETE /roleManagement/directory/roleAssignments/{}"}
+    if mode == "verify":
+        assert not traffic & role_writes, "verify mode never writes role assignments"
+
+
+# -- exactly the table: each one needed ------------------------------------------------------------
+REMOVALS = [pytest.param(mode, p.name, id=f"{mode}-without-{p.name}")
+            for mode in TABLE.modes for p in TABLE.for_mode(mode)]
+
+
+@pytest.mark.parametrize(("mode", "removed"), REMOVALS)
+def test_the_lifecycle_fails_without_any_one_permission(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                        mode: str, removed: str) -> None:
+    monkeypatch.setenv("ROLE_MODE", mode)
+    stack.world.set_platform_graph_roles([name for name in TABLE.names(mode) if name != removed])
+    refusal = run_lifecycle(stack, "permission-check", mode)
+    assert refusal is not None, f"the lifecycle passed without {removed}: the table claims too much"
+    assert refusal.reason == "GraphPermissionMissing", refusal
+    assert refusal.status == 0 or 400 <= refusal.status < 600
+    if refusal.failed_action is not None:
+        row = next(p for p in TABLE.permissions if p.name == removed)
+        assert ACTION_CALLS[refusal.failed_action] in {normalise(c) for c in row.calls}, \
+            f"{refusal.failed_action} was refused, but the table does not say it needs {removed}"
+
+
+# -- the post-provision hook (msgraph-sdk) against the stand-ins ------------------------------------
+def run_hook(stack: Stack, *argv: str) -> tuple[int, str]:
+    """The hook's main path with the platform's managed identity signing in, as an administrator would."""
+    from azure.identity.aio import ManagedIdentityCredential
+
+    args = HOOK.parse_args([*argv, "--principal-id", stack.world.platform.object_id,
+                            "--graph-endpoint", stack.url("graph")], {})
+    out = io.StringIO()
+
+    async def go() -> int:
+        async with ManagedIdentityCredential() as credential:
+            code: int = await HOOK.run(args, {}, TABLE, credential=credential, out=out)
+            return code
+
+    return asyncio.run(go()), out.getvalue()
+
+
+def held_graph_permissions(stack: Stack) -> set[str]:
+    graph = stack.world.resource_sp(GRAPH_APP_ID)
+    by_id = {role_id: name for name, role_id in GRAPH_APP_ROLES.items()}
+    return {by_id[a["appRoleId"]] for a in stack.world.directory.app_role_assignments.values()
+            if a["principalId"] == stack.world.platform.object_id and a["resourceId"] == graph["id"]}
+
+
+def test_hook_dry_run_reports_and_changes_nothing(stack: Stack) -> None:
+    stack.world.set_platform_graph_roles(["AppRoleAssignment.ReadWrite.All", "Application.Read.All",
+                                          "Application.ReadWrite.All"])
+    code, out = run_hook(stack, "--mode", "assign", "--grant", "--revoke-excess", "--dry-run")
+    assert code == 0
+    assert re.search(r"grant\s+Application\.ReadWrite\.OwnedBy", out)
+    assert re.search(r"revoke\s+Application\.ReadWrite\.All", out)
+    assert held_graph_permissions(stack) == {"AppRoleAssignment.ReadWrite.All", "Application.Read.All",
+                                             "Application.ReadWrite.All"}
+    assert not {(r["method"], r["route"]) for r in stack.world.counter.snapshot()
+                if r["service"] == "graph" and r["method"] != "GET"}
+
+
+def test_hook_without_grant_reports_missing_permissions_and_fails(stack: Stack) -> None:
+    stack.world.set_platform_graph_roles(["AppRoleAssignment.ReadWrite.All", "Application.Read.All"])
+    code, out = run_hook(stack, "--mode", "assign")
+    assert code == 1
+    assert re.search(r"MISSING\s+RoleManagement\.ReadWrite\.Directory", out)
+    assert "--grant --mode assign" in out
+
+
+@pytest.mark.parametrize("mode", [mode_param("assign"), mode_param("verify")])
+def test_hook_grants_exactly_the_mode_and_the_lifecycle_then_passes(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                                    mode: str) -> None:
+    # Start from the other mode's grant plus a hand-made extra: the hook converges on the table.
+    other = "verify" if mode == "assign" else "assign"
+    stack.world.set_platform_graph_roles([*TABLE.names(other), "Application.ReadWrite.All"])
+    code, out = run_hook(stack, "--mode", mode, "--grant", "--revoke-excess")
+    assert code == 0, out
+    assert held_graph_permissions(stack) == set(TABLE.names(mode))
+    again, out = run_hook(stack, "--mode", mode)
+    assert again == 0 and "MISSING" not in out and "excess" not in out  # idempotent
+
+    monkeypatch.setenv("ROLE_MODE", mode)
+    assert run_lifecycle(stack, "granted-by-hook", mode) is None

@@ -1,0 +1,81 @@
+"""The benchmarks run and write sensible JSON (smallest variants). No timing thresholds: speed is
+measured by `python -m bench`, not asserted here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import _common, bootstrap, coldstart
+from bench.__main__ import available
+from devstack import Stack
+
+
+def _summary_ok(summary: dict, *, positive: bool = True) -> None:
+    assert set(summary) == {"n", "min", "median", "max", "values"}
+    assert summary["n"] == len(summary["values"]) >= 1
+    assert summary["min"] <= summary["median"] <= summary["max"]
+    if positive:
+        assert summary["min"] > 0
+
+
+def test_discovery_finds_the_benchmarks() -> None:
+    assert {"bootstrap", "coldstart"} <= set(available())
+
+
+def test_helpers_split_requests_as_the_targets_count_them() -> None:
+    tally = _common.RequestTally.of([
+        {"service": "entra", "method": "GET", "route": "/msi/token", "count": 3},
+        {"service": "keyvault", "method": "GET", "route": "/certificates/{name}/pending", "count": 2},
+        {"service": "keyvault", "method": "GET", "route": "^/certificates/(?P<name>[^/]+)/(?P<version>[^/]*)$",
+         "count": 4},
+        {"service": "graph", "method": "PATCH", "route": "/v1.0/applications/{id}", "count": 1},
+        {"service": "control", "method": "DELETE", "route": "/control/requests", "count": 1},
+    ])
+    assert (tally.service, tally.total("token"), tally.total("poll"), tally.writes) == (5, 3, 2, 1)
+    assert "/certificates/{name}/{version}" in {r["route"] for r in tally.rows}
+    assert _common.summarize([3, 1, 2], 0) == {"n": 3, "min": 1, "median": 2, "max": 3, "values": [3, 1, 2]}
+    assert _common.target("x", 15, 17, "requests")["met"] is False
+
+
+def test_bootstrap_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
+    result = bootstrap.main(iterations=1, results_dir=tmp_path, stack=stack, echo=False)
+    written = json.loads((tmp_path / "bootstrap.json").read_text())
+    assert written["benchmark"] == "bootstrap"
+    assert {"timestamp", "machine", "targets", "bootstrap", "repeat"} <= set(written)
+    assert written["machine"]["cpuCount"] >= 1 and written["machine"]["python"]
+    first, repeat = written["bootstrap"], written["repeat"]
+    _summary_ok(first["serviceRequests"])
+    _summary_ok(first["wallSeconds"])
+    _summary_ok(first["writes"])
+    assert first["tokenRequests"]["min"] >= 1
+    assert first["byRoute"] and all(row["counts"] == [row["counts"][0]] for row in first["byRoute"])
+    assert sum(r["counts"][0] for r in first["byRoute"] if r["kind"] == "service") == first["serviceRequests"]["max"]
+    _summary_ok(repeat["serviceRequests"])
+    assert repeat["readOnly"] is True and repeat["inSync"] is True
+    assert all(isinstance(t["met"], bool | None) and "target" in t for t in written["targets"])
+    assert result["resultFile"] == str(tmp_path / "bootstrap.json")
+
+
+@pytest.mark.slow
+def test_coldstart_benchmark_smallest_variant(tmp_path: Path) -> None:
+    coldstart.main(runs=1, breakdown_runs=1, model_runs=1, results_dir=tmp_path, echo=False, warmup=False)
+    written = json.loads((tmp_path / "coldstart.json").read_text())
+    assert {"timestamp", "machine", "targets", "importFunctionApp", "statusFromStart", "statusBreakdown",
+            "graphModel"} <= set(written)
+    _summary_ok(written["importFunctionApp"]["functionApp"]["seconds"])
+    _summary_ok(written["importFunctionApp"]["azureFunctions"]["seconds"])
+    status = written["statusFromStart"]
+    _summary_ok(status["fromFirstLineSeconds"])
+    _summary_ok(status["fromSpawnSeconds"])
+    assert status["inSync"] is True
+    assert status["requestsPerStatus"]["service"]["min"] > 0
+    assert status["fromFirstLineSeconds"]["min"] > status["importFunctionAppSeconds"]["min"]
+    _summary_ok(written["statusBreakdown"]["secondCallSeconds"])
+    assert written["statusBreakdown"]["lazyImportsByPackageMs"]["packages"]["(total)"] > 0
+    for design in ("typedModel", "rawJson"):
+        _summary_ok(written["graphModel"][design]["totalSeconds"])
+    assert written["graphModel"]["typedModel"]["modulesImportedByDeserialise"] > 0
+    assert len(written["targets"]) == 3 and all(isinstance(t["met"], bool) for t in written["targets"])
