@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import sys
@@ -80,9 +81,10 @@ async def run(args: argparse.Namespace) -> tuple[int, Any]:
     from .settings import Settings
 
     platform = Platform.create(Settings.from_environment())
+    who: dict[str, Any] = {"caller": f"cli:{getpass.getuser()}"}
     try:
         if args.command == "bootstrap":
-            result = await service.bootstrap(platform, spec_body(args), dry_run=args.dry_run)
+            result = await service.bootstrap(platform, spec_body(args), dry_run=args.dry_run, **who)
         elif args.command == "list":
             return EXIT_OK, {"value": await service.list_identities(platform)}
         elif args.command == "status":
@@ -90,12 +92,12 @@ async def run(args: argparse.Namespace) -> tuple[int, Any]:
         elif args.command == "plan":
             result = await service.reconcile(platform, args.name, dry_run=True, operation="plan")
         elif args.command == "rotate":
-            result = await service.reconcile(platform, args.name, force_rotate=True, dry_run=args.dry_run,
+            result = await service.reconcile(platform, args.name, force_rotate=True, dry_run=args.dry_run, **who,
                                              operation="rotate")
         elif args.command == "reconcile":
-            result = await service.reconcile(platform, args.name)
+            result = await service.reconcile(platform, args.name, **who)
         else:
-            result = await service.decommission(platform, args.name, dry_run=args.dry_run)
+            result = await service.decommission(platform, args.name, dry_run=args.dry_run, **who)
         document = service.run_document(result)
         if result.error is not None:
             return _exit_code(result.error), document

@@ -69,6 +69,15 @@ def caller_principal(req: func.HttpRequest) -> dict[str, Any] | None:
             "id": req.headers.get("x-ms-client-principal-id"), "roles": [r for r in roles if isinstance(r, str)]}
 
 
+def _who(req: func.HttpRequest) -> dict[str, Any]:
+    """Caller and correlation id for audit events: the principal App Service authenticated, if any."""
+    principal = caller_principal(req)
+    caller = f"principal:{principal['name'] or principal['id']}" if principal else "function-key"
+    correlation = req.headers.get("x-ms-client-request-id") or req.headers.get("x-correlation-id")
+    valid = correlation is not None and 0 < len(correlation) <= 64 and correlation.replace("-", "").isalnum()
+    return {"caller": caller, "correlation_id": correlation if valid else None}
+
+
 def _authorise(req: func.HttpRequest, require_roles: bool, write: bool) -> func.HttpResponse | None:
     if not require_roles:
         return None
@@ -179,7 +188,8 @@ async def identities(req: func.HttpRequest) -> func.HttpResponse:
             from .service import bootstrap
 
             dry_run = _dry_run(req)
-            return _run_response(await bootstrap(platform, _body(req), dry_run=dry_run), created_status=201)
+            return _run_response(await bootstrap(platform, _body(req), dry_run=dry_run, **_who(req)),
+                                 created_status=201)
 
         return await _handle(req, True, create)
     return _method_not_allowed(req, ["GET", "POST"])
@@ -199,7 +209,7 @@ async def identity(req: func.HttpRequest) -> func.HttpResponse:
         async def remove(platform: Any) -> func.HttpResponse:
             from .service import decommission
 
-            return _run_response(await decommission(platform, name, dry_run=_dry_run(req)))
+            return _run_response(await decommission(platform, name, dry_run=_dry_run(req), **_who(req)))
 
         return await _handle(req, True, remove)
     return _method_not_allowed(req, ["GET", "DELETE"])
@@ -214,7 +224,8 @@ async def rotate_identity(req: func.HttpRequest) -> func.HttpResponse:
     async def rotate(platform: Any) -> func.HttpResponse:
         from .service import reconcile
 
-        result = await reconcile(platform, name, force_rotate=True, dry_run=_dry_run(req), operation="rotate")
+        result = await reconcile(platform, name, force_rotate=True, dry_run=_dry_run(req), operation="rotate",
+                                 **_who(req))
         return _run_response(result)
 
     return await _handle(req, True, rotate)

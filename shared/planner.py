@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import ClassVar
 
 from .model import APP_OWNER_TAG, OWNER_TAG, OWNER_TAG_VALUE, Observed
 from .renewal import RenewalPolicy, jittered_renewal_time, renewal_due
@@ -50,6 +51,10 @@ class Finding:
 # -- actions -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Action:
+    # The facet an action changes, and whether it changes anything (audit events are per change).
+    facet: ClassVar[str] = "certificate"
+    mutating: ClassVar[bool] = True
+
     @property
     def kind(self) -> str:
         return type(self).__name__
@@ -74,18 +79,23 @@ class CreateCertificateVersion(Action):
 
 @dataclass(frozen=True)
 class AwaitCertificate(Action):
+    facet: ClassVar[str] = "certificate"
+    mutating: ClassVar[bool] = False
     def describe(self) -> str:
         return "wait for the certificate operation already in progress in Key Vault"
 
 
 @dataclass(frozen=True)
 class TagCertificate(Action):
+    facet: ClassVar[str] = "certificate"
+    mutating: ClassVar[bool] = False
     def describe(self) -> str:
         return "record the identity's spec and ids in the certificate's tags"
 
 
 @dataclass(frozen=True)
 class UpsertApplication(Action):
+    facet: ClassVar[str] = "application"
     reason: str
 
     def describe(self) -> str:
@@ -94,18 +104,21 @@ class UpsertApplication(Action):
 
 @dataclass(frozen=True)
 class CreateServicePrincipal(Action):
+    facet: ClassVar[str] = "servicePrincipal"
     def describe(self) -> str:
         return "create the app's service principal"
 
 
 @dataclass(frozen=True)
 class GrantConsent(Action):
+    facet: ClassVar[str] = "consent"
     def describe(self) -> str:
         return "grant admin consent for Exchange.ManageAsApp (app-role assignment)"
 
 
 @dataclass(frozen=True)
 class AddKeyCredential(Action):
+    facet: ClassVar[str] = "keyCredential"
     thumbprint: str | None  # None: the version created earlier in this plan
 
     def describe(self) -> str:
@@ -115,6 +128,7 @@ class AddKeyCredential(Action):
 
 @dataclass(frozen=True)
 class AssignRole(Action):
+    facet: ClassVar[str] = "roles"
     role_id: str
     role_name: str
 
@@ -124,6 +138,8 @@ class AssignRole(Action):
 
 @dataclass(frozen=True)
 class VerifySignIn(Action):
+    facet: ClassVar[str] = "connectionRecord"
+    mutating: ClassVar[bool] = False
     thumbprint: str | None
 
     def describe(self) -> str:
@@ -132,6 +148,7 @@ class VerifySignIn(Action):
 
 @dataclass(frozen=True)
 class PublishConnectionRecord(Action):
+    facet: ClassVar[str] = "connectionRecord"
     reason: str
     clear_previous: bool = False
 
@@ -141,6 +158,7 @@ class PublishConnectionRecord(Action):
 
 @dataclass(frozen=True)
 class RetireKeyCredential(Action):
+    facet: ClassVar[str] = "keyCredential"
     key_id: str
     thumbprint: str
 
@@ -150,6 +168,7 @@ class RetireKeyCredential(Action):
 
 @dataclass(frozen=True)
 class RemoveRoleAssignment(Action):
+    facet: ClassVar[str] = "roles"
     assignment_id: str
     role_id: str
 
@@ -159,6 +178,7 @@ class RemoveRoleAssignment(Action):
 
 @dataclass(frozen=True)
 class RevokeConsent(Action):
+    facet: ClassVar[str] = "consent"
     assignment_id: str
 
     def describe(self) -> str:
@@ -167,18 +187,21 @@ class RevokeConsent(Action):
 
 @dataclass(frozen=True)
 class DeleteServicePrincipal(Action):
+    facet: ClassVar[str] = "servicePrincipal"
     def describe(self) -> str:
         return "delete the service principal"
 
 
 @dataclass(frozen=True)
 class DeleteApplication(Action):
+    facet: ClassVar[str] = "application"
     def describe(self) -> str:
         return "delete the app registration"
 
 
 @dataclass(frozen=True)
 class DeleteConnectionSecret(Action):
+    facet: ClassVar[str] = "connectionRecord"
     def describe(self) -> str:
         return "soft-delete the connection secret"
 

@@ -10,14 +10,24 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .audit import AuditEvent, emit
 from .directory import DirectoryGateway, application_from_graph, key_credential_entry, key_credential_from_graph
 from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from .graph import GraphError
-from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, Observed, ObservedCertificate, key_id_for
+from .model import (
+    OWNER_TAG,
+    OWNER_TAG_VALUE,
+    CertificateVersion,
+    KeyCredential,
+    Observed,
+    ObservedCertificate,
+    key_id_for,
+)
 from .planner import (
     DECOMMISSIONING_TAG,
     DECOMMISSIONING_VALUE,
@@ -75,6 +85,8 @@ class RunResult:
     dry_run: bool = False
     executed: list[ActionOutcome] = field(default_factory=list)
     error: ExoAutomationError | None = None
+    caller: str = "system"
+    correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def succeeded(self) -> bool:
@@ -172,10 +184,12 @@ class Reconciler:
 
     # -- operations -------------------------------------------------------------------------------
     async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
-                        operation: str = "reconcile") -> RunResult:
+                        operation: str = "reconcile", caller: str = "system",
+                        correlation_id: str | None = None) -> RunResult:
         observed, app_raw = await self.observe(spec.names)
         plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate)
-        result = RunResult(spec.name, operation, plan, dry_run=dry_run)
+        result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
+                           correlation_id=correlation_id or uuid.uuid4().hex)
         if plan.blocked:
             first = plan.blocked[0]
             result.error = ForeignObject(first.message) if first.reason == "ForeignObject" else \
@@ -197,7 +211,8 @@ class Reconciler:
             await executor.record_outcome(result)
         return result
 
-    async def decommission(self, name: str, *, dry_run: bool = False) -> RunResult:
+    async def decommission(self, name: str, *, dry_run: bool = False, caller: str = "system",
+                           correlation_id: str | None = None) -> RunResult:
         names = IdentityNames(name)
         observed, app_raw = await self.observe(names)
         cert = observed.certificate
@@ -207,7 +222,8 @@ class Reconciler:
             raise IdentityNotFound(f"no automation identity named {name!r}")
         spec = cert.spec if cert is not None else None
         plan = plan_decommission(observed, spec, assign_roles=self.context.assign_roles)
-        result = RunResult(name, "decommission", plan, dry_run=dry_run)
+        result = RunResult(name, "decommission", plan, dry_run=dry_run, caller=caller,
+                           correlation_id=correlation_id or uuid.uuid4().hex)
         if plan.blocked:
             result.error = ForeignObject(plan.blocked[0].message)
             return result
@@ -219,6 +235,7 @@ class Reconciler:
 
     async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
         for action in actions:
+            before = executor.snapshot()
             try:
                 try:
                     detail = await executor.execute(action)
@@ -229,9 +246,13 @@ class Reconciler:
                 result.error = exc
                 log.warning("identity=%s action=%s result=%s detail=%s", result.name, action.kind, exc.reason,
                             exc.message)
+                if action.mutating:
+                    await emit(_audit_event(result, action, exc.reason, exc.message, before, executor.snapshot()))
                 return
             result.executed.append(ActionOutcome(action, "Succeeded", detail))
             log.info("identity=%s action=%s result=Succeeded detail=%s", result.name, action.kind, detail)
+            if action.mutating:
+                await emit(_audit_event(result, action, "Succeeded", detail, before, executor.snapshot()))
 
 
 class _Executor:
@@ -246,6 +267,27 @@ class _Executor:
         self.observed = observed
         self.app_raw = app_raw
         self.fresh_principal = False  # created by this run: dependent writes may meet replication delay
+
+    def snapshot(self) -> dict[str, Any]:
+        """Ids and thumbprints as this run knows them now: the before/after of audit events."""
+        o = self.observed
+        cert = o.certificate.current if o.certificate else None
+        return {
+            "certificateVersion": cert.version if cert else None,
+            "thumbprint": cert.thumbprint if cert else None,
+            "state": o.certificate.tags.get(DECOMMISSIONING_TAG) if o.certificate else None,
+            "appId": o.application.app_id if o.application else None,
+            "applicationObjectId": o.application.object_id if o.application else None,
+            "keyIds": sorted(k.key_id for k in o.application.key_credentials) if o.application else [],
+            "servicePrincipalId": o.service_principal_id,
+            "consentAssignmentId": o.consent_assignment_id,
+            "roleAssignments": dict(sorted(o.role_assignments.items())),
+            "publishedThumbprint": o.record.thumbprint if o.record else None,
+            "previousThumbprint": o.record.previous_thumbprint if o.record else None,
+        }
+
+    def _forget(self, **changes: Any) -> None:
+        self.observed = dataclasses.replace(self.observed, **changes)
 
     @property
     def current(self) -> CertificateVersion:
@@ -308,7 +350,15 @@ class _Executor:
                 return f"appRoleAssignment {assignment}"
             case AddKeyCredential(thumbprint=thumbprint):
                 version = self._resolve(thumbprint)
-                return await self._add_key(version)
+                detail = await self._add_key(version)
+                registered = self.observed.application
+                known = registered.key_credentials if registered is not None else ()
+                if registered is not None and not any(k.matches(version.thumbprint) for k in known):
+                    key = KeyCredential(key_id_for(version.thumbprint), version.not_before, version.not_after,
+                                        version.thumbprint)
+                    self._forget(application=dataclasses.replace(
+                        registered, key_credentials=(*registered.key_credentials, key)))
+                return detail
             case AssignRole(role_id=role_id, role_name=role_name):
                 assignment = await directory.assign_role(self._sp(), role_id, fresh_principal=self.fresh_principal)
                 roles = {**self.observed.role_assignments, role_id: assignment}
@@ -327,28 +377,40 @@ class _Executor:
                 self.observed = dataclasses.replace(self.observed, record=record)
                 return f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}"
             case RetireKeyCredential(key_id=key_id, thumbprint=thumbprint):
-                return await self._retire_key(key_id, thumbprint)
+                detail = await self._retire_key(key_id, thumbprint)
+                registered = self.observed.application
+                if registered is not None:
+                    self._forget(application=dataclasses.replace(
+                        registered, key_credentials=tuple(k for k in registered.key_credentials if k.key_id != key_id)))
+                return detail
             case MarkDecommissioning():
                 cert = self.observed.certificate
                 assert cert is not None and cert.current is not None
                 tags = {**cert.tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
                 await vault.update_certificate_tags(names.certificate, cert.current.version, tags)
+                self._forget(certificate=dataclasses.replace(cert, tags=tags))
                 return "marked"
-            case RemoveRoleAssignment(assignment_id=assignment_id):
+            case RemoveRoleAssignment(assignment_id=assignment_id, role_id=role_id):
                 await directory.remove_role_assignment(assignment_id)
+                self._forget(role_assignments={k: v for k, v in self.observed.role_assignments.items() if k != role_id})
                 return assignment_id
             case RevokeConsent(assignment_id=assignment_id):
                 await directory.revoke_consent(assignment_id)
+                self._forget(consent_assignment_id=None)
                 return assignment_id
             case DeleteServicePrincipal():
                 await directory.delete_service_principal(self._sp())
+                # Its grants and role assignments go with it.
+                self._forget(service_principal_id=None, consent_assignment_id=None, role_assignments={})
                 return "deleted"
             case DeleteApplication():
                 object_id, _ = self._app()
                 await directory.delete_application(object_id)
+                self._forget(application=None)
                 return "deleted"
             case DeleteConnectionSecret():
                 await vault.delete_secret(names.connection_secret)
+                self._forget(record=None, record_unreadable=False)
                 return "soft-deleted"
             case DeleteCertificate():
                 await vault.delete_certificate(names.certificate)
@@ -449,6 +511,29 @@ class _Executor:
         except ExoAutomationError as exc:
             # The outcome is also in the logs; failing the run for a tag would hide the real result.
             log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
+
+
+def _audit_event(result: RunResult, action: Action, outcome: str, detail: str, before: dict[str, Any],
+                 after: dict[str, Any]) -> AuditEvent:
+    keys = FACET_KEYS[action.facet]
+    target = {k: v for k, v in dataclasses.asdict(action).items() if v is not None}
+    return AuditEvent(
+        correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
+        identity=result.name, action=action.kind, facet=action.facet, result=outcome, detail=detail,
+        target=target, before={k: before[k] for k in keys}, after={k: after[k] for k in keys},
+    )
+
+
+# The ids and thumbprints each facet's audit events report before and after the change.
+FACET_KEYS: dict[str, tuple[str, ...]] = {
+    "certificate": ("certificateVersion", "thumbprint", "state"),
+    "application": ("appId", "applicationObjectId"),
+    "servicePrincipal": ("servicePrincipalId",),
+    "consent": ("consentAssignmentId",),
+    "keyCredential": ("keyIds",),
+    "roles": ("roleAssignments",),
+    "connectionRecord": ("publishedThumbprint", "previousThumbprint"),
+}
 
 
 def _parse(text: str) -> dt.datetime:

@@ -18,9 +18,11 @@ from .spec import IdentityNames, IdentitySpec, parse_spec, validate_name
 from .vault import vault_error
 
 
-async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False) -> RunResult:
+async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False, caller: str = "system",
+                    correlation_id: str | None = None) -> RunResult:
     spec = parse_spec(body, platform.settings)
-    return await platform.reconciler.reconcile(spec, dry_run=dry_run, operation="bootstrap")
+    return await platform.reconciler.reconcile(spec, dry_run=dry_run, operation="bootstrap", caller=caller,
+                                               correlation_id=correlation_id)
 
 
 async def recorded_spec(platform: Platform, name: str) -> IdentitySpec:
@@ -34,15 +36,18 @@ async def recorded_spec(platform: Platform, name: str) -> IdentitySpec:
 
 
 async def reconcile(platform: Platform, name: str, *, force_rotate: bool = False, dry_run: bool = False,
-                    operation: str = "reconcile") -> RunResult:
+                    operation: str = "reconcile", caller: str = "system",
+                    correlation_id: str | None = None) -> RunResult:
     spec = await recorded_spec(platform, name)
     return await platform.reconciler.reconcile(spec, force_rotate=force_rotate, dry_run=dry_run,
-                                               operation=operation)
+                                               operation=operation, caller=caller, correlation_id=correlation_id)
 
 
-async def decommission(platform: Platform, name: str, *, dry_run: bool = False) -> RunResult:
+async def decommission(platform: Platform, name: str, *, dry_run: bool = False, caller: str = "system",
+                       correlation_id: str | None = None) -> RunResult:
     validate_name(name)
-    return await platform.reconciler.decommission(name, dry_run=dry_run)
+    return await platform.reconciler.decommission(name, dry_run=dry_run, caller=caller,
+                                                  correlation_id=correlation_id)
 
 
 async def status(platform: Platform, name: str) -> dict[str, Any]:
@@ -101,6 +106,7 @@ def run_document(result: RunResult) -> dict[str, Any]:
         "name": result.name,
         "operation": result.operation,
         "dryRun": result.dry_run,
+        "correlationId": result.correlation_id,
         "result": "Succeeded" if result.succeeded else result.error.reason if result.error else "Failed",
         "plan": plan_document(result.plan),
         "executed": [{"action": o.action.kind, "result": o.result, "detail": o.detail} for o in result.executed],

@@ -38,12 +38,15 @@ async def reconcile_identity(message: func.QueueMessage) -> None:
     from .sweep import parse_message
 
     try:
-        name = parse_message(message.get_body().decode("utf-8"))["name"]
+        body = parse_message(message.get_body().decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         log.error("discarding a malformed reconcile message %s: %s", message.id, exc)
         return
+    name = body["name"]
+    sweep_id = body.get("sweepId") if isinstance(body.get("sweepId"), str) else None
     try:
-        result = await reconcile(current_platform(), name, operation="reconcile")
+        result = await reconcile(current_platform(), name, operation="reconcile", caller="sweep",
+                                 correlation_id=sweep_id)
     except (IdentityNotFound, InvalidSpec) as exc:
         log.warning("identity=%s skipped: %s", name, exc.message)  # decommissioned since the sweep
         return
