@@ -2,7 +2,8 @@
 
 The package behind the Functions app and the admin CLI. What jobs and other functions use:
 
-    from shared import connection, exchange_client       # async
+    from shared.connection import connection             # async (the module shares the name)
+    from shared import exchange_client                   # async
     from shared import connection_sync, invoke_sync      # plain scripts
 
 Everything else (settings, the pure planner, the Key Vault and Graph gateways, the reconciler, the
@@ -16,7 +17,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "connection": "shared.connection",
     "connection_sync": "shared.connection",
     "refresh_connection": "shared.connection",
     "exchange_client": "shared.exchange",

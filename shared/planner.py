@@ -11,6 +11,7 @@ Actions that depend on a certificate version created earlier in the same plan na
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -51,69 +52,62 @@ class Finding:
 # -- actions -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Action:
-    # The facet an action changes, and whether it changes anything (audit events are per change).
+    # The facet an action changes, whether it changes anything (audit events are per change), and
+    # how plans and dry runs describe it (formatted with the action's fields).
     facet: ClassVar[str] = "certificate"
     mutating: ClassVar[bool] = True
+    template: ClassVar[str] = ""
 
     @property
     def kind(self) -> str:
         return type(self).__name__
 
     def describe(self) -> str:
-        return self.kind
+        return self.template.format(**dataclasses.asdict(self)) if self.template else self.kind
 
 
 @dataclass(frozen=True)
 class MarkDecommissioning(Action):
-    def describe(self) -> str:
-        return "mark the certificate as being decommissioned, so no sweep recreates what is removed"
+    template: ClassVar[str] = "mark the certificate as being decommissioned, so no sweep recreates what is removed"
 
 
 @dataclass(frozen=True)
 class CreateCertificateVersion(Action):
     reason: str
-
-    def describe(self) -> str:
-        return f"create a new certificate version in Key Vault ({self.reason})"
+    template: ClassVar[str] = "create a new certificate version in Key Vault ({reason})"
 
 
 @dataclass(frozen=True)
 class AwaitCertificate(Action):
     facet: ClassVar[str] = "certificate"
     mutating: ClassVar[bool] = False
-    def describe(self) -> str:
-        return "wait for the certificate operation already in progress in Key Vault"
+    template: ClassVar[str] = "wait for the certificate operation already in progress in Key Vault"
 
 
 @dataclass(frozen=True)
 class TagCertificate(Action):
     facet: ClassVar[str] = "certificate"
     mutating: ClassVar[bool] = False
-    def describe(self) -> str:
-        return "record the identity's spec and ids in the certificate's tags"
+    template: ClassVar[str] = "record the identity's spec and ids in the certificate's tags"
 
 
 @dataclass(frozen=True)
 class UpsertApplication(Action):
     facet: ClassVar[str] = "application"
     reason: str
-
-    def describe(self) -> str:
-        return f"create or repair the app registration ({self.reason})"
+    template: ClassVar[str] = "create or repair the app registration ({reason})"
 
 
 @dataclass(frozen=True)
 class CreateServicePrincipal(Action):
     facet: ClassVar[str] = "servicePrincipal"
-    def describe(self) -> str:
-        return "create the app's service principal"
+    template: ClassVar[str] = "create the app's service principal"
 
 
 @dataclass(frozen=True)
 class GrantConsent(Action):
     facet: ClassVar[str] = "consent"
-    def describe(self) -> str:
-        return "grant admin consent for Exchange.ManageAsApp (app-role assignment)"
+    template: ClassVar[str] = "grant admin consent for Exchange.ManageAsApp (app-role assignment)"
 
 
 @dataclass(frozen=True)
@@ -131,9 +125,7 @@ class AssignRole(Action):
     facet: ClassVar[str] = "roles"
     role_id: str
     role_name: str
-
-    def describe(self) -> str:
-        return f"assign the directory role {self.role_name}"
+    template: ClassVar[str] = "assign the directory role {role_name}"
 
 
 @dataclass(frozen=True)
@@ -141,9 +133,7 @@ class VerifySignIn(Action):
     facet: ClassVar[str] = "connectionRecord"
     mutating: ClassVar[bool] = False
     thumbprint: str | None
-
-    def describe(self) -> str:
-        return "prove the certificate can obtain an Exchange token before it is published"
+    template: ClassVar[str] = "prove the certificate can obtain an Exchange token before it is published"
 
 
 @dataclass(frozen=True)
@@ -151,9 +141,7 @@ class PublishConnectionRecord(Action):
     facet: ClassVar[str] = "connectionRecord"
     reason: str
     clear_previous: bool = False
-
-    def describe(self) -> str:
-        return f"publish the connection record ({self.reason})"
+    template: ClassVar[str] = "publish the connection record ({reason})"
 
 
 @dataclass(frozen=True)
@@ -161,9 +149,7 @@ class RetireKeyCredential(Action):
     facet: ClassVar[str] = "keyCredential"
     key_id: str
     thumbprint: str
-
-    def describe(self) -> str:
-        return f"remove the retired key credential {self.thumbprint} from the app"
+    template: ClassVar[str] = "remove the retired key credential {thumbprint} from the app"
 
 
 @dataclass(frozen=True)
@@ -171,45 +157,37 @@ class RemoveRoleAssignment(Action):
     facet: ClassVar[str] = "roles"
     assignment_id: str
     role_id: str
-
-    def describe(self) -> str:
-        return f"remove the role assignment {self.assignment_id}"
+    template: ClassVar[str] = "remove the role assignment {assignment_id}"
 
 
 @dataclass(frozen=True)
 class RevokeConsent(Action):
     facet: ClassVar[str] = "consent"
     assignment_id: str
-
-    def describe(self) -> str:
-        return "remove the Exchange.ManageAsApp grant"
+    template: ClassVar[str] = "remove the Exchange.ManageAsApp grant"
 
 
 @dataclass(frozen=True)
 class DeleteServicePrincipal(Action):
     facet: ClassVar[str] = "servicePrincipal"
-    def describe(self) -> str:
-        return "delete the service principal"
+    template: ClassVar[str] = "delete the service principal"
 
 
 @dataclass(frozen=True)
 class DeleteApplication(Action):
     facet: ClassVar[str] = "application"
-    def describe(self) -> str:
-        return "delete the app registration"
+    template: ClassVar[str] = "delete the app registration"
 
 
 @dataclass(frozen=True)
 class DeleteConnectionSecret(Action):
     facet: ClassVar[str] = "connectionRecord"
-    def describe(self) -> str:
-        return "soft-delete the connection secret"
+    template: ClassVar[str] = "soft-delete the connection secret"
 
 
 @dataclass(frozen=True)
 class DeleteCertificate(Action):
-    def describe(self) -> str:
-        return "soft-delete the certificate (all versions)"
+    template: ClassVar[str] = "soft-delete the certificate (all versions)"
 
 
 @dataclass(frozen=True)
