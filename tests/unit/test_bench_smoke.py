@@ -22,7 +22,7 @@ def _summary_ok(summary: dict, *, positive: bool = True) -> None:
 
 
 def test_discovery_finds_the_benchmarks() -> None:
-    assert {"bootstrap", "coldstart"} <= set(available())
+    assert {"bootstrap", "coldstart", "sweep"} <= set(available())
 
 
 def test_helpers_split_requests_as_the_targets_count_them() -> None:
@@ -79,3 +79,33 @@ def test_coldstart_benchmark_smallest_variant(tmp_path: Path) -> None:
         _summary_ok(written["graphModel"][design]["totalSeconds"])
     assert written["graphModel"]["typedModel"]["modulesImportedByDeserialise"] > 0
     assert len(written["targets"]) == 3 and all(isinstance(t["met"], bool) for t in written["targets"])
+
+
+def test_sweep_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
+    from bench import sweep
+
+    sweep.main(sizes=(4, 10), repeats=1, due=2, concurrency=2, results_dir=tmp_path, stack=stack, echo=False)
+    written = json.loads((tmp_path / "sweep.json").read_text())
+    assert written["benchmark"] == "sweep"
+    assert {"timestamp", "machine", "setup", "targets", "rows", "growth", "byRoute", "dueSweep",
+            "seedFaithfulness", "productWarnings"} <= set(written)
+    rows = written["rows"]
+    assert [(r["identities"], r["latencyMs"]) for r in rows] == [(4, 0), (10, 0), (10, 25)]
+    for row in rows:
+        assert {"serviceRequests", "requestsPerIdentity", "target", "met", "wallSeconds", "tokenRequests",
+                "byService", "firstSweepOfPlatform"} <= set(row)
+        assert row["due"] == 0 and row["dueReasons"] == {}
+        assert "entra" not in row["byService"]
+        _summary_ok(row["wallSeconds"])
+    assert rows[1]["serviceRequests"] < rows[1]["identities"], "an in-sync sweep lists, it does not read each"
+    assert rows[1]["serviceRequests"] == rows[0]["serviceRequests"] == rows[2]["serviceRequests"]
+    due = written["dueSweep"]
+    assert due["due"] == 2 and due["dueReasons"] == {"ConsentMissing": 2}
+    assert due["reconcileDue"]["failed"] == {} and due["reconcileDue"]["actions"] == {"GrantConsent": 2}
+    assert due["sweepAfterReconcile"]["due"] == 0
+    reconciled = written["seedFaithfulness"]["reconcileOfClone"]
+    assert reconciled["succeeded"] is True and reconciled["changed"] is False
+    assert written["seedFaithfulness"]["certificateTagsMatchClone"] is True
+    assert len(written["targets"]) == 3 and all(isinstance(t["met"], bool) for t in written["targets"])
+    routes = written["byRoute"]["routes"]
+    assert all(len(r["counts"]) == len(written["byRoute"]["runs"]) == 4 for r in routes)
