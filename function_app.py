@@ -4,9 +4,13 @@ import azure.functions as func
 
 from shared.http_api import bp as identities_http
 from shared.sample_jobs import bp as sample_jobs
+from shared.status_page import bp as status_page
 from shared.sweep_triggers import bp as sweep_triggers
+from shared.telemetry import install as install_telemetry
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(identities_http)
 app.register_functions(sweep_triggers)
 app.register_functions(sample_jobs)
+app.register_functions(status_page)
+install_telemetry()  # audit sinks only; Azure Monitor starts on first use, where a connection string is set

@@ -5,6 +5,15 @@ shapes, and refuses what Graph refuses (../shared/REFERENCE.md): app-only permis
 the token's `roles`, key-credential rules, replication delay, OData `$filter`/`$select`/`$top`
 paging and `$batch`. Error codes and messages were checked against Microsoft's docs and widely
 reported responses; where nothing was findable the choice is marked "unverified".
+
+The tenant's default app management policy (`GET /policies/defaultAppManagementPolicy`, needs
+Policy.Read.All) is enforced on new key credentials (PATCH keyCredentials, addKey): an
+`asymmetricKeyLifetime` restriction refuses a key whose endDateTime - startDateTime exceeds its
+`maxLifetime`, for apps created after `restrictForAppsCreatedAfterDateTime`, with 400
+`CredentialInvalidLifetimeAsPerAppPolicy` / detail `InvalidKeyEndDate` (the code and message are
+widely reported for password credentials, e.g. OfficeDev/microsoft-365-agents-toolkit#10998;
+that key credentials get the same answer is assumed, unverified). Per-app `appManagementPolicies`
+are not modelled.
 """
 
 from __future__ import annotations
@@ -50,6 +59,10 @@ CONSENT_READ = frozenset({"Application.Read.All", "Application.ReadWrite.All", "
 ROLE_READ = frozenset({"RoleManagement.Read.Directory", "RoleManagement.ReadWrite.Directory",
                        "RoleManagement.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"})
 ROLE_WRITE = frozenset({"RoleManagement.ReadWrite.Directory"})
+# tenantAppManagementPolicy-get: least privileged Policy.Read.All (Microsoft Graph docs).
+POLICY_READ = frozenset({"Policy.Read.All", "Policy.Read.ApplicationConfiguration",
+                         "Policy.ReadWrite.ApplicationConfiguration"})
+_DURATION = re.compile(r"^P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
 
 SIGN_IN_AUDIENCES = ("AzureADMyOrg", "AzureADMultipleOrgs", "AzureADandPersonalMicrosoftAccount",
                      "PersonalMicrosoftAccount")
@@ -333,6 +346,15 @@ class _FilterParser:
 
 # -- the service ---------------------------------------------------------------------------------
 
+def parse_duration(value: Any) -> dt.timedelta | None:
+    """An Edm.Duration (`P90D`, `P4DT12H30M5S`); None when absent or not one."""
+    match = _DURATION.match(value) if isinstance(value, str) and value not in ("P", "PT") else None
+    if match is None:
+        return None
+    return dt.timedelta(days=int(match["d"] or 0), hours=int(match["h"] or 0), minutes=int(match["m"] or 0),
+                        seconds=float(match["s"] or 0))
+
+
 class GraphService(Service):
     name = "graph"
 
@@ -375,6 +397,7 @@ class GraphService(Service):
         r("POST", f"{p}/servicePrincipals/{{id}}/appRoleAssignments", self.create_assignment)
         r("GET", f"{p}/servicePrincipals/{{id}}/appRoleAssignments/{{aid}}", self.get_assignment)
         r("DELETE", f"{p}/servicePrincipals/{{id}}/appRoleAssignments/{{aid}}", self.delete_assignment)
+        r("GET", f"{p}/policies/defaultAppManagementPolicy", self.get_default_app_management_policy)
         rm = f"{p}/roleManagement/directory"
         r("GET", f"{rm}/roleDefinitions", self.list_role_definitions)
         r("GET", f"{rm}/roleDefinitions/{{id}}", self.get_role_definition)
@@ -794,7 +817,8 @@ class GraphService(Service):
             elif prop == "requiredResourceAccess":
                 app[prop] = self._validate_rra(value)
             elif prop == "keyCredentials":
-                app[prop], new_keys = self._validate_key_credentials(value, app["keyCredentials"], "Application")
+                app[prop], new_keys = self._validate_key_credentials(value, app["keyCredentials"], "Application",
+                                                                     app)
             elif prop == "passwordCredentials":
                 if value:
                     raise _bad("New password credentials must be generated using service actions.")
@@ -861,8 +885,8 @@ class GraphService(Service):
                        "400 permissions in total.")
         return result
 
-    def _validate_key_credentials(self, value: Any, existing: list[dict[str, Any]],
-                                  resource: str) -> tuple[list[dict[str, Any]], list[str]]:
+    def _validate_key_credentials(self, value: Any, existing: list[dict[str, Any]], resource: str,
+                                  app: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
         """The new collection (it replaces the old one wholesale) and the keyIds added by it.
 
         One bad entry fails the whole PATCH, as Graph does (seen).
@@ -881,6 +905,7 @@ class GraphService(Service):
             seen.add(key_id)
             previous = existing_by_id.get(key_id)
             if previous is None:
+                self._check_key_lifetime(app, stored)
                 added.append(stored["keyId"])
             elif previous.get("key") != stored["key"]:
                 raise _bad(f"Update to existing credential with KeyId '{stored['keyId']}' is not allowed.")
@@ -932,6 +957,37 @@ class GraphService(Service):
             "type": "AsymmetricX509Cert",
             "usage": entry["usage"],
         }
+
+    def _check_key_lifetime(self, app: dict[str, Any] | None, stored: dict[str, Any]) -> None:
+        """Refuse a new key credential longer than the tenant policy's asymmetricKeyLifetime allows."""
+        if app is None:
+            return
+        policy = self.world.directory.app_management_policy
+        if not policy.get("isEnabled"):
+            return
+        created = _parse_datetime(app["createdDateTime"], "createdDateTime", "Application")[0] \
+            if app.get("createdDateTime") else self.world.clock.now()
+        for restriction in (policy.get("applicationRestrictions") or {}).get("keyCredentials") or []:
+            if restriction.get("restrictionType") != "asymmetricKeyLifetime" \
+                    or (restriction.get("state") or "enabled") != "enabled":
+                continue
+            after = restriction.get("restrictForAppsCreatedAfterDateTime")
+            if after and created < _parse_datetime(after, "restrictForAppsCreatedAfterDateTime", "policy")[0]:
+                continue
+            limit = parse_duration(restriction.get("maxLifetime"))
+            start = _parse_datetime(stored["startDateTime"], "startDateTime", "Application")[0]
+            end = _parse_datetime(stored["endDateTime"], "endDateTime", "Application")[0]
+            if limit is not None and end - start > limit:
+                message = f"Credential lifetime exceeds the max value allowed as per assigned policy '{policy['id']}'."
+                raise _bad(message, code="CredentialInvalidLifetimeAsPerAppPolicy",
+                           details=[{"code": "InvalidKeyEndDate", "message": message, "target": "EndDate"}])
+
+    # -- policies ------------------------------------------------------------------------------------
+    def get_default_app_management_policy(self, request: Request) -> Response:
+        self._require_any(request, POLICY_READ)
+        body = {"@odata.context": f"{self.base_url}{PREFIX}/$metadata#policies/defaultAppManagementPolicy/$entity",
+                **copy.deepcopy(self.world.directory.app_management_policy)}
+        return Response.json(200, body)
 
     def delete_application(self, request: Request) -> Response:
         caller = self._require_app_writer(request)
@@ -1030,6 +1086,7 @@ class GraphService(Service):
             raise _invalid_value("keyCredential", "Application")
         credential = {k: v for k, v in credential.items() if k != "keyId"}
         stored = self._key_credential(credential, "Application")
+        self._check_key_lifetime(app, stored)
         app["keyCredentials"].append(stored)
         self.world.mark_created(stored["keyId"])
         body_out = {"@odata.context": f"{self.base_url}{PREFIX}/$metadata#microsoft.graph.keyCredential",

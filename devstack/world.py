@@ -6,6 +6,7 @@ keeps its own objects in `keyvault.Vault`. All mutations happen under `World.loc
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import threading
 import time
@@ -31,6 +32,7 @@ GRAPH_APP_ROLES = {
     "RoleManagement.ReadWrite.Directory": "9e3f62cf-ca93-4989-b6ce-bf83c28f9fe8",
     "RoleManagement.Read.Directory": "483bed4a-2ad3-4361-a73b-c83ccdbdc53c",
     "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
+    "Policy.Read.All": "246dd0d5-5bd0-4def-940b-0421030a5b68",
 }
 EXCHANGE_APP_ROLES = {
     "Exchange.ManageAsApp": EXCHANGE_MANAGE_AS_APP,
@@ -67,6 +69,7 @@ DEFAULT_PLATFORM_GRAPH_ROLES = (
     "Application.Read.All",
     "AppRoleAssignment.ReadWrite.All",
     "RoleManagement.ReadWrite.Directory",
+    "Policy.Read.All",  # optional: reads the tenant's app management policy (key lifetime cap)
 )
 DEFAULT_PLATFORM_VAULT_ROLES = ("Key Vault Certificates Officer", "Key Vault Secrets Officer")
 
@@ -77,6 +80,26 @@ def iso(moment: dt.datetime) -> str:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# The tenant-wide default app management policy's id as Graph returns it (unverified: an all-zero id,
+# as in Microsoft's examples for the singleton `policies/defaultAppManagementPolicy`).
+DEFAULT_APP_MANAGEMENT_POLICY_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def default_app_management_policy() -> dict[str, Any]:
+    """`GET /policies/defaultAppManagementPolicy` of a tenant that never changed it: not enabled."""
+    restrictions = {"passwordCredentials": [], "keyCredentials": []}
+    return {
+        "id": DEFAULT_APP_MANAGEMENT_POLICY_ID,
+        "displayName": "Default app management tenant policy",
+        "description": "Default tenant policy that enforces app management restrictions on applications and "
+                       "service principals. To apply policy to targeted resources, create a new policy under "
+                       "appManagementPolicies collection.",
+        "isEnabled": False,
+        "applicationRestrictions": copy.deepcopy(restrictions),
+        "servicePrincipalRestrictions": copy.deepcopy(restrictions),
+    }
 
 
 @dataclass
@@ -92,6 +115,8 @@ class Directory:
     owners: dict[str, list[str]] = field(default_factory=dict)
     # object id -> real (time.monotonic) moment it becomes visible; replication delay
     visible_at: dict[str, float] = field(default_factory=dict)
+    # `tenantAppManagementPolicy` in Graph's JSON shape; Graph enforces it on key credential writes
+    app_management_policy: dict[str, Any] = field(default_factory=default_app_management_policy)
 
     def sp_by_app_id(self, app_id: str) -> dict[str, Any] | None:
         for sp in self.service_principals.values():
@@ -241,6 +266,21 @@ class World:
                     "appRoleId": GRAPH_APP_ROLES[value], "createdDateTime": iso(self.clock.now()),
                     "deletedDateTime": None,
                 }
+
+    def set_key_lifetime_policy(self, max_lifetime: str | None,
+                                restrict_for_apps_created_after: str = "2015-01-01T00:00:00Z",
+                                state: str = "enabled") -> None:
+        """Enable the tenant's default app management policy with an `asymmetricKeyLifetime`
+        restriction of `max_lifetime` (ISO 8601 duration), or disable it when None."""
+        with self.lock:
+            policy = default_app_management_policy()
+            if max_lifetime is not None:
+                policy["isEnabled"] = True
+                policy["applicationRestrictions"]["keyCredentials"] = [{
+                    "restrictionType": "asymmetricKeyLifetime", "maxLifetime": max_lifetime,
+                    "restrictForAppsCreatedAfterDateTime": restrict_for_apps_created_after, "state": state,
+                }]
+            self.directory.app_management_policy = policy
 
     def register_resource(self, service: str, identifiers: list[str], sp_app_id: str | None) -> None:
         """Audiences a service accepts; the matching resource SP gets them as servicePrincipalNames."""

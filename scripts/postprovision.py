@@ -51,6 +51,7 @@ class Permission:
     modes: tuple[str, ...]
     calls: tuple[str, ...]
     why: str
+    optional: bool = False  # granted too, but the product works without it (with less)
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,16 @@ class PermissionTable:
     def names(self, mode: str) -> list[str]:
         return [p.name for p in self.for_mode(mode)]
 
+    def required(self, mode: str) -> list[Permission]:
+        """The rows of `mode` the product cannot work without."""
+        return [p for p in self.for_mode(mode) if not p.optional]
+
 
 def load_table(path: Path = PERMISSION_TABLE) -> PermissionTable:
     raw = json.loads(path.read_text(encoding="utf-8"))
     permissions = tuple(
         Permission(name=p["permission"], app_role_id=p["appRoleId"].lower(), modes=tuple(p["modes"]),
-                   calls=tuple(p["calls"]), why=p["why"])
+                   calls=tuple(p["calls"]), why=p["why"], optional=bool(p.get("optional", False)))
         for p in raw["permissions"]
     )
     return PermissionTable(resource_app_id=raw["resourceAppId"], modes=dict(raw["modes"]), permissions=permissions)
@@ -85,7 +90,8 @@ def render_table(table: PermissionTable) -> str:
     rule = "|---|" + "---|" * len(modes) + "---|---|"
     rows = []
     for p in table.permissions:
-        marks = " | ".join("yes" if m in p.modes else "—" for m in modes)
+        mark = "optional" if p.optional else "yes"
+        marks = " | ".join(mark if m in p.modes else "—" for m in modes)
         calls = "<br>".join(f"`{c}`" for c in p.calls)
         rows.append(f"| `{p.name}` | {marks} | {calls} | {p.why} |")
     return "\n".join([TABLE_START, header, rule, *rows, TABLE_END])

@@ -332,7 +332,7 @@ def _replace_record(connection: Connection, record: ConnectionRecord) -> Connect
 
 
 def _names(name: str) -> IdentityNames:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise InvalidSpec(f"{name!r} is not an identity name (lower-case letters, digits and single hyphens, "
                           "3 to 40 characters)", reason="InvalidIdentityName")
     return IdentityNames(name)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import logging
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import NeedsOperator
@@ -21,11 +24,81 @@ from .model import (
 )
 from .record import format_time, parse_time
 
+log = logging.getLogger("exo_automation.directory")
+
 APP_FIELDS = "id,appId,uniqueName,tags,keyCredentials,requiredResourceAccess,signInAudience"
 EXCHANGE_PERMISSION = {
     "resourceAppId": EXCHANGE_RESOURCE_APP_ID,
     "resourceAccess": [{"id": EXCHANGE_MANAGE_AS_APP_ROLE_ID, "type": "Role"}],
 }
+
+
+# -- the tenant's app management policy: maximum key credential lifetime ----------------------------
+# Key Vault backdates a new certificate's notBefore by 10 minutes (devstack/keyvault.py
+# NOT_BEFORE_SKEW), and the key credential carries exactly the certificate's window.
+KEY_VAULT_NOT_BEFORE_SKEW = dt.timedelta(minutes=10)
+WORST_CASE_MONTH = dt.timedelta(days=31)
+_DURATION = re.compile(r"^P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+                       r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$")
+
+
+def parse_duration(value: object) -> dt.timedelta | None:
+    """An ISO 8601 duration as Graph writes Edm.Duration (`P90D`, `P4DT12H30M5S`); None if not one.
+
+    Years and months have no fixed length, and Edm.Duration does not use them.
+    """
+    if not isinstance(value, str) or value in ("P", "PT") or value.endswith("T"):
+        return None
+    match = _DURATION.match(value.strip().upper())
+    if match is None:
+        return None
+    return dt.timedelta(weeks=int(match["w"] or 0), days=int(match["d"] or 0), hours=int(match["h"] or 0),
+                        minutes=int(match["m"] or 0), seconds=float(match["s"] or 0))
+
+
+@dataclass(frozen=True)
+class KeyLifetimeLimit:
+    """The tenant policy's maximum key credential lifetime, as written (`text`) and as a duration."""
+
+    text: str
+    max_lifetime: dt.timedelta
+    policy_id: str = ""
+
+
+def key_lifetime_limit(policy: dict[str, Any] | None) -> KeyLifetimeLimit | None:
+    """The `asymmetricKeyLifetime` restriction of a tenantAppManagementPolicy, if it is in force.
+
+    Applied whatever `restrictForAppsCreatedAfterDateTime` says: Microsoft may apply the date
+    retroactively to existing apps, and a shorter certificate is harmless where it did not.
+    """
+    if not policy or not policy.get("isEnabled"):
+        return None
+    limits = []
+    for restriction in (policy.get("applicationRestrictions") or {}).get("keyCredentials") or []:
+        if restriction.get("restrictionType") != "asymmetricKeyLifetime":
+            continue
+        if (restriction.get("state") or "enabled") != "enabled":
+            continue
+        text = restriction.get("maxLifetime")
+        duration = parse_duration(text)
+        if duration is None:
+            log.warning("the tenant's app management policy has an unreadable maxLifetime %r; ignored", text)
+            continue
+        limits.append(KeyLifetimeLimit(str(text), duration, str(policy.get("id") or "")))
+    return min(limits, key=lambda limit: limit.max_lifetime) if limits else None
+
+
+def capped_validity_months(requested: int, max_lifetime: dt.timedelta | None) -> int:
+    """The most whole months, up to `requested`, whose worst case fits in `max_lifetime`; 0 if none.
+
+    Key Vault's validity is whole calendar months (at most 31 days each) from a notBefore it
+    backdates by 10 minutes, and the policy limits endDateTime - startDateTime.
+    """
+    if max_lifetime is None:
+        return requested
+    fits = int((max_lifetime - KEY_VAULT_NOT_BEFORE_SKEW) / WORST_CASE_MONTH) \
+        if max_lifetime >= KEY_VAULT_NOT_BEFORE_SKEW else 0
+    return max(0, min(requested, fits))
 
 
 def _replication_check(fresh_principal: bool) -> Callable[[GraphError], bool]:
@@ -84,10 +157,35 @@ def key_credential_entry(identity: str, version: CertificateVersion, der: bytes)
     }
 
 
+_NO_POLICY = object()
+
+
 class DirectoryGateway:
     def __init__(self, graph: GraphClient) -> None:
         self.graph = graph
         self._exchange_sp_id: str | None = None
+        self._key_lifetime: object = _NO_POLICY  # not read yet
+
+    # -- tenant policy ----------------------------------------------------------------------------
+    async def key_lifetime_limit(self) -> KeyLifetimeLimit | None:
+        """The tenant's maximum key credential lifetime, read once per gateway (per Platform).
+
+        Reading it needs Policy.Read.All, which is optional: without it (403) the product works as
+        before, uncapped, and says so once in the log.
+        """
+        if self._key_lifetime is _NO_POLICY:
+            try:
+                policy = await self.graph.get_optional("/policies/defaultAppManagementPolicy")
+            except GraphError as exc:
+                if exc.status != 403:
+                    raise
+                log.warning("cannot read the tenant's app management policy (%s): certificate validity is not "
+                            "capped to a maximum key credential lifetime; grant the optional Graph permission "
+                            "Policy.Read.All to the platform identity", exc.code)
+                policy = None
+            self._key_lifetime = key_lifetime_limit(policy)
+        limit = self._key_lifetime
+        return limit if isinstance(limit, KeyLifetimeLimit) else None
 
     async def exchange_service_principal_id(self) -> str:
         if self._exchange_sp_id is None:

@@ -60,11 +60,16 @@ def caller_principal(req: func.HttpRequest) -> dict[str, Any] | None:
         return None
     if not isinstance(principal, dict):
         return None
-    claims = principal.get("claims") or []
+    claims = principal.get("claims")
+    # A principal is App Service's JSON; anything else in its place (claims not a list of objects,
+    # a claim type that is not a string) carries no roles rather than failing the request.
+    claims = [c for c in claims if isinstance(c, dict) and isinstance(c.get("typ"), str)] \
+        if isinstance(claims, list) else []
     # Entra puts app roles in `roles`; App Service may announce another claim type in `role_typ`.
-    role_types = {"roles", "role", ROLE_CLAIM_URI, principal.get("role_typ") or "roles"}
-    roles = [c.get("val") for c in claims if isinstance(c, dict) and c.get("typ") in role_types]
-    names = [c.get("val") for c in claims if isinstance(c, dict) and c.get("typ") in ("name", "appid", "oid")]
+    role_typ = principal.get("role_typ")
+    role_types = {"roles", "role", ROLE_CLAIM_URI, role_typ if isinstance(role_typ, str) and role_typ else "roles"}
+    roles = [c.get("val") for c in claims if c["typ"] in role_types]
+    names = [c.get("val") for c in claims if c["typ"] in ("name", "appid", "oid")]
     return {"name": req.headers.get("x-ms-client-principal-name") or (names[0] if names else None),
             "id": req.headers.get("x-ms-client-principal-id"), "roles": [r for r in roles if isinstance(r, str)]}
 

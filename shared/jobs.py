@@ -115,7 +115,7 @@ def _identity_from(setting: str, job: str, environ: Mapping[str, str]) -> str:
     if not value:
         raise SettingsError(f"setting {setting} is missing: expected the name of the automation identity the "
                             f"{job} job runs as", reason="SettingMissing")
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise SettingsError(f"setting {setting} is malformed ({value!r}): expected an identity name (lower-case "
                             "letters, digits, single hyphens)")
     return value
@@ -158,7 +158,7 @@ def exchange_job(bp: func.Blueprint, *, name: str, identity_setting: str, schedu
     for setting in (identity_setting, schedule_setting):
         if not _SETTING_NAME.match(setting):
             raise ValueError(f"{setting!r} is not an app setting name")
-    if not _FUNCTION_NAME.match(name):
+    if not _FUNCTION_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a function name")
 
     def register(body: JobBody) -> Any:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditEvent, emit
-from .directory import DirectoryGateway, application_from_graph, key_credential_entry, key_credential_from_graph
+from .directory import (
+    DirectoryGateway,
+    application_from_graph,
+    capped_validity_months,
+    key_credential_entry,
+    key_credential_from_graph,
+)
 from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from .graph import GraphError
 from .model import (
@@ -157,8 +163,20 @@ class Reconciler:
             raise exc.classified() from exc
 
     async def _observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
+        # Key Vault and Graph are read side by side; if Graph fails, the vault reads must not outlive the run.
         cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
         record_task = asyncio.create_task(self.vault.read_record(names.connection_secret))
+        try:
+            return await self._observe_with(names, cert_task, record_task)
+        except BaseException:
+            for task in (cert_task, record_task):
+                task.cancel()
+            await asyncio.gather(cert_task, record_task, return_exceptions=True)
+            raise
+
+    async def _observe_with(self, names: IdentityNames, cert_task: asyncio.Task[ObservedCertificate | None],
+                            record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool]],
+                            ) -> tuple[Observed, dict[str, Any] | None]:
         app_raw = await self.directory.find_application(names.unique_name)
         observed = Observed()
         if app_raw is not None:
@@ -325,12 +343,15 @@ class _Executor:
             case CreateCertificateVersion() | AwaitCertificate():
                 assert self.spec is not None
                 tags = desired_certificate_tags(self.spec)
+                capped = ""
                 if isinstance(action, AwaitCertificate):
                     version = await vault.await_pending(names.certificate)
                 else:
-                    version = await vault.create_certificate_version(names.certificate, self.spec, tags)
+                    # Checked before anything is created: a tenant that refuses even one month gets nothing.
+                    spec, capped = await self._within_key_lifetime_policy(self.spec)
+                    version = await vault.create_certificate_version(names.certificate, spec, tags)
                 self._set_current(version, tags)
-                return f"version {version.version} thumbprint {version.thumbprint}"
+                return f"version {version.version} thumbprint {version.thumbprint}{capped}"
             case TagCertificate():
                 return "tags are written with the outcome"
             case UpsertApplication():
@@ -416,6 +437,30 @@ class _Executor:
                 await vault.delete_certificate(names.certificate)
                 return "soft-deleted"
         raise AssertionError(f"no executor for {action.kind}")
+
+    async def _within_key_lifetime_policy(self, spec: IdentitySpec) -> tuple[IdentitySpec, str]:
+        """The spec with its validity capped to the tenant's maximum key credential lifetime.
+
+        Where the tenant's app management policy limits certificate (asymmetric key) lifetimes, Graph
+        refuses a longer key credential (400 CredentialInvalidLifetimeAsPerAppPolicy), so the
+        certificate is made short enough instead; Key Vault's validity is in whole months.
+        """
+        limit = await self.r.directory.key_lifetime_limit()
+        if limit is None:
+            return spec, ""
+        months = capped_validity_months(spec.validity_months, limit.max_lifetime)
+        if months < 1:
+            raise NeedsOperator(
+                f"the tenant's app management policy allows key credentials of at most {limit.text}; certificates "
+                "need at least one month (Key Vault's validity is in whole months, of up to 31 days): raise the "
+                "policy's asymmetricKeyLifetime maxLifetime, or exempt this product's applications",
+                reason="KeyLifetimePolicyTooShort")
+        if months == spec.validity_months:
+            return spec, ""
+        log.warning("identity=%s validity capped from %d to %d months by the tenant's app management policy "
+                    "(maxLifetime %s)", spec.name, spec.validity_months, months, limit.text)
+        return (dataclasses.replace(spec, validity_months=months),
+                f"; validity capped to {months} months by the tenant policy (maxLifetime {limit.text})")
 
     async def _add_key(self, version: CertificateVersion) -> str:
         names = self.names

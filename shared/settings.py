@@ -58,6 +58,10 @@ class Settings:
     reports_container: str = "mailbox-reports"
     role_mode: str = "assign"
     deep_check_hours: float = 24.0
+    notify_webhook_url: str | None = None
+    notify_webhook_format: str = "json"
+    notify_near_expiry_days: int = 14
+    instance_name: str = ""
 
     @property
     def graph_scope(self) -> str:
@@ -98,6 +102,11 @@ class Settings:
             reports_container=reader.container_name("REPORTS_CONTAINER", default="mailbox-reports"),
             role_mode=reader.choice("ROLE_MODE", ("assign", "verify"), default="assign"),
             deep_check_hours=reader.number("DEEP_CHECK_HOURS", default=24.0, low=1.0, high=24.0 * 30),
+            # Teams workflow URLs carry their signature in the query string: a secret, never logged whole.
+            notify_webhook_url=reader.https_url("NOTIFY_WEBHOOK_URL", allow_query=True) or None,
+            notify_webhook_format=reader.choice("NOTIFY_WEBHOOK_FORMAT", ("json", "teams", "slack"), default="json"),
+            notify_near_expiry_days=reader.integer("NOTIFY_NEAR_EXPIRY_DAYS", default=14, low=1, high=365),
+            instance_name=reader.text("PLATFORM_INSTANCE_NAME") or reader.text("WEBSITE_SITE_NAME") or "",
         )
         return settings
 
@@ -118,7 +127,7 @@ class _Reader:
     def _bad(self, name: str, value: str, expected: str) -> SettingsError:
         return SettingsError(f"setting {name} is malformed ({value!r}): expected {expected}")
 
-    def https_url(self, name: str, *, required: bool = False, default: str = "") -> str:
+    def https_url(self, name: str, *, required: bool = False, default: str = "", allow_query: bool = False) -> str:
         value = self._raw(name)
         expected = "an https:// URL"
         if value is None:
@@ -126,8 +135,15 @@ class _Reader:
                 raise self._missing(name, expected)
             return default
         parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
-            raise self._bad(name, value, expected)
+        if parts.scheme != "https" or not parts.netloc or (parts.query and not allow_query) or parts.fragment:
+            # A URL that may carry a signature is a secret: the message names the scheme and host only.
+            raise self._bad(name, f"{parts.scheme}://{parts.hostname}/…" if allow_query else value, expected)
+        return value
+
+    def text(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is not None and (len(value) > 120 or not value.isprintable()):
+            raise self._bad(name, value, "a short printable name")
         return value
 
     def guid(self, name: str) -> str:

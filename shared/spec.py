@@ -120,7 +120,7 @@ class IdentitySpec:
 
 
 def validate_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):  # `$` alone lets "abc\n" through
         raise InvalidSpec(
             "invalid identity name: use 3-40 lower-case letters, digits and single hyphens, "
             "starting with a letter and not ending with a hyphen",
@@ -170,7 +170,7 @@ def parse_spec(body: object, settings: Settings) -> IdentitySpec:
 
     contacts = body.get("contacts", [])
     if not isinstance(contacts, list) or len(contacts) > MAX_CONTACTS or \
-            not all(isinstance(c, str) and _EMAIL.match(c) and len(c) <= 64 for c in contacts):
+            not all(isinstance(c, str) and _EMAIL.fullmatch(c) and len(c) <= 64 for c in contacts):
         errors.append({"pointer": "/contacts", "detail": f"must be a list of at most {MAX_CONTACTS} e-mail addresses"})
 
     description = body.get("description", "")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -23,9 +24,11 @@ from typing import Any
 
 from azure.core.exceptions import HttpResponseError
 
+from . import telemetry
 from .directory import APP_FIELDS, application_from_graph
 from .graph import GraphError, literal
 from .model import APP_OWNER_TAG, EXCHANGE_MANAGE_AS_APP_ROLE_ID, OWNER_TAG, OWNER_TAG_VALUE, ObservedApplication
+from .notify import notify_near_expiry
 from .planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext, desired_certificate_tags
 from .platform import Platform
 from .record import format_time, parse_time
@@ -48,7 +51,7 @@ class RegistryEntry:
     not_after: dt.datetime | None
     enabled: bool
 
-    @property
+    @functools.cached_property
     def spec(self) -> IdentitySpec:
         return IdentitySpec.from_tags(self.tags)
 
@@ -193,18 +196,27 @@ async def sweep(platform: Platform) -> SweepResult:
     snapshot = await read_tenant(platform, roles) if active else TenantSnapshot({}, frozenset(), {}, frozenset())
     now = platform.reconciler.clock()
     deep_check = dt.timedelta(hours=platform.settings.deep_check_hours)
+    telemetry.ensure_configured()
+    expiring: list[tuple[str, float, str | None]] = []
     for entry in active:
         reasons = needs_work(entry, snapshot, now, context, deep_check)
+        telemetry.record_drift_found(reasons)
         if entry.not_after is not None:
+            days_to_expiry = (entry.not_after - now) / dt.timedelta(days=1)
+            telemetry.record_days_to_expiry(entry.name, days_to_expiry)
+            if days_to_expiry < platform.settings.notify_near_expiry_days:
+                expiring.append((entry.name, days_to_expiry, entry.thumbprint))
             renew_at = jittered_renewal_time(entry.not_before or entry.not_after, entry.not_after, context.policy,
                                              entry.thumbprint or entry.name)
             # The contract of the expiry alert (infra/): one line per identity per sweep.
             log.info("identity=%s daysToExpiry=%.2f renewalDue=%s renewalTime=%s", entry.name,
-                     (entry.not_after - now) / dt.timedelta(days=1), now >= renew_at, format_time(renew_at))
+                     days_to_expiry, now >= renew_at, format_time(renew_at))
         if reasons:
             result.due[entry.name] = reasons
     log.info("sweep=%s identities=%d due=%d skipped=%d", result.sweep_id, result.identities, len(result.due),
              len(result.skipped))
+    if expiring:
+        await notify_near_expiry(platform.settings, expiring)
     return result
 
 

@@ -69,3 +69,61 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     emulator = Azurite.start(Path(tmp_path_factory.mktemp("azurite")))
     yield emulator.connection_string
     emulator.stop()
+
+
+# -- session-wide leak scan and reliability summary (tests/reliability/leakscan.py) ---------------
+@pytest.fixture(scope="session", autouse=True)
+def _leak_scan() -> Iterator[None]:
+    """Scan every product log record and every handler response of the session for key material."""
+    from tests.integration.helpers import RESPONSE_HOOKS
+    from tests.reliability.leakscan import SCAN
+
+    SCAN.install()
+    RESPONSE_HOOKS.append(SCAN.response)
+    yield
+    RESPONSE_HOOKS.remove(SCAN.response)
+    SCAN.uninstall()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write test-artifacts/reliability-summary.json; any leak fails the session."""
+    from tests.reliability import leakscan
+
+    if leakscan.SCAN.records == 0 and leakscan.SCAN.responses == 0:
+        return  # nothing ran that the scan covers (e.g. --collect-only, or only pure unit tests)
+    stack = _session_stack_started[0] if _session_stack_started else None
+    document = leakscan.write_summary(stack.world.faults.injected if stack is not None else None)
+    session.config.stash[_SUMMARY_KEY] = document
+    if document["leakScan"]["leaksFound"] and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Counts the rows of the bootstrap and decommission crash tables into the reliability summary."""
+    if report.when == "call":
+        from tests.reliability.leakscan import external_report
+
+        external_report(report.nodeid, report.passed)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    import json
+
+    document = terminalreporter.config.stash.get(_SUMMARY_KEY, None)
+    if document is not None:
+        terminalreporter.section("reliability summary (test-artifacts/reliability-summary.json)")
+        brief = {k: v for k, v in document.items() if k != "crashPoints"}
+        brief["crashPoints"] = {k: v for k, v in document["crashPoints"].items() if k != "points"}
+        brief["leakScan"] = {k: v for k, v in document["leakScan"].items() if k not in ("scope", "patterns")}
+        terminalreporter.write_line(json.dumps(brief, indent=1))
+
+
+_SUMMARY_KEY = pytest.StashKey[dict]()
+_session_stack_started: list[Stack] = []
+
+
+@pytest.fixture(autouse=True)
+def _note_session_stack(request: pytest.FixtureRequest) -> None:
+    """Lets the session summary read the stand-ins' fault counter without starting them itself."""
+    if "_session_stack" in request.fixturenames and not _session_stack_started:
+        _session_stack_started.append(request.getfixturevalue("_session_stack"))

@@ -48,6 +48,13 @@ param reportsContainerName string
 // -- the sample job (shared/sample_jobs.py) -------------------------------------------------------------
 param mailboxReportIdentity string
 param mailboxReportSchedule string
+@description('Webhook for operator notifications (Teams, Slack or generic JSON); a secret: prefer a Key Vault reference, @Microsoft.KeyVault(SecretUri=...). Empty: no notifications.')
+@secure()
+param notifyWebhookUrl string = ''
+@allowed(['json', 'teams', 'slack'])
+param notifyWebhookFormat string = 'json'
+@description('Notify when a certificate expires in fewer days than this and has not been renewed.')
+param notifyNearExpiryDays int = 14
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
@@ -164,6 +171,11 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // The sample job: the identity it runs as, and when (NCRONTAB).
     MAILBOX_REPORT_IDENTITY: mailboxReportIdentity
     MAILBOX_REPORT_SCHEDULE: mailboxReportSchedule
+    // Notifications (docs/operations.md): the payloads name this instance and the vault.
+    NOTIFY_WEBHOOK_URL: notifyWebhookUrl
+    NOTIFY_WEBHOOK_FORMAT: notifyWebhookFormat
+    NOTIFY_NEAR_EXPIRY_DAYS: string(notifyNearExpiryDays)
+    PLATFORM_INSTANCE_NAME: name
   }
 }
 

@@ -27,7 +27,8 @@ def held(*names: str) -> dict[str, str]:
     (tuple(TABLE.names("assign")), "assign", [], []),
     (tuple(TABLE.names("assign")), "verify", ["RoleManagement.Read.Directory"], ["RoleManagement.ReadWrite.Directory"]),
     (("Application.ReadWrite.All", "Application.ReadWrite.OwnedBy"), "verify",
-     ["Application.Read.All", "AppRoleAssignment.ReadWrite.All", "RoleManagement.Read.Directory"],
+     ["Application.Read.All", "AppRoleAssignment.ReadWrite.All", "RoleManagement.Read.Directory",
+      "Policy.Read.All"],
      ["Application.ReadWrite.All"]),
 ], ids=["nothing-held", "exactly-held", "switch-to-verify", "too-broad-by-hand"])
 def test_plan_grants_what_is_missing_and_names_what_is_excess(holding: tuple[str, ...], mode: str,
@@ -52,9 +53,14 @@ def test_a_permission_graph_does_not_offer_is_reported_not_guessed() -> None:
 def test_modes_and_their_permissions() -> None:
     assert set(TABLE.modes) == {"assign", "verify"}
     assert TABLE.names("assign") == ["Application.ReadWrite.OwnedBy", "Application.Read.All",
-                                     "AppRoleAssignment.ReadWrite.All", "RoleManagement.ReadWrite.Directory"]
+                                     "AppRoleAssignment.ReadWrite.All", "RoleManagement.ReadWrite.Directory",
+                                     "Policy.Read.All"]
     assert TABLE.names("verify") == ["Application.ReadWrite.OwnedBy", "Application.Read.All",
-                                     "AppRoleAssignment.ReadWrite.All", "RoleManagement.Read.Directory"]
+                                     "AppRoleAssignment.ReadWrite.All", "RoleManagement.Read.Directory",
+                                     "Policy.Read.All"]
+    # Optional rows are granted too, but the product works without them (test_permissions.py).
+    assert [p.name for p in TABLE.permissions if p.optional] == ["Policy.Read.All"]
+    assert [p.name for p in TABLE.required("assign")] == TABLE.names("assign")[:-1]
     with pytest.raises(hook.HookError, match="unknown ROLE_MODE"):
         TABLE.for_mode("sometimes")
 

@@ -31,6 +31,10 @@ class HttpResult:
 
 _FUNCTIONS: list[Any] = []
 
+# Called with (function, method, url, status, headers, body text) for every response `call`
+# produces: the session's leak scan (tests/reliability/leakscan.py) hooks in here.
+RESPONSE_HOOKS: list[Any] = []
+
 
 def registered_functions() -> list[Any]:
     """`function_app.app.get_functions()`, built once: a second build of one app raises on duplicates."""
@@ -67,6 +71,8 @@ def call(function: str, method: str, url: str, *, body: Any = None, raw: bytes |
     if not any(name.lower() == "content-type" for name in response_headers):
         # The worker sends `mimetype` as Content-Type when the headers do not set one.
         response_headers["Content-Type"] = response.mimetype
+    for hook in RESPONSE_HOOKS:
+        hook(function, method, url, response.status_code, response_headers, text)
     return HttpResult(response.status_code, response_headers, json.loads(text) if text else None)
 
 

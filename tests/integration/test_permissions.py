@@ -4,7 +4,7 @@ The table (infra/graph-permissions.json, rendered in docs/deploy.md) says which 
 application permissions the platform identity holds in each role mode. Here the whole lifecycle
 (bootstrap, status, sweep, renewal through the queue path, rotation, decommission) runs against the
 stand-ins with the platform holding exactly the table's permissions, and its whole Graph traffic is
-accounted for by the table's calls; then, with any one permission removed, the lifecycle fails with
+accounted for by the table's calls; then, with any one required permission removed, the lifecycle fails with
 a problem document whose reason is GraphPermissionMissing. The post-provision hook, which grants the
 same permissions with msgraph-sdk where the Bicep extension does not, is run against the stand-ins too.
 """
@@ -169,9 +169,19 @@ def test_exactly_the_tables_permissions_carry_the_whole_lifecycle(stack: Stack, 
         assert not traffic & role_writes, "verify mode never writes role assignments"
 
 
-# -- exactly the table: each one needed ------------------------------------------------------------
+# -- exactly the table: each required one needed, each optional one not ----------------------------
 REMOVALS = [pytest.param(mode, p.name, id=f"{mode}-without-{p.name}")
-            for mode in TABLE.modes for p in TABLE.for_mode(mode)]
+            for mode in TABLE.modes for p in TABLE.required(mode)]
+OPTIONAL_REMOVALS = [pytest.param(mode, p.name, id=f"{mode}-without-optional-{p.name}")
+                     for mode in TABLE.modes for p in TABLE.for_mode(mode) if p.optional]
+
+
+@pytest.mark.parametrize(("mode", "removed"), OPTIONAL_REMOVALS)
+def test_the_lifecycle_passes_without_an_optional_permission(stack: Stack, monkeypatch: pytest.MonkeyPatch,
+                                                             mode: str, removed: str) -> None:
+    monkeypatch.setenv("ROLE_MODE", mode)
+    stack.world.set_platform_graph_roles([name for name in TABLE.names(mode) if name != removed])
+    assert run_lifecycle(stack, "permission-check", mode) is None, f"{removed} is marked optional"
 
 
 @pytest.mark.parametrize(("mode", "removed"), REMOVALS)
