@@ -52,6 +52,11 @@ param verifySignIn bool = true
 param verifySignInTimeoutSeconds int = 120
 @description('Require the caller\'s app roles (ExoIdentities.Read / ExoIdentities.ReadWrite) from App Service authentication on every HTTP call.')
 param requireAppRoles bool = false
+@description('Webhook for operator notifications (Teams, Slack or generic JSON). A secret: prefer a Key Vault reference. Empty: no notifications.')
+@secure()
+param notifyWebhookUrl string = ''
+@allowed(['json', 'teams', 'slack'])
+param notifyWebhookFormat string = 'json'
 param reconcileQueueName string = 'identity-reconcile'
 @description('NCRONTAB (six fields, seconds first) of the sweep that finds identities due for work.')
 param sweepSchedule string = '0 */30 * * * *'
@@ -212,6 +217,8 @@ module functionApp 'modules/function-app.bicep' = {
     reportsContainerName: reportsContainerName
     mailboxReportIdentity: mailboxReportIdentity
     mailboxReportSchedule: mailboxReportSchedule
+    notifyWebhookUrl: notifyWebhookUrl
+    notifyWebhookFormat: notifyWebhookFormat
   }
 }
 

@@ -176,6 +176,12 @@ def notification_for(event: AuditEvent) -> Notification | None:
     return Notification(kind, event.identity, summary[:1000], facts, event.correlation_id)
 
 
+async def notify(note: Notification) -> bool:
+    """Send `note` to the configured webhook, if any; never raises."""
+    notifier = _current_notifier()
+    return await notifier.send(note) if notifier is not None else False
+
+
 async def audit_sink(event: AuditEvent) -> None:
     note = notification_for(event)
     if note is None:

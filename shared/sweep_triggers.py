@@ -71,3 +71,7 @@ async def record_poisoned_reconcile(message: func.QueueMessage) -> None:
     log.error("identity=%s reconcile failed after every redelivery (dequeueCount=%s)", name,
               message.dequeue_count)
     await record_poison(current_platform(), name)
+    from .notify import Notification, notify
+
+    await notify(Notification("NeedsOperator", name, "the reconcile failed on every redelivery and was moved to the "
+                              "poison queue; see the function logs for the cause", {"Queue": "poison"}))

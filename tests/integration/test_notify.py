@@ -189,3 +189,16 @@ def test_notification_rules_for_audit_events() -> None:
     assert notify.notification_for(event(result="Succeeded")) is None
     assert notify.notification_for(event(result="GraphUnavailable")) is None
     assert notify.notification_for(event(operation="bootstrap")) is None
+
+
+def test_a_poisoned_reconcile_is_notified_and_shown_in_status(stack: Stack, receiver: Receiver) -> None:
+    import azure.functions as func
+
+    from .test_sweep import call_trigger
+
+    assert post_identity({"name": "poisoned-note"}).status == 201
+    body = json.dumps({"name": "poisoned-note", "reasons": ["KeyMissing"], "sweepId": "s1"})
+    call_trigger("record_poisoned_reconcile", message=func.QueueMessage(id="m1", body=body.encode()))
+    (hit,) = receiver.received
+    assert hit["body"]["kind"] == "NeedsOperator" and hit["body"]["identity"] == "poisoned-note"
+    assert "poison" in hit["body"]["summary"]
