@@ -113,6 +113,10 @@ class VaultGateway:
             raise vault_error(exc, f"reading certificate {name}") from exc
         assert cert.properties is not None
         tags = dict(cert.properties.tags or {})
+        if not cert.properties.x509_thumbprint:
+            # The first version is still being created: Key Vault shows it disabled, without a certificate.
+            return ObservedCertificate(owned=tags.get(OWNER_TAG) == OWNER_TAG_VALUE or not tags, tags=tags,
+                                       current=None, pending=True)
         if tags.get(OWNER_TAG) != OWNER_TAG_VALUE:
             tags = await self.adopted_tags(name) or tags
         return ObservedCertificate(

@@ -116,3 +116,19 @@ def test_a_sweep_during_a_bootstrap_and_a_rotate_now_converges(stack: Stack) -> 
     assert len(cert_versions(stack, "steady")) == 2
     leakscan.RELIABILITY["concurrency"].append({"case": "sweep during bootstrap and rotate-now",
                                                 "statuses": statuses[:2], "converged": True})
+
+
+def test_racing_bootstraps_share_one_certificate_version_when_creation_takes_time(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Key Vault refuses a create while one is pending (409; azure-sdk-for-python#13289) and real
+    creations take seconds: racers then wait for the same version instead of adding their own."""
+    monkeypatch.setenv("VERIFY_SIGN_IN_TIMEOUT_SECONDS", "5")
+    stack.world.services["keyvault"].creation_delay = 1.5
+    statuses = _threads(10, lambda _: post_identity({"name": "patient"}).status)
+    assert set(statuses) <= {200, 201}, statuses
+    assert len(cert_versions(stack, "patient")) == 1
+    final = post_identity({"name": "patient"})
+    assert final.status == 200 and final.body["plan"]["actions"] == []
+    app = one_of_everything(stack, "patient")
+    assert len(app["keyCredentials"]) == 1
+    assert run_job_get_mailbox(stack, "patient")
