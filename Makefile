@@ -8,6 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.requirements-installed
 NPM_STAMP := node_modules/.npm-ci-done
+CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
@@ -15,7 +16,7 @@ BENCH_ARGS ?=
 .PHONY: help setup test lint check run stack bench clean distclean
 
 help:
-	@echo "make setup      create .venv (requirements-dev.txt) and install Azurite (npm ci)"
+	@echo "make setup      create .venv (requirements-dev.txt), install Azurite (npm ci) and Chromium (apt)"
 	@echo "make test       ruff, mypy and the whole test suite (PYTEST_ARGS='-k name' to narrow it)"
 	@echo "make lint       ruff check + mypy"
 	@echo "make check      lint, then test"
@@ -24,7 +25,7 @@ help:
 	@echo "make bench      the benchmarks under bench/"
 	@echo "make clean      caches and local state; 'make distclean' also removes .venv and node_modules"
 
-setup: $(PIP_STAMP) $(NPM_STAMP)
+setup: $(PIP_STAMP) $(NPM_STAMP) $(CHROMIUM)
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -39,6 +40,12 @@ $(NPM_STAMP): package.json package-lock.json
 	@command -v npm >/dev/null || { echo "error: npm is needed for Azurite (install Node.js 20+)" >&2; exit 1; }
 	npm ci --no-audit --no-fund
 	@touch $@
+
+# The status page is tested in a real headless browser: Debian's Chromium (no browser download).
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "error: install Chromium at $(CHROMIUM) (Debian: apt-get install chromium)" >&2; exit 1; }
+	@if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
 # pytest exits 5 when it collected no test: a failure here, not a pass.
 test: setup lint
