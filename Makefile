@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test lint check run stack bench clean distclean
+.PHONY: help setup runtime test lint check run stack bench clean distclean
 
 help:
 	@echo "make setup      create .venv (requirements-dev.txt), install Azurite (npm ci) and Chromium (apt)"
@@ -26,6 +26,9 @@ help:
 	@echo "make clean      caches and local state; 'make distclean' also removes .venv and node_modules"
 
 setup: $(PIP_STAMP) $(NPM_STAMP) $(CHROMIUM)
+
+# What running (not testing) needs: no browser.
+runtime: $(PIP_STAMP) $(NPM_STAMP)
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -59,11 +62,11 @@ lint: setup
 check: lint test
 
 # The main job, locally: start the stand-ins, bootstrap an identity end to end, run a job with it.
-run: setup
+run: runtime
 	$(PY) -m devstack demo
 
 # The stand-ins (and Azurite) alone, for `func start` or your own scripts; Ctrl-C stops them.
-stack: setup
+stack: runtime
 	$(PY) -m devstack up
 
 bench: setup
