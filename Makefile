@@ -55,7 +55,7 @@ test: setup lint
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
-lint: setup
+lint: runtime
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
@@ -69,7 +69,7 @@ run: runtime
 stack: runtime
 	$(PY) -m devstack up
 
-bench: setup
+bench: runtime
 	@if [ -f bench/__main__.py ]; then $(PY) -m bench $(BENCH_ARGS); \
 		else echo "no benchmarks yet (bench/__main__.py)"; fi
 
