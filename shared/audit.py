@@ -31,6 +31,7 @@ class AuditEvent:
     facet: str
     result: str
     detail: str = ""
+    retryable: bool = False  # a failure the next delivery or sweep may fix by itself
     target: dict[str, Any] = field(default_factory=dict)
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
@@ -40,7 +41,8 @@ class AuditEvent:
         return {
             "time": self.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "correlationId": self.correlation_id,
             "caller": self.caller, "operation": self.operation, "identity": self.identity, "action": self.action,
-            "facet": self.facet, "result": self.result, "detail": self.detail, "target": self.target,
+            "facet": self.facet, "result": self.result, "retryable": self.retryable, "detail": self.detail,
+            "target": self.target,
             "before": self.before, "after": self.after,
         }
 

@@ -119,6 +119,22 @@ def _no_backing_application(exc: GraphError) -> bool:
     return exc.status == 400 and "NoBackingApplicationObject" in exc.detail_codes
 
 
+def _with_owner_tag(tags: list[str] | None) -> list[str]:
+    existing = list(tags or [])
+    return existing if APP_OWNER_TAG in existing else [*existing, APP_OWNER_TAG]
+
+
+def _with_exchange_permission(declared: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The app's declared permissions with Exchange.ManageAsApp among them; nothing else changed."""
+    others = [r for r in declared or [] if r.get("resourceAppId") != EXCHANGE_RESOURCE_APP_ID]
+    exchange = next((r for r in declared or [] if r.get("resourceAppId") == EXCHANGE_RESOURCE_APP_ID), None)
+    if exchange is None:
+        return [*others, EXCHANGE_PERMISSION]
+    kept = [a for a in exchange.get("resourceAccess", []) if a.get("id") != EXCHANGE_MANAGE_AS_APP_ROLE_ID]
+    return [*others, {"resourceAppId": EXCHANGE_RESOURCE_APP_ID,
+                      "resourceAccess": [*kept, {"id": EXCHANGE_MANAGE_AS_APP_ROLE_ID, "type": "Role"}]}]
+
+
 def key_credential_from_graph(entry: dict[str, Any]) -> KeyCredential:
     thumbprint = None
     if entry.get("key"):
@@ -203,37 +219,24 @@ class DirectoryGateway:
 
     async def upsert_application(self, unique_name: str, display_name: str,
                                  existing: dict[str, Any] | None) -> dict[str, Any]:
-        """Create the app, or repair it, keeping tags and permissions that others added."""
-        tags = list((existing or {}).get("tags") or [])
-        if APP_OWNER_TAG not in tags:
-            tags.append(APP_OWNER_TAG)
-        access = [r for r in (existing or {}).get("requiredResourceAccess") or []
-                  if r.get("resourceAppId") != EXCHANGE_RESOURCE_APP_ID]
-        exchange = next((r for r in (existing or {}).get("requiredResourceAccess") or []
-                         if r.get("resourceAppId") == EXCHANGE_RESOURCE_APP_ID), None)
-        merged = dict(EXCHANGE_PERMISSION) if exchange is None else {
-            "resourceAppId": EXCHANGE_RESOURCE_APP_ID,
-            "resourceAccess": [a for a in exchange.get("resourceAccess", [])
-                               if a.get("id") != EXCHANGE_MANAGE_AS_APP_ROLE_ID]
-            + EXCHANGE_PERMISSION["resourceAccess"],  # type: ignore[operator]
-        }
-        body = {
-            "displayName": display_name if existing is None else existing.get("displayName", display_name),
-            "signInAudience": "AzureADMyOrg",
-            "tags": tags,
-            "requiredResourceAccess": [*access, merged],
-        }
-        if existing is None:
-            body["displayName"] = display_name
+        """Create the app, or repair the drifted parts of it, keeping what others added."""
+        if existing is not None:
+            # PATCH keeps omitted properties: an admin's display name, notes and the like stay.
+            repair = {"signInAudience": "AzureADMyOrg", "tags": _with_owner_tag(existing.get("tags")),
+                      "requiredResourceAccess": _with_exchange_permission(existing.get("requiredResourceAccess"))}
+            await self.graph.request("PATCH", f"/applications/{existing['id']}", json=repair)
+            return {**existing, **repair}
+        body = {"displayName": display_name, "signInAudience": "AzureADMyOrg", "tags": [APP_OWNER_TAG],
+                "requiredResourceAccess": [EXCHANGE_PERMISSION]}
         # uniqueName is an alternate key: concurrent upserts of one name yield one application.
         response = await self.graph.request("PATCH", path_for_unique_name(unique_name), json=body,
                                             headers={"Prefer": "create-if-missing"})
         if response.status_code == 201 and response.content:
             created: dict[str, Any] = response.json()
             return created
-        app = await retry_while_replicating(lambda: self._must_find(unique_name),
-                                            lambda e: e.status == 404, budget_seconds=60)
-        return app
+        # 204: another run created it a moment ago; read it back (it may still be replicating).
+        return await retry_while_replicating(lambda: self._must_find(unique_name),
+                                             lambda e: e.status == 404, budget_seconds=60)
 
     async def _must_find(self, unique_name: str) -> dict[str, Any]:
         return await self.graph.get_json(path_for_unique_name(unique_name), {"$select": APP_FIELDS})

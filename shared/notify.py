@@ -29,8 +29,6 @@ ATTEMPTS = 3
 TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = 0.5
 MAX_RETRY_AFTER_SECONDS = 5.0
-# Failures the host redelivers by itself (the message is retried, then poisoned): not an operator's job yet.
-TRANSIENT_REASONS = frozenset({"Retryable", "GraphUnavailable", "VaultUnavailable", "CertificatePending"})
 ROTATION_FACETS = frozenset({"certificate", "keyCredential", "connectionRecord"})
 NEAR_EXPIRY_REPEAT = dt.timedelta(hours=24)
 
@@ -161,7 +159,7 @@ def _current_notifier() -> Notifier | None:
 
 def notification_for(event: AuditEvent) -> Notification | None:
     """What an operator must hear about an audit event: failures that a redelivery will not fix."""
-    if event.result == "Succeeded" or event.result in TRANSIENT_REASONS or event.operation == "bootstrap":
+    if event.result == "Succeeded" or event.retryable or event.operation == "bootstrap":
         # A bootstrap's caller gets the problem document in the HTTP answer.
         return None
     rotation = event.operation == "rotate" or event.facet in ROTATION_FACETS

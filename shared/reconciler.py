@@ -178,9 +178,13 @@ class Reconciler:
                             record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool]],
                             ) -> tuple[Observed, dict[str, Any] | None]:
         app_raw = await self.directory.find_application(names.unique_name)
+        cert = await cert_task
         observed = Observed()
         if app_raw is not None:
             app = application_from_graph(app_raw)
+            if not app.owned and cert is not None and cert.owned and cert.tags.get("appId") == app.app_id:
+                # The registry recorded this very app: ours, even if someone removed its tag (repaired below).
+                app = dataclasses.replace(app, owned=True)
             observed = dataclasses.replace(observed, application=app)
             if app.owned:
                 sp = await self.directory.find_service_principal(app.app_id)
@@ -190,7 +194,6 @@ class Reconciler:
                                                           self.directory.role_assignments(sp_id))
                     observed = dataclasses.replace(observed, service_principal_id=sp_id,
                                                    consent_assignment_id=consent, role_assignments=roles)
-        cert = await cert_task
         record, unreadable, record_owned = await record_task
         if cert is not None and cert.owned and observed.application is not None \
                 and len(observed.application.key_credentials) > 1:
@@ -265,7 +268,8 @@ class Reconciler:
                 log.warning("identity=%s action=%s result=%s detail=%s", result.name, action.kind, exc.reason,
                             exc.message)
                 if action.mutating:
-                    await emit(_audit_event(result, action, exc.reason, exc.message, before, executor.snapshot()))
+                    await emit(_audit_event(result, action, exc.reason, exc.message, before, executor.snapshot(),
+                                            retryable=isinstance(exc, Retryable)))
                 return
             result.executed.append(ActionOutcome(action, "Succeeded", detail))
             log.info("identity=%s action=%s result=Succeeded detail=%s", result.name, action.kind, detail)
@@ -559,12 +563,13 @@ class _Executor:
 
 
 def _audit_event(result: RunResult, action: Action, outcome: str, detail: str, before: dict[str, Any],
-                 after: dict[str, Any]) -> AuditEvent:
+                 after: dict[str, Any], *, retryable: bool = False) -> AuditEvent:
     keys = FACET_KEYS[action.facet]
     target = {k: v for k, v in dataclasses.asdict(action).items() if v is not None}
     return AuditEvent(
         correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
         identity=result.name, action=action.kind, facet=action.facet, result=outcome, detail=detail,
+        retryable=retryable,
         target=target, before={k: before[k] for k in keys}, after={k: after[k] for k in keys},
     )
 

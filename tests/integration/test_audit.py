@@ -16,8 +16,8 @@ MUTATING = {"CreateCertificateVersion", "UpsertApplication", "CreateServicePrinc
             "AddKeyCredential", "AssignRole", "PublishConnectionRecord", "RetireKeyCredential",
             "MarkDecommissioning", "RemoveRoleAssignment", "RevokeConsent", "DeleteServicePrincipal",
             "DeleteApplication", "DeleteConnectionSecret", "DeleteCertificate"}
-FIELDS = {"time", "correlationId", "caller", "operation", "identity", "action", "facet", "result", "detail",
-          "target", "before", "after"}
+FIELDS = {"time", "correlationId", "caller", "operation", "identity", "action", "facet", "result", "retryable",
+          "detail", "target", "before", "after"}
 
 
 def audit_events(caplog: pytest.LogCaptureFixture) -> list[dict]:
@@ -73,5 +73,6 @@ def test_a_failed_action_is_audited_with_its_reason(stack: Stack, caplog: pytest
                                             "status": 500}))
     assert post_identity({"name": "half-done"}).status == 503
     events = audit_events(caplog)
-    assert [(e["action"], e["result"]) for e in events][-1] == ("CreateServicePrincipal", "GraphUnavailable")
+    assert [(e["action"], e["result"], e["retryable"]) for e in events][-1] == (
+        "CreateServicePrincipal", "GraphUnavailable", True)
     assert len(events) == 3

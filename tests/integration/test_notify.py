@@ -187,7 +187,8 @@ def test_notification_rules_for_audit_events() -> None:
     assert notify.notification_for(event()).kind == "NeedsOperator"  # type: ignore[union-attr]
     assert notify.notification_for(event(action="AddKeyCredential", facet="keyCredential")).kind == "RotationFailed"  # type: ignore[union-attr]
     assert notify.notification_for(event(result="Succeeded")) is None
-    assert notify.notification_for(event(result="GraphUnavailable")) is None
+    assert notify.notification_for(event(result="GraphUnavailable", retryable=True)) is None
+    assert notify.notification_for(event(result="SignInNotYetPossible", retryable=True)) is None
     assert notify.notification_for(event(operation="bootstrap")) is None
 
 

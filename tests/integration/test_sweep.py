@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from devstack import Stack
 from devstack.pki import new_rsa_key, self_signed_certificate
-from devstack.world import EXCHANGE_MANAGE_AS_APP
+from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
 from shared.model import key_id_for
 
 from .helpers import call, run_job_get_mailbox
@@ -282,3 +282,26 @@ def call_trigger(name: str, **kwargs: object) -> None:
             await close_platforms()
 
     asyncio.run(run())
+
+
+def test_application_drift_is_repaired_without_undoing_an_admins_changes(stack: Stack) -> None:
+    assert bootstrap(stack, "renamed").error is None
+    graph_read = {"resourceAppId": "00000003-0000-0000-c000-000000000000",
+                  "resourceAccess": [{"id": "9a5d68dd-52b0-4cc2-bd40-abcf44ac3a30", "type": "Role"}]}
+    with stack.world.lock:
+        app = app_of(stack, "renamed")
+        app["displayName"] = "Mailbox reports (owned by the messaging team)"
+        app["requiredResourceAccess"] = [graph_read]  # Exchange.ManageAsApp dropped, another permission added
+        app["tags"] = ["cost-centre-42"]
+    # Without our tag the app drops out of the tagged listing; the registry's appId still proves it ours.
+    assert sweep(stack).due == {"renamed": ["ApplicationMissing"]}
+    outcome = reconcile(stack, "renamed")
+    assert outcome.error is None
+    assert [o.action.kind for o in outcome.executed] == ["UpsertApplication"]
+    app = app_of(stack, "renamed")
+    assert app["displayName"] == "Mailbox reports (owned by the messaging team)"
+    assert graph_read in app["requiredResourceAccess"]
+    assert {"resourceAppId": EXCHANGE_APP_ID, "resourceAccess": [{"id": EXCHANGE_MANAGE_AS_APP, "type": "Role"}]} \
+        in app["requiredResourceAccess"]
+    assert set(app["tags"]) == {"cost-centre-42", "exo-automation-identities"}
+    assert sweep(stack).due == {}
