@@ -26,8 +26,6 @@ from .directory import (
 from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from .graph import GraphError
 from .model import (
-    OWNER_TAG,
-    OWNER_TAG_VALUE,
     CertificateVersion,
     KeyCredential,
     Observed,
@@ -602,4 +600,4 @@ def _writable(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry[k] for k in keep if entry.get(k) is not None}
 
 
-__all__ = ["OWNER_TAG", "OWNER_TAG_VALUE", "Reconciler", "RunResult", "SignInProbe"]
+__all__ = ["ActionOutcome", "Clock", "Reconciler", "RunResult", "SignInProbe", "utc_now"]

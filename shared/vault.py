@@ -17,7 +17,7 @@ from typing import Any
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.core.rest import HttpRequest
 
-from .errors import NeedsOperator, Retryable
+from .errors import ExoAutomationError, NeedsOperator, Retryable
 from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
 from .record import CONTENT_TYPE, ConnectionRecord
 from .settings import Settings
@@ -31,7 +31,7 @@ def _timestamp(value: dt.datetime | None) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def vault_error(exc: HttpResponseError, what: str) -> Exception:
+def vault_error(exc: HttpResponseError, what: str) -> ExoAutomationError:
     """A Key Vault failure as retryable or needs-an-operator."""
     status = exc.status_code or 0
     inner = ""
