@@ -6,21 +6,24 @@ with any set of Graph application permissions.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+import pytest
 from azure.core.credentials import AccessToken
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from msgraph import GraphServiceClient
+from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 
 from devstack import Stack
 from devstack.pki import new_rsa_key, self_signed_certificate
@@ -71,10 +74,14 @@ def other_caller(stack: Stack, roles: Iterable[str], name: str = "other-automati
     return MintedCredential(stack, sp_id, app_id, roles)
 
 
-@contextlib.asynccontextmanager
-async def graph_client(stack: Stack, credential: MintedCredential) -> AsyncIterator[GraphServiceClient]:
+def graph_client(stack: Stack, credential: Any) -> contextlib.AbstractAsyncContextManager[GraphServiceClient]:
     """msgraph-sdk's client pointed at the stand-in, closed on exit."""
-    endpoint = stack.url("graph")
+    return graph_client_at(stack.url("graph"), credential)
+
+
+@contextlib.asynccontextmanager
+async def graph_client_at(endpoint: str, credential: Any) -> AsyncIterator[GraphServiceClient]:
+    """msgraph-sdk's client for the Graph at `endpoint` (no /v1.0), closed on exit."""
     client = GraphServiceClient(credential, scopes=[f"{endpoint}/.default"])
     client.request_adapter.base_url = f"{endpoint}/v1.0"
     try:
@@ -117,3 +124,20 @@ def make_cert(stack: Stack, *, days: float = 30, starts_ago: float = 1, subject:
         now - dt.timedelta(days=starts_ago), now + dt.timedelta(days=days),
     )
     return Cert(certificate, key)
+
+
+T = TypeVar("T")
+
+
+def run(scenario: Callable[[GraphServiceClient], Awaitable[T]], stack: Stack,
+        credential: MintedCredential | None = None) -> T:
+    async def main() -> T:
+        async with graph_client(stack, credential or platform_credential(stack)) as client:
+            return await scenario(client)
+    return asyncio.run(main())
+
+
+async def refused(call: Awaitable[Any]) -> ODataError:
+    with pytest.raises(ODataError) as caught:
+        await call
+    return caught.value

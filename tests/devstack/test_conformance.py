@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import hashlib
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -57,6 +56,8 @@ from msgraph.generated.models.unified_role_assignment import UnifiedRoleAssignme
 
 from devstack import Stack
 from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP, GRAPH_APP_ID, GRAPH_APP_ROLES
+
+from .graph_helpers import graph_client_at
 
 # msgraph-sdk and kiota emit DeprecationWarnings from their own class bodies when a request
 # builder is first imported (see test_graph.py); pytest runs with filterwarnings=error.
@@ -128,7 +129,7 @@ class Chain:
     def graph(self, scenario: Callable[[GraphServiceClient], Awaitable[T]]) -> T:
         async def main() -> T:
             async with AsyncManagedIdentityCredential() as credential, \
-                    graph_client(credential, self.graph_endpoint) as client:
+                    graph_client_at(self.graph_endpoint, credential) as client:
                 return await scenario(client)
         return asyncio.run(main())
 
@@ -183,19 +184,6 @@ class Chain:
         return httpx.post(url, json=body, headers=headers, timeout=30)  # trust: SSL_CERT_FILE
 
 
-@contextlib.asynccontextmanager
-async def graph_client(credential: Any, endpoint: str) -> AsyncIterator[GraphServiceClient]:
-    client = GraphServiceClient(credentials=credential, scopes=[f"{endpoint}/.default"])
-    client.request_adapter.base_url = f"{endpoint}/v1.0"
-    try:
-        yield client
-    finally:
-        http_client = client.request_adapter._http_client
-        await http_client.aclose()
-        # msgraph-core's transport wrapper does not forward aclose() (see graph_helpers.py).
-        inner = getattr(http_client._transport, "transport", None)
-        if inner is not None:
-            await inner.aclose()
 
 
 def claims_of(token: str) -> dict[str, Any]:
@@ -365,7 +353,7 @@ def owned_by_writes_a_foreign_app(chain: Chain) -> Callable[[], object]:
         async with AsyncCertificateCredential(chain.tenant_id, registration.app_id, certificate_data=vault_cert.pfx,
                                               authority=chain.authority, disable_instance_discovery=True
                                               ) as credential, \
-                graph_client(credential, chain.graph_endpoint) as client:
+                graph_client_at(chain.graph_endpoint, credential) as client:
             # The permission works on what the job owns ...
             mine = await client.applications.post(Application(display_name="job-owned"))
             assert mine is not None and mine.id

@@ -7,7 +7,6 @@ import base64
 import datetime as dt
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -19,7 +18,6 @@ from msgraph import GraphServiceClient
 from msgraph.generated.models.app_role_assignment import AppRoleAssignment
 from msgraph.generated.models.application import Application
 from msgraph.generated.models.key_credential import KeyCredential
-from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph.generated.models.required_resource_access import RequiredResourceAccess
 from msgraph.generated.models.resource_access import ResourceAccess
 from msgraph.generated.models.service_principal import ServicePrincipal
@@ -32,11 +30,12 @@ from devstack.world import AAD_GRAPH_APP_ID, EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS
 from .graph_helpers import (
     Cert,
     MintedCredential,
-    graph_client,
     make_cert,
     other_caller,
     platform_credential,
     raw_client,
+    refused,
+    run,
 )
 
 # msgraph-sdk and kiota emit DeprecationWarnings from their own class bodies when a request
@@ -50,19 +49,6 @@ RECIPIENT_ADMIN = "31392ffb-586c-42d1-9346-e59415a2cc4e"
 EXCHANGE_ADMIN = "29232cdf-9323-42fd-ade2-1d097af3e4de"
 T = TypeVar("T")
 
-
-def run(scenario: Callable[[GraphServiceClient], Awaitable[T]], stack: Stack,
-        credential: MintedCredential | None = None) -> T:
-    async def main() -> T:
-        async with graph_client(stack, credential or platform_credential(stack)) as client:
-            return await scenario(client)
-    return asyncio.run(main())
-
-
-async def refused(call: Awaitable[Any]) -> ODataError:
-    with pytest.raises(ODataError) as caught:
-        await call
-    return caught.value
 
 
 def upsert_config() -> RequestConfiguration[Any]:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
@@ -17,7 +15,7 @@ from devstack import Stack
 from devstack.graph import parse_duration
 from devstack.world import DEFAULT_APP_MANAGEMENT_POLICY_ID, DEFAULT_PLATFORM_GRAPH_ROLES, iso
 
-from .graph_helpers import Cert, MintedCredential, graph_client, make_cert, other_caller, platform_credential
+from .graph_helpers import Cert, make_cert, other_caller, refused, run
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:msgraph"),
@@ -25,19 +23,6 @@ pytestmark = [
 ]
 T = TypeVar("T")
 
-
-def run(scenario: Callable[[GraphServiceClient], Awaitable[T]], stack: Stack,
-        credential: MintedCredential | None = None) -> T:
-    async def main() -> T:
-        async with graph_client(stack, credential or platform_credential(stack)) as client:
-            return await scenario(client)
-    return asyncio.run(main())
-
-
-async def refused(call: Awaitable[Any]) -> ODataError:
-    with pytest.raises(ODataError) as caught:
-        await call
-    return caught.value
 
 
 def key(cert: Cert, **overrides: Any) -> KeyCredential:
