@@ -55,8 +55,17 @@ def call(function: str, method: str, url: str, *, body: Any = None, raw: bytes |
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
     all_headers = {"Content-Type": "application/json"} if data else {}
     all_headers.update(headers or {})
-    request = func.HttpRequest(method=method, url=url, headers=all_headers, params=params or {},
-                               route_params=route_params or {}, body=data)
+    status, response_headers, raw_body = invoke(function, method, url, data, params or {}, route_params or {},
+                                                all_headers)
+    text = raw_body.decode()
+    return HttpResult(status, response_headers, json.loads(text) if text else None)
+
+
+def invoke(function: str, method: str, url: str, body: bytes, params: dict[str, str],
+           route_params: dict[str, str], headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    """Run one HTTP handler as the worker would; any body comes back raw. Response hooks run."""
+    request = func.HttpRequest(method=method, url=url, headers=headers, params=params, route_params=route_params,
+                               body=body)
 
     async def run() -> func.HttpResponse:
         try:
@@ -66,14 +75,14 @@ def call(function: str, method: str, url: str, *, body: Any = None, raw: bytes |
             await close_platforms()
 
     response = asyncio.run(run())
-    text = response.get_body().decode()
+    raw = response.get_body()
     response_headers = dict(response.headers)
     if not any(name.lower() == "content-type" for name in response_headers):
         # The worker sends `mimetype` as Content-Type when the headers do not set one.
         response_headers["Content-Type"] = response.mimetype
     for hook in RESPONSE_HOOKS:
-        hook(function, method, url, response.status_code, response_headers, text)
-    return HttpResult(response.status_code, response_headers, json.loads(text) if text else None)
+        hook(function, method, url, response.status_code, response_headers, raw.decode("utf-8", "replace"))
+    return response.status_code, response_headers, raw
 
 
 def post_identity(body: Any, **kwargs: Any) -> HttpResult:

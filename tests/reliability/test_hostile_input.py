@@ -73,31 +73,9 @@ def functions_host(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 def _invoke(function: str, method: str, url: str, body: bytes, params: dict[str, str],
             route_params: dict[str, str], headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     """helpers.call, but any body (the status page answers HTML): raw bytes back, leak hooks run."""
-    import asyncio
+    from tests.integration.helpers import invoke
 
-    import azure.functions as func
-
-    from shared.platform import close_platforms
-    from tests.integration.helpers import RESPONSE_HOOKS, handler
-
-    request = func.HttpRequest(method=method, url=url, headers=headers, params=params, route_params=route_params,
-                               body=body)
-
-    async def run() -> func.HttpResponse:
-        try:
-            response: func.HttpResponse = await handler(function)(request)
-            return response
-        finally:
-            await close_platforms()
-
-    response = asyncio.run(run())
-    raw = response.get_body()
-    response_headers = dict(response.headers)
-    if not any(name.lower() == "content-type" for name in response_headers):
-        response_headers["Content-Type"] = response.mimetype
-    for hook in RESPONSE_HOOKS:
-        hook(function, method, url, response.status_code, response_headers, raw.decode("utf-8", "replace"))
-    return response.status_code, response_headers, raw
+    return invoke(function, method, url, body, params, route_params, headers)
 
 
 schema = schemathesis.openapi.from_path(OPENAPI)
