@@ -343,14 +343,8 @@ def _vault_read_error(exc: Any, what: str) -> Exception:
 
     from .vault import vault_error
 
-    if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        return NeedsOperator(f"the identity this job runs as cannot get a Key Vault token to read {what}: {first}",
-                             reason="VaultAuthenticationFailed")
-    if not isinstance(exc, HttpResponseError):
-        return Retryable(f"Key Vault did not answer while reading {what} ({type(exc).__name__})",
-                         reason="VaultUnavailable")
-    if (exc.status_code or 0) == 403:
+    if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError) \
+            and (exc.status_code or 0) == 403:
         return NeedsOperator(f"Key Vault refused to let this app read {what}: the identity the job runs as needs "
                              "the 'Key Vault Secrets User' role on the vault (or on the identity's connection "
                              "secret and certificate)", reason="VaultPermissionMissing")

@@ -82,7 +82,7 @@ class GraphClient:
 
     async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
                       json: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
-        token = await self._credential.get_token(self._settings.graph_scope)
+        token = await self._token()
         all_headers = {"Authorization": f"Bearer {token.token}", "Accept": "application/json"}
         all_headers.update(headers or {})
         try:
@@ -96,6 +96,18 @@ class GraphClient:
         if response.status_code >= 400:
             raise _error_from(response, method, path)
         return response
+
+    async def _token(self) -> Any:
+        from azure.core.exceptions import AzureError
+
+        try:
+            return await self._credential.get_token(self._settings.graph_scope)
+        except AzureError as exc:
+            # DefaultAzureCredential folds every cause (an outage, a misconfigured identity) into one
+            # status-less error: retry, and say why, so a lasting cause shows in status and logs.
+            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            raise Retryable(f"the platform identity could not get a Microsoft Graph token: {text}",
+                            reason="PlatformTokenUnavailable") from exc
 
     async def get_json(self, path: str, params: dict[str, str] | None = None,
                        headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import AzureError
 
 from .errors import IdentityNotFound
 from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, KeyCredential, Observed
@@ -75,7 +75,7 @@ async def list_identities(platform: Platform) -> list[dict[str, Any]]:
                 "lastResult": tags.get("lastResult"),
                 "lastRun": tags.get("lastRun"),
             })
-    except HttpResponseError as exc:
+    except AzureError as exc:
         raise vault_error(exc, "listing certificates") from exc
     return sorted(items, key=lambda item: item["name"])
 

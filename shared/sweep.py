@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import AzureError
 
 from . import telemetry
 from .directory import APP_FIELDS, application_from_graph
@@ -141,7 +141,7 @@ async def read_registry(platform: Platform) -> list[RegistryEntry]:
                 thumbprint=bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
                 not_before=props.not_before, not_after=props.expires_on, enabled=bool(props.enabled),
             ))
-    except HttpResponseError as exc:
+    except AzureError as exc:
         raise vault_error(exc, "listing certificates") from exc
     return entries
 
@@ -172,7 +172,7 @@ async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
         try:
             return frozenset([s.name async for s in platform.vault.secrets.list_deleted_secrets(max_page_size=25)
                               if s.name])
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, "listing deleted secrets") from exc
 
     try:

@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.core.rest import HttpRequest
 
 from .errors import ExoAutomationError, NeedsOperator, Retryable
@@ -31,8 +31,19 @@ def _timestamp(value: dt.datetime | None) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-def vault_error(exc: HttpResponseError, what: str) -> ExoAutomationError:
-    """A Key Vault failure as retryable or needs-an-operator."""
+def vault_error(exc: AzureError, what: str) -> ExoAutomationError:
+    """A Key Vault failure as retryable or needs-an-operator.
+
+    Covers answers (HttpResponseError) and no answer at all (connection refused or dropped,
+    timeouts: ServiceRequestError / ServiceResponseError), and a platform identity that cannot get
+    a token (ClientAuthenticationError without a status).
+    """
+    if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
+        # No status: the token itself failed (see graph.GraphClient._token for why this is retryable).
+        return Retryable(f"the platform identity could not get a Key Vault token while {what}: "
+                         f"{_first_line(exc)}", reason="PlatformTokenUnavailable")
+    if not isinstance(exc, HttpResponseError):
+        return Retryable(f"Key Vault did not answer while {what} ({type(exc).__name__})", reason="VaultUnreachable")
     status = exc.status_code or 0
     inner = ""
     if exc.error is not None and getattr(exc.error, "innererror", None):
@@ -48,6 +59,11 @@ def vault_error(exc: HttpResponseError, what: str) -> ExoAutomationError:
         return NeedsOperator(f"a soft-deleted Key Vault object blocks {what}. " + _PURGE_ADVICE,
                              reason="DeletedButRecoverable")
     return NeedsOperator(f"Key Vault refused {what}: {status} {code} {inner}".strip(), reason="VaultRequestRefused")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 _PURGE_ADVICE = ("The name was decommissioned (or deleted by hand) and Key Vault keeps deleted objects for "
@@ -109,7 +125,7 @@ class VaultGateway:
             cert = await self.certificates.get_certificate(name)
         except ResourceNotFoundError:
             return await self._pending_only(name)
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"reading certificate {name}") from exc
         assert cert.properties is not None
         tags = dict(cert.properties.tags or {})
@@ -133,7 +149,7 @@ class VaultGateway:
         try:
             versions = [p async for p in self.certificates.list_properties_of_certificate_versions(
                 name, max_page_size=25)]
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"listing versions of {name}") from exc
         ours = [p for p in versions if (p.tags or {}).get(OWNER_TAG) == OWNER_TAG_VALUE and p.created_on]
         if not ours:
@@ -147,7 +163,7 @@ class VaultGateway:
             operation = await self.certificates.get_certificate_operation(name)
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"reading the pending operation of {name}") from exc
         if operation.status and operation.status.lower() == "inprogress":
             return ObservedCertificate(owned=True, tags={}, current=None, pending=True)
@@ -159,8 +175,8 @@ class VaultGateway:
             await self.certificates.get_deleted_certificate(name)
         except ResourceNotFoundError:
             return
-        except HttpResponseError as exc:
-            if exc.status_code == 403:
+        except AzureError as exc:
+            if isinstance(exc, HttpResponseError) and exc.status_code == 403:
                 return  # without list/get on deleted objects the create's own 409 will tell
             raise vault_error(exc, f"checking for a deleted certificate {name}") from exc
         raise NeedsOperator(deleted_name_message(name), reason="DeletedButRecoverable")
@@ -170,7 +186,7 @@ class VaultGateway:
             return tuple([version_from_properties(p) async for p in
                           self.certificates.list_properties_of_certificate_versions(name, max_page_size=25)
                           if p.x509_thumbprint])
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"listing versions of {name}") from exc
 
     async def create_certificate_version(self, name: str, spec: IdentitySpec,
@@ -194,7 +210,7 @@ class VaultGateway:
         while True:
             try:
                 operation = await self.certificates.get_certificate_operation(name)
-            except HttpResponseError as exc:
+            except AzureError as exc:
                 raise vault_error(exc, f"polling the creation of {name}") from exc
             status = (operation.status or "").lower()
             if status == "completed":
@@ -213,7 +229,7 @@ class VaultGateway:
     async def certificate_der(self, name: str, version: str) -> bytes:
         try:
             cert = await self.certificates.get_certificate_version(name, version)
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"reading certificate {name}/{version}") from exc
         assert cert.cer is not None
         return bytes(cert.cer)
@@ -221,7 +237,7 @@ class VaultGateway:
     async def update_certificate_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
         try:
             await self.certificates.update_certificate_properties(name, version, tags=dict(tags))
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"tagging certificate {name}") from exc
 
     async def delete_certificate(self, name: str) -> None:
@@ -229,14 +245,14 @@ class VaultGateway:
             await self.certificates.delete_certificate(name)
         except ResourceNotFoundError:
             return
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"deleting certificate {name}") from exc
 
     async def pfx(self, name: str, version: str) -> bytes:
         """The PKCS#12 (private key included) of one version: the backing secret's value."""
         try:
             secret = await self.secrets.get_secret(name, version)
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"reading the private key of {name}/{version}") from exc
         assert secret.value is not None
         return base64.b64decode(secret.value)
@@ -248,7 +264,7 @@ class VaultGateway:
             secret = await self.secrets.get_secret(name)
         except ResourceNotFoundError:
             return None, False, True
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"reading secret {name}") from exc
         owned = (secret.properties.tags or {}).get(OWNER_TAG) == OWNER_TAG_VALUE
         try:
@@ -262,7 +278,7 @@ class VaultGateway:
         try:
             await self.secrets.set_secret(name, record.dumps(), content_type=CONTENT_TYPE, tags=tags,
                                           not_before=None, expires_on=None)
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"publishing connection secret {name}") from exc
 
     async def delete_secret(self, name: str) -> None:
@@ -270,6 +286,6 @@ class VaultGateway:
             await self.secrets.delete_secret(name)
         except ResourceNotFoundError:
             return
-        except HttpResponseError as exc:
+        except AzureError as exc:
             raise vault_error(exc, f"deleting secret {name}") from exc
 
