@@ -341,7 +341,3 @@ class DirectoryGateway:
         except GraphError as exc:
             if exc.status != 404:  # already gone is what we wanted
                 raise
-
-
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)

@@ -57,12 +57,6 @@ class GraphError(Exception):
                              reason="GraphRequestRefused")
 
 
-class TokenSource:
-    """Anything with azure-identity's async `get_token(scope)`."""
-
-    async def get_token(self, *scopes: str) -> Any: ...
-
-
 def literal(value: str) -> str:
     """An OData string literal."""
     return "'" + value.replace("'", "''") + "'"

@@ -194,7 +194,3 @@ def parse_spec(body: object, settings: Settings) -> IdentitySpec:
         name=name, organization=organization.lower(), roles=roles, validity_months=int(validity),
         key_size=int(key_size), contacts=tuple(contacts), description=description,
     )
-
-
-def spec_fingerprint(spec: IdentitySpec) -> str:
-    return json.dumps(spec.to_tags(), sort_keys=True)
