@@ -139,7 +139,7 @@ from shared.directory import application_from_graph
 t_import = time.perf_counter()
 modules = len(sys.modules)
 document = json.loads(sys.argv[1])
-app = application_from_graph(document)
+app = application_from_graph(document, owned=True)
 t_done = time.perf_counter()
 assert app.app_id == document["appId"] and len(app.key_credentials) == len(document["keyCredentials"])
 print(json.dumps({"importSeconds": t_import - t0, "deserialiseSeconds": t_done - t_import,

@@ -389,6 +389,8 @@ class GraphService(Service):
         r("GET", f"{p}/servicePrincipals/{{id}}", self.get_service_principal)
         r("PATCH", f"{p}/servicePrincipals/{{id}}", self.update_service_principal)
         r("DELETE", f"{p}/servicePrincipals/{{id}}", self.delete_service_principal)
+        r("GET", f"{p}/servicePrincipals/{{id}}/ownedObjects", self.list_owned_objects)
+        r("GET", f"{p}/servicePrincipals/{{id}}/ownedObjects/microsoft.graph.application", self.list_owned_applications)
         r("GET", f"{p}/servicePrincipals/{{id}}/appRoleAssignedTo", self.list_assigned_to)
         r("POST", f"{p}/servicePrincipals/{{id}}/appRoleAssignedTo", self.create_assigned_to)
         r("GET", f"{p}/servicePrincipals/{{id}}/appRoleAssignedTo/{{aid}}", self.get_assigned_to)
@@ -738,7 +740,8 @@ class GraphService(Service):
         app = self._create_app(caller, self._body(request))
         return self._single(request, app, "applications", "application", status=201)
 
-    def _create_app(self, caller: Caller, body: dict[str, Any], unique_name: str | None = None) -> dict[str, Any]:
+    def _create_app(self, caller: Caller, body: dict[str, Any], unique_name: str | None = None, *,
+                    caller_becomes_owner: bool = True) -> dict[str, Any]:
         if unique_name is not None:
             if body.get("uniqueName") not in (None, unique_name):
                 raise _invalid_value("uniqueName", "Application")
@@ -754,9 +757,11 @@ class GraphService(Service):
         new_keys = self._apply_app_changes(app, body)
         d = self.world.directory
         d.applications[app["id"]] = app
-        # App-only creation makes the calling service principal an owner (seen), which is what lets
-        # an Application.ReadWrite.OwnedBy caller manage the app afterwards.
-        d.owners[app["id"]] = [caller.object_id]
+        # App-only creation with POST makes the calling service principal an owner (seen), which is
+        # what lets an Application.ReadWrite.OwnedBy caller manage the app afterwards. Whether an
+        # upsert (PATCH + create-if-missing) does the same is not documented (docs/reference.md): the
+        # stand-in gives such an app no owner, so nothing can come to rely on it.
+        d.owners[app["id"]] = [caller.object_id] if caller_becomes_owner else []
         self.world.mark_created(app["id"])
         for key_id in new_keys:
             self.world.mark_created(key_id)
@@ -773,7 +778,8 @@ class GraphService(Service):
             if app is None:
                 if not upsert:
                     raise _not_found(request.params["key"])
-                created = self._create_app(caller, body, unique_name=request.params["key"].replace("''", "'"))
+                created = self._create_app(caller, body, unique_name=request.params["key"].replace("''", "'"),
+                                           caller_becomes_owner=False)
                 return self._single(request, created, "applications", "application", status=201)
         else:
             app = self._require_app(request)
@@ -1015,6 +1021,23 @@ class GraphService(Service):
         return self._collection(request, owners, "directoryObjects", "directoryObject",
                                 {"id": {"eq"}, "appId": {"eq"}, "displayName": {"eq", "startswith"}},
                                 sample={"@odata.type": None, **self._sp_shape()})
+
+    # -- ownedObjects of a service principal (doc: serviceprincipal-list-ownedobjects) ---------------
+    def _owned_by(self, request: Request) -> list[dict[str, Any]]:
+        self._require_any(request, APP_READ)
+        principal = self._sp_from_path(request)
+        d = self.world.directory
+        return [app for app in self._visible_apps() if principal["id"] in d.owners.get(app["id"], [])]
+
+    def list_owned_objects(self, request: Request) -> Response:
+        owned = [{"@odata.type": "#microsoft.graph.application", **a} for a in self._owned_by(request)]
+        return self._collection(request, owned, "directoryObjects", "directoryObject", {"id": {"eq"}},
+                                sample={"@odata.type": None, **self._new_application_shape()})
+
+    def list_owned_applications(self, request: Request) -> Response:
+        # The type-cast segment narrows the collection to applications, with their properties.
+        return self._collection(request, self._owned_by(request), "applications", "application", self.APP_FILTER,
+                                sample=self._new_application_shape())
 
     def add_owner(self, request: Request) -> Response:
         # Adding another owner takes Application.ReadWrite.All; OwnedBy is not enough (REFERENCE).

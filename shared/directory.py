@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import NeedsOperator
+from .errors import ForeignObject, NeedsOperator
 from .graph import GraphClient, GraphError, literal, path_for_unique_name, retry_while_replicating
 from .model import (
     APP_OWNER_TAG,
@@ -145,7 +145,8 @@ def key_credential_from_graph(entry: dict[str, Any]) -> KeyCredential:
     )
 
 
-def application_from_graph(app: dict[str, Any]) -> ObservedApplication:
+def application_from_graph(app: dict[str, Any], *, owned: bool) -> ObservedApplication:
+    """The app as observed; `owned` must come from Graph's owners, never from its tags."""
     declares = any(
         r.get("resourceAppId") == EXCHANGE_RESOURCE_APP_ID
         and any(a.get("id") == EXCHANGE_MANAGE_AS_APP_ROLE_ID and a.get("type") == "Role"
@@ -154,7 +155,7 @@ def application_from_graph(app: dict[str, Any]) -> ObservedApplication:
     )
     tags = tuple(app.get("tags") or ())
     return ObservedApplication(
-        object_id=app["id"], app_id=app["appId"], owned=APP_OWNER_TAG in tags, tags=tags,
+        object_id=app["id"], app_id=app["appId"], owned=owned, tags=tags,
         key_credentials=tuple(key_credential_from_graph(k) for k in app.get("keyCredentials") or []),
         declares_exchange_permission=declares, sign_in_audience=app.get("signInAudience", ""),
     )
@@ -226,17 +227,44 @@ class DirectoryGateway:
                       "requiredResourceAccess": _with_exchange_permission(existing.get("requiredResourceAccess"))}
             await self.graph.request("PATCH", f"/applications/{existing['id']}", json=repair)
             return {**existing, **repair}
-        body = {"displayName": display_name, "signInAudience": "AzureADMyOrg", "tags": [APP_OWNER_TAG],
-                "requiredResourceAccess": [EXCHANGE_PERMISSION]}
-        # uniqueName is an alternate key: concurrent upserts of one name yield one application.
-        response = await self.graph.request("PATCH", path_for_unique_name(unique_name), json=body,
-                                            headers={"Prefer": "create-if-missing"})
-        if response.status_code == 201 and response.content:
-            created: dict[str, Any] = response.json()
-            return created
-        # 204: another run created it a moment ago; read it back (it may still be replicating).
-        return await retry_while_replicating(lambda: self._must_find(unique_name),
-                                             lambda e: e.status == 404, budget_seconds=60)
+        body = {"displayName": display_name, "uniqueName": unique_name, "signInAudience": "AzureADMyOrg",
+                "tags": [APP_OWNER_TAG], "requiredResourceAccess": [EXCHANGE_PERMISSION]}
+        # POST, not the uniqueName upsert: an app created app-only with POST gets its creator as owner,
+        # which the upsert does not promise (docs/reference.md), and ownership is what makes it ours.
+        try:
+            response = await self.graph.request("POST", "/applications", json=body)
+        except GraphError as exc:
+            if exc.status not in (400, 409):
+                raise
+            # uniqueName is an alternate key: a concurrent create of the same name won; read it back
+            # (it may still be replicating) and use it only if it is provably ours.
+            try:
+                found = await retry_while_replicating(lambda: self._must_find(unique_name),
+                                                      lambda e: e.status == 404, budget_seconds=60)
+            except GraphError:
+                raise exc from None
+            if not await self.owns_application(str(found["id"])):
+                raise ForeignObject(f"an app registration with uniqueName {unique_name} was created meanwhile by "
+                                    "someone else; this product does not own it") from exc
+            return found
+        created: dict[str, Any] = response.json()
+        return created
+
+    async def owns_application(self, app_object_id: str) -> bool:
+        """Whether the platform's own principal is among the app's owners (GET /applications/{id}/owners).
+
+        Tags prove nothing (any owner of any app can set any tag); ownership in Graph is what the
+        platform's tenant-wide permissions must be limited to.
+        """
+        platform = await self.graph.caller_object_id()
+        owners = await self.graph.collect(f"/applications/{app_object_id}/owners", {"$select": "id"})
+        return any(str(owner.get("id")) == platform for owner in owners)
+
+    async def owned_applications(self) -> list[dict[str, Any]]:
+        """Every app registration the platform owns, in one paged listing (for the sweep)."""
+        platform = await self.graph.caller_object_id()
+        return await self.graph.collect(f"/servicePrincipals/{platform}/ownedObjects/microsoft.graph.application",
+                                        {"$select": APP_FIELDS, "$top": "999"})
 
     async def _must_find(self, unique_name: str) -> dict[str, Any]:
         return await self.graph.get_json(path_for_unique_name(unique_name), {"$select": APP_FIELDS})

@@ -10,6 +10,8 @@ which would dominate a Functions cold start. Every call names the fields it need
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -69,6 +71,7 @@ class GraphClient:
         # msgraph-core's transport wrapper does not close what it wraps: keep the real one to close.
         self._transport = httpx.AsyncHTTPTransport(retries=1, trust_env=True)
         self._http = _graph_http(settings, self._transport)
+        self._caller_oid: str | None = None
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -102,6 +105,23 @@ class GraphClient:
             text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             raise Retryable(f"the platform identity could not get a Microsoft Graph token: {text}",
                             reason="PlatformTokenUnavailable") from exc
+
+    async def caller_object_id(self) -> str:
+        """The object id of the principal this client signs in as (its token's `oid` claim).
+
+        Issued by Entra, so nobody with lesser rights can forge it: this is the owner the product
+        looks for when it proves that an app registration is its own (docs/architecture.md).
+        """
+        if self._caller_oid is None:
+            token = await self._token()
+            try:
+                payload = token.token.split(".")[1]
+                claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+                self._caller_oid = str(claims["oid"])
+            except (IndexError, KeyError, ValueError, TypeError) as exc:
+                raise NeedsOperator("the platform's Microsoft Graph token carries no object id (oid): ownership "
+                                    "of app registrations cannot be proven", reason="PlatformIdentityUnknown") from exc
+        return self._caller_oid
 
     async def get_json(self, path: str, params: dict[str, str] | None = None,
                        headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -10,17 +10,18 @@ Routes (function auth level; see README "HTTP API" and openapi.yaml):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import azure.functions as func
 
+from .caller_auth import AuthenticationFailed, Caller, KeysUnavailable, identify
 from .errors import ExoAutomationError, InvalidSpec, SettingsError
 from .problems import PROBLEM_CONTENT_TYPE, dumps, problem, problem_for
+from .settings import Settings
 
 log = logging.getLogger("exo_automation.http")
 
@@ -30,7 +31,6 @@ MAX_BODY_BYTES = 16 * 1024
 READ_ROLE = "ExoIdentities.Read"
 WRITE_ROLE = "ExoIdentities.ReadWrite"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-ROLE_CLAIM_URI = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
 
 
 def _json(status: int, document: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -49,51 +49,28 @@ def _method_not_allowed(req: func.HttpRequest, allowed: list[str]) -> func.HttpR
                     headers={"Allow": ", ".join(allowed)})
 
 
-def caller_principal(req: func.HttpRequest) -> dict[str, Any] | None:
-    """The caller as App Service authentication describes it (X-MS-CLIENT-PRINCIPAL), if present."""
-    encoded = req.headers.get("x-ms-client-principal")
-    if not encoded:
-        return None
-    try:
-        principal = json.loads(base64.b64decode(encoded))
-    except (ValueError, binascii.Error):
-        return None
-    if not isinstance(principal, dict):
-        return None
-    claims = principal.get("claims")
-    # A principal is App Service's JSON; anything else in its place (claims not a list of objects,
-    # a claim type that is not a string) carries no roles rather than failing the request.
-    claims = [c for c in claims if isinstance(c, dict) and isinstance(c.get("typ"), str)] \
-        if isinstance(claims, list) else []
-    # Entra puts app roles in `roles`; App Service may announce another claim type in `role_typ`.
-    role_typ = principal.get("role_typ")
-    role_types = {"roles", "role", ROLE_CLAIM_URI, role_typ if isinstance(role_typ, str) and role_typ else "roles"}
-    roles = [c.get("val") for c in claims if c["typ"] in role_types]
-    names = [c.get("val") for c in claims if c["typ"] in ("name", "appid", "oid")]
-    return {"name": req.headers.get("x-ms-client-principal-name") or (names[0] if names else None),
-            "id": req.headers.get("x-ms-client-principal-id"), "roles": [r for r in roles if isinstance(r, str)]}
-
-
-def _who(req: func.HttpRequest) -> dict[str, Any]:
-    """Caller and correlation id for audit events: the principal App Service authenticated, if any."""
-    principal = caller_principal(req)
-    caller = f"principal:{principal['name'] or principal['id']}" if principal else "function-key"
+def _correlation_id(req: func.HttpRequest) -> str | None:
     correlation = req.headers.get("x-ms-client-request-id") or req.headers.get("x-correlation-id")
     valid = correlation is not None and 0 < len(correlation) <= 64 and correlation.replace("-", "").isalnum()
-    return {"caller": caller, "correlation_id": correlation if valid else None}
+    return correlation if valid else None
 
 
-def _authorise(req: func.HttpRequest, require_roles: bool, write: bool) -> func.HttpResponse | None:
-    if not require_roles:
+def _authorise(caller: Caller, settings: Settings, write: bool) -> func.HttpResponse | None:
+    if not settings.require_app_roles:
         return None
-    principal = caller_principal(req)
-    if principal is None:
-        return _problem(401, "AuthenticationRequired",
-                        "this platform requires App Service authentication; no caller principal was presented",
+    if not settings.app_service_auth_enabled and not settings.auth_audiences:
+        # Client-sent principal headers are not evidence of anything: refuse rather than trust them.
+        return _problem(500, "AuthenticationMisconfigured",
+                        "AUTH_REQUIRE_APP_ROLES is true but no trustworthy caller identity is configured: turn on "
+                        "App Service Authentication (the platform then sets WEBSITE_AUTH_ENABLED), or set "
+                        "AUTH_AUDIENCE to the API app registration so the app validates callers' Entra tokens")
+    if not caller.verified:
+        how = "App Service authentication" if settings.app_service_auth_enabled else \
+            "an Entra access token for this API (Authorization: Bearer)"
+        return _problem(401, "AuthenticationRequired", f"this platform requires {how}; none was presented",
                         headers={"WWW-Authenticate": "Bearer"})
     needed = WRITE_ROLE if write else READ_ROLE
-    held = set(principal["roles"])
-    if needed not in held and not (not write and WRITE_ROLE in held):
+    if needed not in caller.roles and not (not write and WRITE_ROLE in caller.roles):
         return _problem(403, "AppRoleMissing", f"the caller needs the app role {needed}")
     return None
 
@@ -121,6 +98,8 @@ def _body(req: func.HttpRequest) -> object:
         return json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidSpec(f"the request body is not valid JSON: {exc}", reason="MalformedJson") from exc
+    except RecursionError as exc:  # e.g. thousands of nested arrays: valid JSON no spec ever needs
+        raise InvalidSpec("the request body nests too deeply", reason="MalformedJson") from exc
 
 
 class _TooLarge(Exception):
@@ -133,24 +112,34 @@ class _UnsupportedMediaType(Exception):
         self.content_type = content_type
 
 
-Handler = Callable[[Any], Awaitable[func.HttpResponse]]
+Handler = Callable[[Any, dict[str, Any]], Awaitable[func.HttpResponse]]
 
 
 async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.HttpResponse:
-    """Common frame: settings, authorisation, error mapping. `work` gets the platform."""
+    """Common frame: settings, caller, authorisation, error mapping.
+
+    `work` gets the platform and the run's audit context (`caller`, `correlation_id`).
+    """
     from .platform import current_platform
-    from .settings import Settings
 
     try:
         settings = Settings.from_environment()
     except SettingsError as exc:
         log.error("configuration error: %s", exc.message)
         return _problem(500, exc.reason, f"the platform is misconfigured: {exc.message}")
-    denied = _authorise(req, settings.require_app_roles, write)
+    try:
+        caller = await identify(req.headers, settings)
+    except AuthenticationFailed as exc:
+        return _problem(401, "AuthenticationFailed", str(exc),
+                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    except KeysUnavailable as exc:
+        return _problem(503, "AuthenticationUnavailable", str(exc), headers={"Retry-After": "30"})
+    denied = _authorise(caller, settings, write)
     if denied is not None:
         return denied
+    who = {"caller": caller.audit_name, "correlation_id": _correlation_id(req)}
     try:
-        return await work(current_platform(settings))
+        return await work(current_platform(settings), who)
     except _TooLarge:
         return _problem(413, "BodyTooLarge", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
     except _UnsupportedMediaType as exc:
@@ -162,8 +151,9 @@ async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.Htt
         return func.HttpResponse(dumps(document), status_code=status,
                                  headers={"Content-Type": PROBLEM_CONTENT_TYPE, **headers})
     except Exception:
-        # Still a problem document, never a traceback: the cause goes to the logs only.
-        log.exception("unexpected failure handling %s %s", req.method, req.url)
+        # Still a problem document, never a traceback: the cause goes to the logs only. The path
+        # only: the query string may carry the function key (`?code=`).
+        log.exception("unexpected failure handling %s %s", req.method, urlsplit(req.url).path)
         return _problem(500, "InternalError", "an unexpected error occurred; the function logs have the cause")
 
 
@@ -182,18 +172,18 @@ def _run_response(result: Any, created_status: int = 200) -> func.HttpResponse:
 @bp.route(route="identities", methods=ALL_METHODS, auth_level=func.AuthLevel.FUNCTION)
 async def identities(req: func.HttpRequest) -> func.HttpResponse:
     if req.method == "GET":
-        async def list_all(platform: Any) -> func.HttpResponse:
+        async def list_all(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
             from .service import list_identities
 
             return _json(200, {"value": await list_identities(platform)})
 
         return await _handle(req, False, list_all)
     if req.method == "POST":
-        async def create(platform: Any) -> func.HttpResponse:
+        async def create(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
             from .service import bootstrap
 
             dry_run = _dry_run(req)
-            return _run_response(await bootstrap(platform, _body(req), dry_run=dry_run, **_who(req)),
+            return _run_response(await bootstrap(platform, _body(req), dry_run=dry_run, **who),
                                  created_status=201)
 
         return await _handle(req, True, create)
@@ -204,17 +194,17 @@ async def identities(req: func.HttpRequest) -> func.HttpResponse:
 async def identity(req: func.HttpRequest) -> func.HttpResponse:
     name = req.route_params.get("name", "")
     if req.method == "GET":
-        async def show(platform: Any) -> func.HttpResponse:
+        async def show(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
             from .service import status
 
             return _json(200, await status(platform, name))
 
         return await _handle(req, False, show)
     if req.method == "DELETE":
-        async def remove(platform: Any) -> func.HttpResponse:
+        async def remove(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
             from .service import decommission
 
-            return _run_response(await decommission(platform, name, dry_run=_dry_run(req), **_who(req)))
+            return _run_response(await decommission(platform, name, dry_run=_dry_run(req), **who))
 
         return await _handle(req, True, remove)
     return _method_not_allowed(req, ["GET", "DELETE"])
@@ -226,11 +216,11 @@ async def rotate_identity(req: func.HttpRequest) -> func.HttpResponse:
     if req.method != "POST":
         return _method_not_allowed(req, ["POST"])
 
-    async def rotate(platform: Any) -> func.HttpResponse:
+    async def rotate(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
         from .service import reconcile
 
         result = await reconcile(platform, name, force_rotate=True, dry_run=_dry_run(req), operation="rotate",
-                                 **_who(req))
+                                 **who)
         return _run_response(result)
 
     return await _handle(req, True, rotate)

@@ -1,7 +1,8 @@
 """Turn (spec, observed state, now) into an ordered plan of small idempotent actions.
 
-Pure: no I/O, no clock of its own. One check per facet produces a `Finding`; the plan is the
-actions those findings call for, in the order that keeps credential continuity (DESIGN.md):
+Pure: no I/O, no clock of its own. The checks (`shared.checks`, shared with the sweep) produce one
+`Finding` per facet; the plan is the actions the violated findings call for, in the order that keeps
+credential continuity (docs/architecture.md):
 certificate → application → service principal → consent → key credential → roles → sign-in
 proof → connection record → retirement of the previous key.
 
@@ -13,40 +14,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import ClassVar
 
-from .model import APP_OWNER_TAG, OWNER_TAG, OWNER_TAG_VALUE, Observed
-from .renewal import RenewalPolicy, jittered_renewal_time, renewal_due
+from .checks import (
+    CheckContext,
+    Facet,
+    Finding,
+    Reason,
+    State,
+    disallowed_held_roles,
+    grantable_roles,
+    run_checks,
+    view_of_observed,
+)
+from .model import Observed
 from .spec import IdentitySpec
-
-
-class Facet(StrEnum):
-    CERTIFICATE = "certificate"
-    APPLICATION = "application"
-    SERVICE_PRINCIPAL = "servicePrincipal"
-    CONSENT = "consent"
-    KEY_CREDENTIAL = "keyCredential"
-    ROLES = "roles"
-    CONNECTION_RECORD = "connectionRecord"
-
-
-class State(StrEnum):
-    OK = "ok"
-    MISSING = "missing"
-    DRIFT = "drift"
-    DUE = "due"
-    PENDING = "pending"
-    BLOCKED = "blocked"
-
-
-@dataclass(frozen=True)
-class Finding:
-    facet: Facet
-    state: State
-    reason: str
-    message: str
 
 
 # -- actions -------------------------------------------------------------------------------------
@@ -205,21 +188,12 @@ class Plan:
 
 
 @dataclass(frozen=True)
-class PlanContext:
-    tenant_id: str
-    key_vault_url: str
-    policy: RenewalPolicy = field(default_factory=RenewalPolicy)
-    grace: dt.timedelta = dt.timedelta(hours=24)
+class PlanContext(CheckContext):
     verify_sign_in: bool = True
-    assign_roles: bool = True  # False: verify-only role mode (an administrator assigns roles)
 
 
 DECOMMISSIONING_TAG = "state"
 DECOMMISSIONING_VALUE = "decommissioning"
-
-
-def desired_certificate_tags(spec: IdentitySpec) -> dict[str, str]:
-    return {OWNER_TAG: OWNER_TAG_VALUE, **spec.to_tags()}
 
 
 def _ownership_findings(observed: Observed) -> list[Finding]:
@@ -230,8 +204,8 @@ def _ownership_findings(observed: Observed) -> list[Finding]:
                                "by this product; choose another name or remove it"))
     if observed.application is not None and not observed.application.owned:
         blocked.append(Finding(Facet.APPLICATION, State.BLOCKED, "ForeignObject",
-                               "an app registration with this identity's uniqueName exists and is not tagged "
-                               "as managed by this product"))
+                               "an app registration with this identity's uniqueName exists and this platform's "
+                               "identity is not among its owners; it is not touched"))
     if not observed.record_owned:
         blocked.append(Finding(Facet.CONNECTION_RECORD, State.BLOCKED, "ForeignObject",
                                "a Key Vault secret with this identity's connection secret name exists and is "
@@ -240,7 +214,12 @@ def _ownership_findings(observed: Observed) -> list[Finding]:
 
 
 def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, context: PlanContext, *,
-                 force_rotate: bool = False) -> Plan:
+                 force_rotate: bool = False, prune_roles: bool = False) -> Plan:
+    """The plan for one identity: the checks' violated findings, mapped to actions in chain order.
+
+    `prune_roles` (an explicit bootstrap request only) also removes role assignments of its service
+    principal that today's policy no longer allows; other runs only report them.
+    """
     blocked = _ownership_findings(observed)
     cert = observed.certificate
     if cert is not None and cert.tags.get(DECOMMISSIONING_TAG) == DECOMMISSIONING_VALUE:
@@ -249,128 +228,55 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
     if blocked:
         return Plan(tuple(blocked), (), tuple(blocked))
 
-    findings: list[Finding] = []
+    view = view_of_observed(spec, observed, context)
+    pruned: list[Action] = []
+    if prune_roles:
+        held = disallowed_held_roles(view, context)
+        pruned = [RemoveRoleAssignment(observed.role_assignments[r], r) for r in held]
+        view = dataclasses.replace(view, held_roles=view.held_roles - set(held))
+    checked = run_checks(view, now, context, force_rotate=force_rotate)
+    target_thumbprint = checked.target.thumbprint if checked.target is not None else None
     actions: list[Action] = []
-
-    # Certificate: the version jobs will use after this plan.
-    target = cert.current if cert is not None else None
-    creates_version = False
-    if cert is not None and cert.pending:
-        findings.append(Finding(Facet.CERTIFICATE, State.PENDING, "CertificatePending",
-                                "a certificate operation is in progress in Key Vault"))
-        actions.append(AwaitCertificate())
-        creates_version = True
-    elif target is None:
-        findings.append(Finding(Facet.CERTIFICATE, State.MISSING, "CertificateMissing", "no certificate yet"))
-        actions.append(CreateCertificateVersion("CertificateMissing"))
-        creates_version = True
-    elif force_rotate:
-        findings.append(Finding(Facet.CERTIFICATE, State.DUE, "RotationRequested", "rotation was requested"))
-        actions.append(CreateCertificateVersion("RotationRequested"))
-        creates_version = True
-    elif not target.valid_at(now):
-        findings.append(Finding(Facet.CERTIFICATE, State.DUE, "CertificateNotValid",
-                                f"the current version is not valid now (valid {target.not_before:%Y-%m-%d} "
-                                f"to {target.not_after:%Y-%m-%d}, enabled={target.enabled})"))
-        actions.append(CreateCertificateVersion("CertificateNotValid"))
-        creates_version = True
-    elif renewal_due(now, target.not_before, target.not_after, context.policy, target.thumbprint):
-        when = jittered_renewal_time(target.not_before, target.not_after, context.policy, target.thumbprint)
-        findings.append(Finding(Facet.CERTIFICATE, State.DUE, "RenewalDue",
-                                f"renewal was due at {when:%Y-%m-%dT%H:%M:%SZ}"))
-        actions.append(CreateCertificateVersion("RenewalDue"))
-        creates_version = True
-    else:
-        findings.append(Finding(Facet.CERTIFICATE, State.OK, "CertificateValid",
-                                f"valid until {target.not_after:%Y-%m-%dT%H:%M:%SZ}"))
-    target_thumbprint = None if creates_version or target is None else target.thumbprint
-
-    # Tags follow the spec; a new version is created with them already.
-    wanted_tags = desired_certificate_tags(spec)
-    if cert is not None and not creates_version and any(cert.tags.get(k) != v for k, v in wanted_tags.items()):
-        actions.append(TagCertificate())
-
-    app = observed.application
-    if app is None:
-        findings.append(Finding(Facet.APPLICATION, State.MISSING, "ApplicationMissing", "no app registration"))
-        actions.append(UpsertApplication("ApplicationMissing"))
-    elif not app.declares_exchange_permission or app.sign_in_audience != "AzureADMyOrg" \
-            or APP_OWNER_TAG not in app.tags:
-        findings.append(Finding(Facet.APPLICATION, State.DRIFT, "ApplicationDrift",
-                                "the app no longer declares Exchange.ManageAsApp, is not single-tenant, "
-                                "or lost its ownership tag"))
-        actions.append(UpsertApplication("ApplicationDrift"))
-    else:
-        findings.append(Finding(Facet.APPLICATION, State.OK, "ApplicationPresent", f"appId {app.app_id}"))
-
-    if observed.service_principal_id is None:
-        findings.append(Finding(Facet.SERVICE_PRINCIPAL, State.MISSING, "ServicePrincipalMissing",
-                                "no service principal"))
-        actions.append(CreateServicePrincipal())
-    else:
-        findings.append(Finding(Facet.SERVICE_PRINCIPAL, State.OK, "ServicePrincipalPresent",
-                                observed.service_principal_id))
-
-    if observed.consent_assignment_id is None:
-        findings.append(Finding(Facet.CONSENT, State.MISSING, "ConsentMissing",
-                                "Exchange.ManageAsApp is not granted"))
-        actions.append(GrantConsent())
-    else:
-        findings.append(Finding(Facet.CONSENT, State.OK, "ConsentGranted", "Exchange.ManageAsApp granted"))
-
-    key_present = (target_thumbprint is not None and app is not None
-                   and any(k.matches(target_thumbprint) for k in app.key_credentials))
-    if key_present:
-        findings.append(Finding(Facet.KEY_CREDENTIAL, State.OK, "KeyRegistered",
-                                "the current certificate is a key credential of the app"))
-    else:
-        findings.append(Finding(Facet.KEY_CREDENTIAL, State.MISSING, "KeyMissing",
-                                "the certificate jobs should use is not on the app"))
-        actions.append(AddKeyCredential(target_thumbprint))
-
-    missing_roles = [role for role in spec.roles if role.template_id not in observed.role_assignments]
     needs_operator: list[Finding] = []
-    if missing_roles and not context.assign_roles:
-        finding = Finding(Facet.ROLES, State.MISSING, "RoleNotAssigned",
-                          "verify-only role mode: an administrator must assign "
-                          + ", ".join(r.name for r in missing_roles) + " to the app's service principal")
-        findings.append(finding)
-        needs_operator.append(finding)
-    elif missing_roles:
-        findings.append(Finding(Facet.ROLES, State.MISSING, "RoleMissing",
-                                "not assigned: " + ", ".join(r.name for r in missing_roles)))
-        actions.extend(AssignRole(r.template_id, r.name) for r in missing_roles)
-    else:
-        findings.append(Finding(Facet.ROLES, State.OK, "RolesAssigned", ", ".join(r.name for r in spec.roles)))
-
-    record = observed.record
-    app_id = app.app_id if app is not None else None
-    record_stale_reason = None
-    if record is None:
-        record_stale_reason = "RecordUnreadable" if observed.record_unreadable else "RecordMissing"
-    elif creates_version or target is None or record.thumbprint != target.thumbprint \
-            or record.certificate_version != target.version:
-        record_stale_reason = "NewCertificate"
-    elif record.app_id != app_id or record.organization != spec.organization \
-            or record.tenant_id != context.tenant_id or record.key_vault_url != context.key_vault_url:
-        record_stale_reason = "RecordDrift"
-
-    if record_stale_reason is not None:
-        findings.append(Finding(Facet.CONNECTION_RECORD, State.MISSING if record is None else State.DRIFT,
-                                record_stale_reason, "jobs do not see the current connection parameters"))
-        publishes_new_thumbprint = record is None or creates_version or target is None \
-            or record.thumbprint != target.thumbprint
-        if context.verify_sign_in and publishes_new_thumbprint:
-            actions.append(VerifySignIn(target_thumbprint))
-        actions.append(PublishConnectionRecord(record_stale_reason))
-    else:
-        assert record is not None
-        findings.append(Finding(Facet.CONNECTION_RECORD, State.OK, "RecordCurrent",
-                                f"published {record.thumbprint}"))
+    for finding in checked.findings:
+        if finding.facet is Facet.ROLE_POLICY:
+            actions.extend(pruned)  # removals come where the role policy is judged
+        if not finding.violated:
+            continue
+        match finding.reason:
+            case Reason.CERTIFICATE_PENDING:
+                actions.append(AwaitCertificate())
+            case Reason.CERTIFICATE_MISSING | Reason.ROTATION_REQUESTED | Reason.CERTIFICATE_NOT_VALID \
+                    | Reason.RENEWAL_DUE:
+                actions.append(CreateCertificateVersion(finding.reason))
+            case Reason.TAGS_DRIFT:
+                actions.append(TagCertificate())
+            case Reason.APPLICATION_MISSING | Reason.APPLICATION_DRIFT:
+                actions.append(UpsertApplication(finding.reason))
+            case Reason.SERVICE_PRINCIPAL_MISSING:
+                actions.append(CreateServicePrincipal())
+            case Reason.CONSENT_MISSING:
+                actions.append(GrantConsent())
+            case Reason.KEY_MISSING:
+                actions.append(AddKeyCredential(target_thumbprint))
+            case Reason.ROLE_REFUSED | Reason.ROLE_NO_LONGER_ALLOWED | Reason.ROLE_NOT_ASSIGNED:
+                needs_operator.append(finding)
+            case Reason.ROLE_MISSING:
+                grantable, _ = grantable_roles(spec, context)
+                actions.extend(AssignRole(r.template_id, r.name) for r in grantable
+                               if r.template_id not in view.held_roles)
+            case Reason.RECORD_MISSING | Reason.RECORD_UNREADABLE | Reason.RECORD_DELETED | Reason.RECORD_STALE \
+                    | Reason.RECORD_DRIFT:
+                publishes_new_thumbprint = target_thumbprint is None or observed.record is None \
+                    or observed.record.thumbprint != target_thumbprint
+                if context.verify_sign_in and publishes_new_thumbprint:
+                    actions.append(VerifySignIn(target_thumbprint))
+                actions.append(PublishConnectionRecord(finding.reason))
+            case Reason.RETIREMENT_DUE:
+                pass  # the retirement actions below also cover keys the sweep cannot see
+    if not any(f.violated for f in checked.findings if f.facet is Facet.CONNECTION_RECORD):
         actions.extend(_retirement(observed, now, context))
-
-    return Plan(tuple(findings), tuple(actions), needs_operator=tuple(needs_operator))
-
+    return Plan(checked.findings, tuple(actions), needs_operator=tuple(needs_operator))
 
 def _retirement(observed: Observed, now: dt.datetime, context: PlanContext) -> list[Action]:
     """Remove our superseded keys once the overlap is over; never a foreign or the last valid key."""
@@ -398,10 +304,14 @@ def _retirement(observed: Observed, now: dt.datetime, context: PlanContext) -> l
 def plan_decommission(observed: Observed, spec: IdentitySpec | None, *, assign_roles: bool = True) -> Plan:
     """Remove what the identity owns, role assignments and consent first, the registry entry last."""
     blocked = _ownership_findings(observed)
+    cert = observed.certificate
+    if not blocked and cert is not None and cert.pending and cert.current is None:
+        blocked.append(Finding(Facet.CERTIFICATE, State.PENDING, "CertificatePending",
+                               "the identity's first certificate version is still being created; retry the "
+                               "decommission when Key Vault has finished"))
     if blocked:
         return Plan(tuple(blocked), (), tuple(blocked))
     actions: list[Action] = []
-    cert = observed.certificate
     if cert is not None and cert.tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE:
         actions.append(MarkDecommissioning())
     # In verify-only mode an administrator assigned the roles; deleting the service principal

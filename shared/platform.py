@@ -55,7 +55,7 @@ class Platform:
         context = PlanContext(
             tenant_id=settings.tenant_id, key_vault_url=settings.key_vault_url, policy=renewal_policy(settings),
             grace=dt.timedelta(hours=settings.rotation_grace_hours), verify_sign_in=settings.verify_sign_in,
-            assign_roles=settings.role_mode == "assign",
+            assign_roles=settings.role_mode == "assign", allowed_roles=settings.allowed_roles,
         )
         probe = SignInProbe(settings.tenant_id, settings.authority_host, settings.exo_scope,
                             settings.disable_instance_discovery,

@@ -27,12 +27,17 @@ def problem(status: int, reason: str, detail: str, **extensions: Any) -> dict[st
     return document
 
 
+# Needs-an-operator reasons that are a conflict with the state found, not a failure of a service.
+_CONFLICTS = frozenset({"DeletedButRecoverable", "Decommissioning", "RoleRefused", "RoleNoLongerAllowed",
+                        "RegistryTagsInvalid"})
+
+
 def status_for(error: ExoAutomationError) -> int:
     if isinstance(error, InvalidSpec):
         return 400
     if isinstance(error, IdentityNotFound):
         return 404
-    if isinstance(error, ForeignObject) or error.reason in ("DeletedButRecoverable", "Decommissioning"):
+    if isinstance(error, ForeignObject) or error.reason in _CONFLICTS:
         return 409
     if isinstance(error, Retryable):
         return 503

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .audit import AuditEvent, emit
+from .checks import Facet, desired_certificate_tags
 from .directory import (
     DirectoryGateway,
     application_from_graph,
@@ -56,7 +57,6 @@ from .planner import (
     TagCertificate,
     UpsertApplication,
     VerifySignIn,
-    desired_certificate_tags,
     plan_actions,
     plan_decommission,
 )
@@ -179,10 +179,9 @@ class Reconciler:
         cert = await cert_task
         observed = Observed()
         if app_raw is not None:
-            app = application_from_graph(app_raw)
-            if not app.owned and cert is not None and cert.owned and cert.tags.get("appId") == app.app_id:
-                # The registry recorded this very app: ours, even if someone removed its tag (repaired below).
-                app = dataclasses.replace(app, owned=True)
+            # Ours only if Graph says the platform owns it: tags on the app or the certificate are
+            # writable by others and prove nothing (docs/architecture.md, "Trust boundaries").
+            app = application_from_graph(app_raw, owned=await self.directory.owns_application(str(app_raw["id"])))
             observed = dataclasses.replace(observed, application=app)
             if app.owned:
                 sp = await self.directory.find_service_principal(app.app_id)
@@ -204,9 +203,10 @@ class Reconciler:
     # -- operations -------------------------------------------------------------------------------
     async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
                         operation: str = "reconcile", caller: str = "system",
-                        correlation_id: str | None = None) -> RunResult:
+                        correlation_id: str | None = None, prune_roles: bool = False) -> RunResult:
         observed, app_raw = await self.observe(spec.names)
-        plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate)
+        plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate,
+                            prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex)
         if plan.blocked:
@@ -224,6 +224,13 @@ class Reconciler:
         if result.error is None and plan.needs_operator:
             first = plan.needs_operator[0]
             result.error = NeedsOperator(first.message, reason=first.reason)
+        for refusal in (f for f in plan.needs_operator if f.facet is Facet.ROLE_POLICY):
+            # Nothing was written for it, but a refused grant is a security event an operator must see.
+            await emit(AuditEvent(
+                correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
+                identity=result.name, action="AssignRole", facet=Facet.ROLES.value, result=refusal.reason,
+                detail=refusal.message, before={"roleAssignments": dict(sorted(observed.role_assignments.items()))},
+                after={"roleAssignments": dict(sorted(executor.observed.role_assignments.items()))}))
         # A repeated bootstrap that finds nothing to do writes nothing; a queued reconcile records
         # that it checked, which is how the sweep knows when the next deep check is due.
         if result.executed or result.error is not None or operation == "reconcile":
@@ -244,7 +251,9 @@ class Reconciler:
         result = RunResult(name, "decommission", plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex)
         if plan.blocked:
-            result.error = ForeignObject(plan.blocked[0].message)
+            first = plan.blocked[0]
+            result.error = ForeignObject(first.message) if first.reason == "ForeignObject" else \
+                Retryable(first.message, reason=first.reason, retry_after=10)
             return result
         if dry_run:
             return result
@@ -359,7 +368,9 @@ class _Executor:
             case UpsertApplication():
                 app = await directory.upsert_application(names.unique_name, names.display_name, self.app_raw)
                 self.app_raw = app
-                self.observed = dataclasses.replace(self.observed, application=application_from_graph(app))
+                # Created by this call, re-read as provably ours, or a repair of an app observed as ours.
+                self.observed = dataclasses.replace(self.observed,
+                                                    application=application_from_graph(app, owned=True))
                 return f"appId {app['appId']}"
             case CreateServicePrincipal():
                 _, app_id = self._app()

@@ -67,6 +67,16 @@ def refusal_reason(role: DirectoryRole) -> str | None:
     return None
 
 
+def policy_refusal(role: DirectoryRole, allowed: frozenset[str]) -> str | None:
+    """Why today's policy refuses `role` (never-grant, not honoured, or not on the allow-list), or None."""
+    reason = refusal_reason(role)
+    if reason is not None:
+        return reason
+    if role.template_id not in allowed:
+        return f"'{role.name}' is not on this platform's ALLOWED_ROLES"
+    return None
+
+
 def parse_allow_list(value: str) -> frozenset[str]:
     """The ALLOWED_ROLES setting: role names or template ids, comma-separated.
 
@@ -100,11 +110,9 @@ def resolve_requested_roles(requested: list[str], allowed: frozenset[str]) -> tu
         if role is None:
             errors.append({"pointer": pointer, "detail": f"unknown role {entry!r}"})
             continue
-        reason = refusal_reason(role)
+        reason = policy_refusal(role, allowed)
         if reason is not None:
             errors.append({"pointer": pointer, "detail": reason})
-        elif role.template_id not in allowed:
-            errors.append({"pointer": pointer, "detail": f"'{role.name}' is not on this platform's ALLOWED_ROLES"})
         else:
             resolved[role.template_id] = role
     if errors:

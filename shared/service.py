@@ -14,25 +14,26 @@ from .platform import Platform
 from .reconciler import RunResult
 from .record import ConnectionRecord, format_time
 from .renewal import jittered_renewal_time
-from .spec import IdentityNames, IdentitySpec, parse_spec, validate_name
+from .spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from .vault import vault_error
 
 
 async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False, caller: str = "system",
                     correlation_id: str | None = None) -> RunResult:
     spec = parse_spec(body, platform.settings)
+    # A bootstrap request is the operator's explicit word on the roles: it also removes role
+    # assignments that today's allow-list no longer permits (other runs only report them).
     return await platform.reconciler.reconcile(spec, dry_run=dry_run, operation="bootstrap", caller=caller,
-                                               correlation_id=correlation_id)
+                                               correlation_id=correlation_id, prune_roles=True)
 
 
 async def recorded_spec(platform: Platform, name: str) -> IdentitySpec:
     """The spec an existing identity was created with (its certificate's tags)."""
     validate_name(name)
     cert = await platform.vault.observe_certificate(IdentityNames(name).certificate)
-    spec = cert.spec if cert is not None else None
-    if spec is None:
+    if cert is None or not cert.owned or "identity" not in cert.tags:
         raise IdentityNotFound(f"no automation identity named {name!r}")
-    return spec
+    return registry_spec(cert.tags, name, platform.settings.organization)
 
 
 async def reconcile(platform: Platform, name: str, *, force_rotate: bool = False, dry_run: bool = False,

@@ -54,6 +54,11 @@ class Settings:
     verify_sign_in: bool = True
     verify_sign_in_timeout_seconds: float = 120.0
     require_app_roles: bool = False
+    # Set by the platform when App Service Authentication is on; only then are its headers trusted.
+    app_service_auth_enabled: bool = False
+    # Accepted `aud` values of callers' Entra access tokens (the API app registration's client id
+    # and/or application ID URI); empty: the app validates no tokens itself.
+    auth_audiences: tuple[str, ...] = ()
     connection_cache_seconds: float = 300.0
     reports_container: str = "mailbox-reports"
     role_mode: str = "assign"
@@ -98,6 +103,8 @@ class Settings:
             verify_sign_in_timeout_seconds=reader.number("VERIFY_SIGN_IN_TIMEOUT_SECONDS", default=120.0,
                                                          low=0.0, high=600.0),
             require_app_roles=reader.boolean("AUTH_REQUIRE_APP_ROLES", default=False),
+            app_service_auth_enabled=reader.boolean("WEBSITE_AUTH_ENABLED", default=False),
+            auth_audiences=reader.audiences("AUTH_AUDIENCE"),
             connection_cache_seconds=reader.number("CONNECTION_CACHE_SECONDS", default=300.0, low=0.0, high=3600.0),
             reports_container=reader.container_name("REPORTS_CONTAINER", default="mailbox-reports"),
             role_mode=reader.choice("ROLE_MODE", ("assign", "verify"), default="assign"),
@@ -219,6 +226,16 @@ class _Reader:
         if not 0.0 < number < 1.0:
             raise self._bad(name, value, "a fraction of the lifetime between 0 and 1, e.g. 0.33")
         return number
+
+    def audiences(self, name: str) -> tuple[str, ...]:
+        value = self._raw(name)
+        if value is None:
+            return ()
+        audiences = tuple(part.strip() for part in value.split(",") if part.strip())
+        for audience in audiences:
+            if len(audience) > 200 or not audience.isprintable() or " " in audience:
+                raise self._bad(name, value, "comma-separated client ids or application ID URIs of the API app")
+        return audiences
 
     def allowed_roles(self, name: str) -> frozenset[str]:
         value = self._raw(name)

@@ -93,7 +93,12 @@ class IdentitySpec:
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> IdentitySpec:
-        """The spec recorded on a certificate; trusted input, written by `to_tags`."""
+        """The spec recorded on a certificate, as written by `to_tags`.
+
+        Not trusted: anyone with Key Vault Certificates Officer can rewrite tags, so callers that
+        act on it use `registry_spec` (shape and organization checked) and the planner checks the
+        roles against today's policy on every run.
+        """
         roles = []
         for template_id in filter(None, tags.get("roles", "").split(",")):
             role = lookup_role(template_id)
@@ -117,6 +122,30 @@ class IdentitySpec:
             "validityMonths": self.validity_months, "keySize": self.key_size,
             "contacts": list(self.contacts), "description": self.description,
         }
+
+
+def registry_spec(tags: Mapping[str, str], name: str, organization: str) -> IdentitySpec:
+    """The spec recorded in an identity's certificate tags, refused unless it is well-formed and
+    describes this identity of this platform's organization (tags are editable by vault writers)."""
+    from .errors import NeedsOperator
+
+    try:
+        spec = IdentitySpec.from_tags(tags)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise NeedsOperator(f"the certificate tags of {name!r} are not a valid identity spec ({type(exc).__name__}); "
+                            "repeat the bootstrap request to rewrite them", reason="RegistryTagsInvalid") from exc
+    problems = []
+    if spec.name != name:
+        problems.append(f"identity {spec.name!r} instead of {name!r}")
+    if spec.organization != organization:
+        problems.append(f"organization {spec.organization!r} instead of {organization!r}")
+    if not 1 <= spec.validity_months <= 24 or spec.key_size not in ALLOWED_KEY_SIZES:
+        problems.append("a certificate policy outside the allowed ranges")
+    if problems:
+        raise NeedsOperator(f"the certificate tags of {name!r} were changed outside this product: "
+                            + "; ".join(problems) + "; repeat the bootstrap request to rewrite them",
+                            reason="RegistryTagsInvalid")
+    return spec
 
 
 def validate_name(name: object) -> str:

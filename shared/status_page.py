@@ -210,7 +210,7 @@ async def status_page(req: func.HttpRequest) -> func.HttpResponse:
     if req.method != "GET":
         return _method_not_allowed(req, ["GET"])
 
-    async def page(platform: Any) -> func.HttpResponse:
+    async def page(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
         from urllib.parse import urlsplit
 
         rows = await collect(platform)

@@ -25,15 +25,18 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from . import telemetry
-from .directory import APP_FIELDS, application_from_graph
+from .checks import desired_certificate_tags
+from .directory import application_from_graph
+from .errors import NeedsOperator
 from .graph import GraphError, literal
 from .model import APP_OWNER_TAG, EXCHANGE_MANAGE_AS_APP_ROLE_ID, OWNER_TAG, OWNER_TAG_VALUE, ObservedApplication
 from .notify import notify_near_expiry
-from .planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext, desired_certificate_tags
+from .planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext
 from .platform import Platform
 from .record import format_time, parse_time
 from .renewal import jittered_renewal_time, next_attempt_after_failure
-from .spec import IdentityNames, IdentitySpec
+from .roles import policy_refusal
+from .spec import IdentityNames, IdentitySpec, registry_spec
 from .vault import vault_error
 
 log = logging.getLogger("exo_automation.sweep")
@@ -103,9 +106,12 @@ def needs_work(entry: RegistryEntry, snapshot: TenantSnapshot, now: dt.datetime,
     # A grant disappears with its service principal, so a present grant also proves the SP.
     if not sp_id or sp_id not in snapshot.consented_principals:
         reasons.append("ConsentMissing")
+    refused = [role for role in spec.roles if policy_refusal(role, context.allowed_roles) is not None]
+    if refused and tags.get("lastResult") != "RoleRefused":
+        reasons.append("RoleRefused")  # the tags ask for what today's policy refuses: report it once
     if context.assign_roles:
         for role in spec.roles:
-            if sp_id not in snapshot.role_holders.get(role.template_id, frozenset()):
+            if role not in refused and sp_id not in snapshot.role_holders.get(role.template_id, frozenset()):
                 reasons.append("RoleMissing")
                 break
     if tags.get("publishedThumbprint") != entry.thumbprint:
@@ -136,8 +142,19 @@ async def read_registry(platform: Platform) -> list[RegistryEntry]:
                 tags = await platform.vault.adopted_tags(props.name) or tags
             if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "identity" not in tags:
                 continue
+            name = tags["identity"]
+            try:
+                # Tags are editable by any vault writer: a spec that does not describe this very
+                # certificate's identity of this organization is reported, never acted on.
+                registry_spec(tags, name, platform.settings.organization)
+                if props.name != IdentityNames(name).certificate:
+                    raise NeedsOperator(f"certificate {props.name} claims to be identity {name!r}",
+                                        reason="RegistryTagsInvalid")
+            except NeedsOperator as exc:
+                log.warning("registry entry %s skipped: %s", props.name, exc.message)
+                continue
             entries.append(RegistryEntry(
-                name=tags["identity"], tags=tags,
+                name=name, tags=tags,
                 thumbprint=bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
                 not_before=props.not_before, not_after=props.expires_on, enabled=bool(props.enabled),
             ))
@@ -148,15 +165,12 @@ async def read_registry(platform: Platform) -> list[RegistryEntry]:
 
 async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
     graph = platform.graph
-    # `tags/any` may need advanced query support depending on the tenant: asking for it is harmless.
-    advanced = {"ConsistencyLevel": "eventual"}
     exchange_sp = await platform.directory.exchange_service_principal_id()
 
     async def applications() -> dict[str, ObservedApplication]:
-        items = await graph.collect("/applications", {
-            "$filter": f"tags/any(t:t eq {literal(APP_OWNER_TAG)})", "$select": APP_FIELDS, "$top": "999",
-            "$count": "true"}, advanced)
-        return {item["appId"]: application_from_graph(item) for item in items}
+        # The apps the platform owns: one paged listing that also proves ownership (tags do not).
+        items = await platform.directory.owned_applications()
+        return {item["appId"]: application_from_graph(item, owned=True) for item in items}
 
     async def grants() -> frozenset[str]:
         items = await graph.collect(f"/servicePrincipals/{exchange_sp}/appRoleAssignedTo",

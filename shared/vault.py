@@ -17,7 +17,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.core.rest import HttpRequest
 
-from .errors import ExoAutomationError, NeedsOperator, Retryable
+from .errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable
 from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
 from .record import CONTENT_TYPE, ConnectionRecord
 from .settings import Settings
@@ -76,6 +76,14 @@ def deleted_name_message(certificate_name: str) -> str:
     return f"the certificate {certificate_name} is soft-deleted, so its name cannot be used yet. " + _PURGE_ADVICE
 
 
+def started_by_us(tags: Mapping[str, str], certificate_name: str) -> bool:
+    """Whether a certificate version was created by this product: our create requests carry our
+    owner tag and the identity's name from the start (an outside creation has neither)."""
+    identity = tags.get("identity")
+    return tags.get(OWNER_TAG) == OWNER_TAG_VALUE and identity is not None \
+        and certificate_name == f"exo-{identity}-cert"
+
+
 def version_from_properties(props: Any, der: bytes | None = None) -> CertificateVersion:
     return CertificateVersion(
         version=str(props.version),
@@ -120,19 +128,19 @@ class VaultGateway:
         await self.secrets.close()
 
     # -- certificates -----------------------------------------------------------------------------
-    async def observe_certificate(self, name: str) -> ObservedCertificate | None:
+    async def observe_certificate(self, name: str, *, reread: bool = True) -> ObservedCertificate | None:
         try:
             cert = await self.certificates.get_certificate(name)
         except ResourceNotFoundError:
-            return await self._pending_only(name)
+            return await self._pending_only(name, reread=reread)
         except AzureError as exc:
             raise vault_error(exc, f"reading certificate {name}") from exc
         assert cert.properties is not None
         tags = dict(cert.properties.tags or {})
         if not cert.properties.x509_thumbprint:
             # The first version is still being created: Key Vault shows it disabled, without a certificate.
-            return ObservedCertificate(owned=tags.get(OWNER_TAG) == OWNER_TAG_VALUE or not tags, tags=tags,
-                                       current=None, pending=True)
+            # Ours only if our create request tagged it: a creation someone else started is never adopted.
+            return ObservedCertificate(owned=started_by_us(tags, name), tags=tags, current=None, pending=True)
         if tags.get(OWNER_TAG) != OWNER_TAG_VALUE:
             tags = await self.adopted_tags(name) or tags
         return ObservedCertificate(
@@ -157,7 +165,7 @@ class VaultGateway:
         newest = max(ours, key=lambda p: p.created_on)  # type: ignore[arg-type, return-value]
         return dict(newest.tags or {})
 
-    async def _pending_only(self, name: str) -> ObservedCertificate | None:
+    async def _pending_only(self, name: str, *, reread: bool) -> ObservedCertificate | None:
         """A first create that has not completed: the name has an operation but no version."""
         try:
             operation = await self.certificates.get_certificate_operation(name)
@@ -166,7 +174,12 @@ class VaultGateway:
         except AzureError as exc:
             raise vault_error(exc, f"reading the pending operation of {name}") from exc
         if operation.status and operation.status.lower() == "inprogress":
-            return ObservedCertificate(owned=True, tags={}, current=None, pending=True)
+            if reread:
+                # The create began between our two reads (a concurrent run, maybe ours): its version
+                # and tags are readable now, and they say whether our run started it.
+                return await self.observe_certificate(name, reread=False)
+            # No version to read tags from, so nothing shows that our run started it: not adopted.
+            return ObservedCertificate(owned=False, tags={}, current=None, pending=True)
         return None
 
     async def refuse_if_deleted(self, name: str) -> None:
@@ -196,7 +209,8 @@ class VaultGateway:
                               params={"api-version": self.certificates.api_version}, json=body)
         response = await self.certificates.send_request(request)
         if response.status_code == 409 and b"ObjectIsDeletedButRecoverable" not in await response.read():
-            # Another create is in progress for this name (a concurrent run): wait for it instead.
+            # Another create is in progress for this name (a concurrent run): wait for it instead;
+            # await_pending adopts the result only if that create carried our tags.
             return await self.await_pending(name)
         if response.status_code >= 400:
             await response.read()
@@ -224,6 +238,9 @@ class VaultGateway:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         cert = await self.certificates.get_certificate(name)
+        if cert.properties is None or not started_by_us(cert.properties.tags or {}, name):
+            raise ForeignObject(f"the certificate version of {name} that was being created was not started by this "
+                                "product (its create request did not carry this product's tags); it is not used")
         return version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None)
 
     async def certificate_der(self, name: str, version: str) -> bytes:

@@ -126,6 +126,13 @@ def test_upsert_by_unique_name_creates_once_then_updates(stack: Stack) -> None:
 
         created = await by_key.patch(Application(display_name="exo reports"), request_configuration=upsert_config())
         assert created is not None and created.unique_name == "exo-reports" and created.id
+        # Whether an upserted app gets its app-only creator as owner is not documented (docs/reference.md,
+        # "Applications"): the stand-in gives it none, so an OwnedBy caller cannot update it afterwards.
+        assert stack.world.directory.owners[created.id] == []
+        not_owner = await refused(by_key.patch(Application(display_name="exo reports v2", tags=["t"]),
+                                               request_configuration=upsert_config()))
+        assert not_owner.response_status_code == 403
+        stack.world.directory.owners[created.id] = [stack.world.platform.object_id]  # an admin adds the owner
         again = await by_key.patch(Application(display_name="exo reports v2", tags=["t"]),
                                    request_configuration=upsert_config())
         assert again is None  # 204: it existed
@@ -594,6 +601,8 @@ def test_wire_details_of_alternate_keys_and_empty_collections(stack: Stack) -> N
         created = http.patch(path, headers={**headers, "Prefer": "create-if-missing"}, json={"displayName": "quoted"})
         assert created.status_code == 201, created.text
         assert created.json()["uniqueName"] == "it's-/slashed"
+        # An upsert-created app has no owner here (docs/reference.md): an admin makes the platform one.
+        stack.world.directory.owners[created.json()["id"]] = [stack.world.platform.object_id]
         fetched = http.get(path, headers=headers, params={"$select": "id,uniqueName"})
         assert fetched.status_code == 200 and fetched.json() == {
             "@odata.context": f"{stack.url('graph')}/v1.0/$metadata#applications(id,uniqueName)/$entity",

@@ -24,7 +24,8 @@ def audit_events(caplog: pytest.LogCaptureFixture) -> list[dict]:
     return [r.audit for r in caplog.records if r.name == "exo_automation.audit"]  # type: ignore[attr-defined]
 
 
-def test_one_event_per_mutating_action_across_the_lifecycle(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+def test_one_event_per_mutating_action_across_the_lifecycle(stack: Stack, caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.INFO, logger="exo_automation.audit")
     created = post_identity({"name": "audited"}, headers={"x-ms-client-request-id": "req-123"})
     assert created.status == 201
@@ -48,6 +49,7 @@ def test_one_event_per_mutating_action_across_the_lifecycle(stack: Stack, caplog
     assert audit_events(caplog) == [], "nothing changed, nothing audited"
 
     caplog.clear()
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")  # App Service Authentication vouches for the caller
     rotated = rotate("audited", headers=principal_header(["ExoIdentities.ReadWrite"]))
     assert rotated.status == 200
     events = audit_events(caplog)

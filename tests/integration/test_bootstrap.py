@@ -114,7 +114,7 @@ def test_dry_run_returns_the_plan_and_writes_nothing(stack: Stack) -> None:
 # Each row fails one step of bootstrap at the stand-in; the next request must finish the job.
 CRASH_POINTS = [
     ("certificate create", {"service": "keyvault", "method": "POST", "path": "/create$", "status": 403}),
-    ("app upsert", {"service": "graph", "method": "PATCH", "path": r"uniqueName", "status": 500}),
+    ("app create", {"service": "graph", "method": "POST", "path": r"/applications$", "status": 500}),
     ("service principal", {"service": "graph", "method": "POST", "path": r"/servicePrincipals$", "status": 500}),
     ("consent", {"service": "graph", "method": "POST", "path": r"/appRoleAssignedTo$", "status": 500}),
     ("key credential", {"service": "graph", "method": "PATCH", "path": r"/applications/[^/(]+$", "status": 500}),

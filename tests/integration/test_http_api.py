@@ -47,7 +47,8 @@ def spec(**fields: Any) -> dict[str, Any]:
     return {"name": "abc", **fields}
 
 
-APP_ROLES = {"AUTH_REQUIRE_APP_ROLES": "true"}
+# App roles required behind App Service Authentication, which vouches for the principal headers.
+APP_ROLES = {"AUTH_REQUIRE_APP_ROLES": "true", "WEBSITE_AUTH_ENABLED": "true"}
 
 CASES: list[tuple[str, Case]] = [
     # -- the body ---------------------------------------------------------------------------------
@@ -217,6 +218,7 @@ def test_every_problem_lists_all_the_errors_of_a_body(stack: Stack) -> None:
 
 def test_app_roles_let_readers_read_and_writers_write(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTH_REQUIRE_APP_ROLES", "true")
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")
     reader, writer = principal_header(["ExoIdentities.Read"]), principal_header(["ExoIdentities.ReadWrite"])
 
     assert call("identities", "GET", LIST[1], headers=reader).status == 200
@@ -254,6 +256,7 @@ ROLE_CLAIM_SHAPES = [
 def test_app_roles_are_read_from_the_claim_types_app_service_uses(stack: Stack, monkeypatch: pytest.MonkeyPatch,
                                                                   headers: dict[str, str], status: int) -> None:
     monkeypatch.setenv("AUTH_REQUIRE_APP_ROLES", "true")
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")
     assert call("identities", "GET", LIST[1], headers=headers).status == status
 
 

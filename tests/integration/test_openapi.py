@@ -220,8 +220,9 @@ def test_error_calls_conform(stack: Stack, document: dict[str, Any], monkeypatch
         check(method, template, call(function, method, url, route_params={"name": "abc"}), 405, "MethodNotAllowed")
 
     # A foreign app holds the uniqueName: a conflict, with the plan in `run`.
-    stack.world.directory.applications["foreign"] = {
-        "id": "foreign", "appId": "00000000-0000-0000-0000-0000000000f0", "uniqueName": "exo-automation-taken",
+    foreign_id = "0f0f0f0f-0000-4000-8000-00000000f0f0"
+    stack.world.directory.applications[foreign_id] = {
+        "id": foreign_id, "appId": "00000000-0000-0000-0000-0000000000f0", "uniqueName": "exo-automation-taken",
         "displayName": "someone else's", "tags": [], "keyCredentials": [], "requiredResourceAccess": [],
         "signInAudience": "AzureADMyOrg", "passwordCredentials": [],
     }
@@ -241,12 +242,13 @@ def test_error_calls_conform(stack: Stack, document: dict[str, Any], monkeypatch
                                           "AppRoleAssignment.ReadWrite.All", "RoleManagement.ReadWrite.Directory"])
 
     # App roles required: no principal, then a reader writing.
-    _set(monkeypatch, AUTH_REQUIRE_APP_ROLES="true")
+    _set(monkeypatch, AUTH_REQUIRE_APP_ROLES="true", WEBSITE_AUTH_ENABLED="true")
     check("GET", "/api/identities", call("identities", "GET", "http://localhost/api/identities"), 401,
           "AuthenticationRequired")
     check("DELETE", one, delete_identity("abc", headers=principal_header(["ExoIdentities.Read"])), 403,
           "AppRoleMissing")
     monkeypatch.delenv("AUTH_REQUIRE_APP_ROLES")
+    monkeypatch.delenv("WEBSITE_AUTH_ENABLED")
 
     monkeypatch.delenv("EXO_ORGANIZATION")
     check("GET", one, get_identity("abc"), 500, "SettingMissing")

@@ -35,7 +35,7 @@ EXCHANGE_RECIPIENT_ADMINISTRATOR = "31392ffb-586c-42d1-9346-e59415a2cc4e"
 # The Graph call each reconcile action makes (to check that a refused action is one the removed
 # permission's row names).
 ACTION_CALLS = {
-    "UpsertApplication": "PATCH /applications({}='{}')",
+    "UpsertApplication": "POST /applications",
     "CreateServicePrincipal": "POST /servicePrincipals",
     "GrantConsent": "POST /servicePrincipals/{}/appRoleAssignedTo",
     "RevokeConsent": "DELETE /servicePrincipals/{}/appRoleAssignedTo/{}",

@@ -115,6 +115,7 @@ def test_the_status_page_needs_the_read_role(stack: Stack, page_server: str,
     import httpx
 
     monkeypatch.setenv("AUTH_REQUIRE_APP_ROLES", "true")
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")
     monkeypatch.setattr(_Handler, "headers_to_add", {})
     assert httpx.get(page_server).status_code == 401
     monkeypatch.setattr(_Handler, "headers_to_add", principal_header(["SomethingElse"]))

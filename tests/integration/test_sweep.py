@@ -293,8 +293,8 @@ def test_application_drift_is_repaired_without_undoing_an_admins_changes(stack: 
         app["displayName"] = "Mailbox reports (owned by the messaging team)"
         app["requiredResourceAccess"] = [graph_read]  # Exchange.ManageAsApp dropped, another permission added
         app["tags"] = ["cost-centre-42"]
-    # Without our tag the app drops out of the tagged listing; the registry's appId still proves it ours.
-    assert sweep(stack).due == {"renamed": ["ApplicationMissing"]}
+    # Without our tag the app is still in the platform's owned-apps listing: ownership, not the tag, makes it ours.
+    assert sweep(stack).due == {"renamed": ["ApplicationDrift"]}
     outcome = reconcile(stack, "renamed")
     assert outcome.error is None
     assert [o.action.kind for o in outcome.executed] == ["UpsertApplication"]

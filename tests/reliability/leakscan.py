@@ -31,6 +31,9 @@ PATTERNS = {
     "pkcs12-or-der-base64": re.compile(r"MII[A-Za-z0-9+/=\\]{500,}"),
     "jwt": re.compile(r"eyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\."),
     "client-assertion": re.compile(r"client_assertion="),
+    # A function key travels as `?code=` (or `&code=`): no URL with its query may reach a log.
+    # (Entra's error URIs carry numeric AADSTS codes as `?code=700027`: those are not keys.)
+    "function-key-query": re.compile(r"[?&]code=(?![0-9]+\b)"),
 }
 SCANNED_LOGGERS = ("exo_automation", "shared", "azure", "msal", "httpx", "msgraph", "kiota")
 SUMMARY_PATH = Path(__file__).resolve().parents[2] / "test-artifacts" / "reliability-summary.json"

@@ -232,6 +232,7 @@ AUTH = [
 def test_missing_or_forged_callers_are_refused(stack: Stack, monkeypatch: pytest.MonkeyPatch,
                                                headers: dict[str, str], status: int) -> None:
     monkeypatch.setenv("AUTH_REQUIRE_APP_ROLES", "true")
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "true")  # the platform vouches for the principal headers
     stack.world.counter.reset()
     for response in (post({"name": "intruder"}, headers=headers),
                      routed("rotate_identity", "POST", "intruder", "/rotate", headers=headers),

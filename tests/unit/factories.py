@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from shared.checks import desired_certificate_tags
 from shared.model import (
     APP_OWNER_TAG,
     CertificateVersion,
@@ -13,7 +14,7 @@ from shared.model import (
     ObservedCertificate,
     key_id_for,
 )
-from shared.planner import PlanContext, desired_certificate_tags
+from shared.planner import PlanContext
 from shared.record import ConnectionRecord
 from shared.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR
 from shared.spec import IdentitySpec
