@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_STAMP := $(VENV)/.requirements-installed
+# checkov's pins conflict with the project's (requirements-checkers.txt): a venv of its own.
+CHECKERS_VENV ?= .venv-checkers
+CHECKERS_STAMP := $(CHECKERS_VENV)/.requirements-installed
 NPM_STAMP := node_modules/.npm-ci-done
 CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
@@ -16,7 +19,7 @@ BENCH_ARGS ?=
 .PHONY: help setup runtime test lint check run stack bench clean distclean
 
 help:
-	@echo "make setup      create .venv (requirements-dev.txt), install Azurite (npm ci) and Chromium (apt)"
+	@echo "make setup      create .venv (requirements-dev.txt) and .venv-checkers (checkov), install Azurite (npm ci) and Chromium (apt)"
 	@echo "make test       ruff, mypy and the whole test suite (PYTEST_ARGS='-k name' to narrow it)"
 	@echo "make lint       ruff check + mypy"
 	@echo "make check      lint, then test"
@@ -25,7 +28,7 @@ help:
 	@echo "make bench      the benchmarks under bench/"
 	@echo "make clean      caches and local state; 'make distclean' also removes .venv and node_modules"
 
-setup: $(PIP_STAMP) $(NPM_STAMP) $(CHROMIUM)
+setup: $(PIP_STAMP) $(CHECKERS_STAMP) $(NPM_STAMP) $(CHROMIUM)
 
 # What running (not testing) needs: no browser.
 runtime: $(PIP_STAMP) $(NPM_STAMP)
@@ -37,6 +40,13 @@ $(PY):
 
 $(PIP_STAMP): requirements.txt requirements-dev.txt | $(PY)
 	$(PY) -m pip install --disable-pip-version-check --quiet -r requirements-dev.txt
+	@touch $@
+
+$(CHECKERS_STAMP): requirements-checkers.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "error: $(PYTHON) is older than Python 3.11 (set PYTHON=...)" >&2; exit 1; }
+	$(PYTHON) -m venv $(CHECKERS_VENV)
+	$(CHECKERS_VENV)/bin/python -m pip install --disable-pip-version-check --quiet -r requirements-checkers.txt
 	@touch $@
 
 $(NPM_STAMP): package.json package-lock.json
@@ -79,4 +89,4 @@ clean:
 		-exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV) node_modules
+	rm -rf $(VENV) $(CHECKERS_VENV) node_modules

@@ -50,8 +50,10 @@ param verifySignIn bool = true
 @minValue(0)
 @maxValue(600)
 param verifySignInTimeoutSeconds int = 120
-@description('Require the caller\'s app roles (ExoIdentities.Read / ExoIdentities.ReadWrite) from App Service authentication on every HTTP call.')
+@description('Require the caller\'s app roles (ExoIdentities.Read / ExoIdentities.ReadWrite) on every HTTP call: the app validates the caller\'s Entra access token itself (AUTH_AUDIENCE).')
 param requireAppRoles bool = false
+@description('With requireAppRoles: the accepted token audiences, comma-separated (an existing API app registration\'s client id and/or application ID URI). Empty: this deployment creates the API app registration (Microsoft Graph Bicep extension) and uses its.')
+param authAudience string = ''
 @description('Webhook for operator notifications (Teams, Slack or generic JSON). A secret: prefer a Key Vault reference. Empty: no notifications.')
 @secure()
 param notifyWebhookUrl string = ''
@@ -80,6 +82,20 @@ param exoEndpoint string = 'https://outlook.office365.com'
 @description('E-mail address for the alerts; empty: alerts fire without notification.')
 param alertEmail string = ''
 
+// -- network (docs/deploy.md, "Network isolation") ------------------------------------------------
+@description('The private variant: a virtual network with the Function App integrated, private endpoints and private DNS zones for Key Vault (vault) and Storage (blob, queue), public network access off on both.')
+param networkIsolation bool = false
+@description('Without networkIsolation: public IP addresses or CIDR ranges (comma-separated) let through the Key Vault firewall, e.g. the job hosts\' egress addresses; the Function App gets in through its subnet. Empty: no firewall (every network, RBAC only).')
+param keyVaultAllowedIpRanges string = ''
+@description('Let trusted Microsoft services through the Key Vault firewall.')
+param keyVaultBypassAzureServices bool = true
+@description('Address space of the virtual network; pick one that does not overlap a network you peer it with.')
+param vnetAddressPrefix string = '10.60.0.0/24'
+@description('The Function App\'s integration subnet, inside vnetAddressPrefix.')
+param appSubnetPrefix string = '10.60.0.0/26'
+@description('The private endpoints\' subnet, inside vnetAddressPrefix (networkIsolation).')
+param privateEndpointSubnetPrefix string = '10.60.0.64/27'
+
 var abbrs = loadJsonContent('abbreviations.json')
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
@@ -88,6 +104,10 @@ var tags = {
 }
 var functionAppName = '${abbrs.webSitesFunctions}${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}'
+var keyVaultIpRanges = networkIsolation ? [] : filter(split(replace(keyVaultAllowedIpRanges, ' ', ''), ','), r => !empty(r))
+// A virtual network for the private variant, or so that the app passes the vault's firewall.
+var virtualNetwork = networkIsolation || !empty(keyVaultIpRanges)
+var createApiApp = requireAppRoles && empty(authAudience)
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -116,6 +136,20 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+module network 'modules/network.bicep' = if (virtualNetwork) {
+  name: 'network'
+  scope: rg
+  params: {
+    name: '${abbrs.networkVirtualNetworks}${resourceToken}'
+    location: location
+    tags: tags
+    privateEndpoints: networkIsolation
+    addressPrefix: vnetAddressPrefix
+    appSubnetPrefix: appSubnetPrefix
+    privateEndpointSubnetPrefix: privateEndpointSubnetPrefix
+  }
+}
+
 module storage 'modules/storage.bicep' = {
   name: 'storage'
   scope: rg
@@ -126,6 +160,7 @@ module storage 'modules/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     reconcileQueueName: reconcileQueueName
     reportsContainerName: reportsContainerName
+    privateOnly: networkIsolation
   }
 }
 
@@ -136,6 +171,37 @@ module vault 'modules/keyvault.bicep' = {
     name: '${abbrs.keyVaultVaults}${resourceToken}'
     location: location
     tags: tags
+    privateOnly: networkIsolation
+    allowedIpRanges: keyVaultIpRanges
+    allowedSubnetIds: empty(keyVaultIpRanges) ? [] : [network.outputs.appSubnetId]
+    bypassAzureServices: keyVaultBypassAzureServices
+  }
+}
+
+module privateEndpoints 'modules/private-endpoints.bicep' = if (networkIsolation) {
+  name: 'private-endpoints'
+  scope: rg
+  params: {
+    namePrefix: '${abbrs.networkPrivateEndpoints}${resourceToken}'
+    location: location
+    tags: tags
+    subnetId: network.outputs.privateEndpointSubnetId
+    keyVaultId: vault.outputs.id
+    storageAccountId: storage.outputs.id
+    vaultZoneId: network.outputs.vaultZoneId
+    blobZoneId: network.outputs.blobZoneId
+    queueZoneId: network.outputs.queueZoneId
+  }
+}
+
+// requireAppRoles without an existing registration: the API's app registration and its app roles.
+module apiApp 'modules/api-app.bicep' = if (createApiApp) {
+  name: 'api-app'
+  scope: rg
+  params: {
+    uniqueName: 'exo-automation-identities-api-${resourceToken}'
+    displayName: 'Exchange Online automation identities API (${environmentName})'
+    tenantId: tenant().tenantId
   }
 }
 
@@ -183,6 +249,7 @@ module functionApp 'modules/function-app.bicep' = {
   scope: rg
   dependsOn: [
     platformRoles
+    privateEndpoints
   ]
   params: {
     name: functionAppName
@@ -210,6 +277,8 @@ module functionApp 'modules/function-app.bicep' = {
     verifySignIn: verifySignIn
     verifySignInTimeoutSeconds: verifySignInTimeoutSeconds
     requireAppRoles: requireAppRoles
+    authAudience: createApiApp ? apiApp.outputs.audience : authAudience
+    virtualNetworkSubnetId: virtualNetwork ? network.outputs.appSubnetId : ''
     reconcileQueueName: reconcileQueueName
     sweepSchedule: sweepSchedule
     deepCheckHours: deepCheckHours
@@ -247,3 +316,5 @@ output PLATFORM_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output ROLE_MODE string = roleMode
 output GRAPH_ENDPOINT string = graphEndpoint
 output GRAPH_PERMISSIONS_IN_BICEP bool = grantGraphPermissions
+output NETWORK_ISOLATION bool = networkIsolation
+output AUTH_AUDIENCE string = createApiApp ? apiApp.outputs.audience : authAudience

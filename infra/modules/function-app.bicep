@@ -20,6 +20,8 @@ param instanceMemoryMB int = 2048
 @minValue(1)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+@description('Virtual network integration: the delegated subnet (networkIsolation or a Key Vault firewall); empty: none.')
+param virtualNetworkSubnetId string = ''
 
 // -- product settings (shared/settings.py); defaults are the code's own ----------------------------
 param keyVaultUrl string
@@ -40,6 +42,8 @@ param rotationGraceHours int
 param verifySignIn bool
 param verifySignInTimeoutSeconds int
 param requireAppRoles bool
+@description('Accepted audiences of callers\' Entra access tokens, comma-separated (client id and/or application ID URI of the API app registration); used with requireAppRoles.')
+param authAudience string = ''
 param reconcileQueueName string
 param sweepSchedule string
 param deepCheckHours int
@@ -57,6 +61,7 @@ param notifyWebhookFormat string = 'json'
 param notifyNearExpiryDays int = 14
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_225: zone redundancy is a property of the Flex Consumption platform, not of this plan resource
   name: planName
   location: location
   tags: tags
@@ -75,6 +80,10 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   location: location
   tags: union(tags, { 'azd-service-name': serviceName })
   kind: 'functionapp,linux'
+  // checkov:skip=CKV_AZURE_213: Flex Consumption has no Health check (learn.microsoft.com/azure/azure-functions/configure-monitoring#monitor-function-apps-using-health-check); GET /api/health is probed from outside (docs/deploy.md)
+  // checkov:skip=CKV_AZURE_212: Flex Consumption scales per function from zero; instance counts live in functionAppConfig.scaleAndConcurrency
+  // checkov:skip=CKV_AZURE_222: the HTTP API is the product's interface (function keys, and Entra app roles with requireAppRoles); networkIsolation makes the vault and storage private, not the API
+  // checkov:skip=CKV_AZURE_17: callers authenticate with function keys or Entra access tokens (AUTH_REQUIRE_APP_ROLES), not client certificates
   identity: {
     type: 'UserAssigned'
     userAssignedIdentities: {
@@ -83,6 +92,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   }
   properties: {
     serverFarmId: plan.id
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetId) ? null : virtualNetworkSubnetId
     httpsOnly: true
     clientAffinityEnabled: false
     publicNetworkAccess: 'Enabled'
@@ -134,6 +144,14 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
 }
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov reads every sites/config resource as site configuration; these findings are about other things:
+  // checkov:skip=CKV_AZURE_13: App Service Authentication is not established on Flex Consumption; with AUTH_REQUIRE_APP_ROLES the app validates callers' Entra tokens itself against AUTH_AUDIENCE
+  // checkov:skip=CKV_AZURE_63: web server (IIS) logs do not exist here; the host and the app log to Application Insights (APPLICATIONINSIGHTS_CONNECTION_STRING)
+  // checkov:skip=CKV_AZURE_65: detailed error pages are IIS web server logs; the host and the app log to Application Insights
+  // checkov:skip=CKV_AZURE_66: failed request tracing is an IIS web server log; requests and failures are in Application Insights
+  // checkov:skip=CKV_AZURE_80: .NET Framework version: this is a Python app (functionAppConfig.runtime)
+  // checkov:skip=CKV_AZURE_88: Flex Consumption has no content share: the package comes from a blob container (functionAppConfig.deployment)
+  // checkov:skip=CKV_AZURE_222: app settings carry no network setting; the site's public access is justified on the site
   parent: site
   name: 'appsettings'
   properties: {
@@ -163,6 +181,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     VERIFY_SIGN_IN: verifySignIn ? 'true' : 'false'
     VERIFY_SIGN_IN_TIMEOUT_SECONDS: string(verifySignInTimeoutSeconds)
     AUTH_REQUIRE_APP_ROLES: requireAppRoles ? 'true' : 'false'
+    AUTH_AUDIENCE: authAudience
     RECONCILE_QUEUE: reconcileQueueName
     SWEEP_SCHEDULE: sweepSchedule
     DEEP_CHECK_HOURS: string(deepCheckHours)

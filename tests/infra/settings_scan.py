@@ -33,6 +33,11 @@ HOST_ONLY = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "telemetry target",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Entra-authenticated telemetry (local auth is off)",
 }
+# Set by infra/ ahead of the code that reads it (another change brings the reader): allowed in infra/ and
+# the sample, required nowhere. Drop an entry once the code reads the setting (it is then derived above).
+AHEAD_OF_CODE = {
+    "AUTH_AUDIENCE": "accepted audiences of callers' Entra access tokens, checked by the app itself (issue #11)",
+}
 REQUIRED_IN_INFRA_FROM_HOST = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
 REQUIRED_IN_LOCAL_FROM_HOST = {"FUNCTIONS_WORKER_RUNTIME"}
 IDENTITY_CONNECTION_SUFFIXES = ("accountName", "credential", "clientId", "blobServiceUri", "queueServiceUri",
@@ -125,7 +130,7 @@ def code_settings() -> set[str]:
 
 
 def allowed_everywhere() -> set[str]:
-    allowed = code_settings() | set(HOST_ONLY)
+    allowed = code_settings() | set(HOST_ONLY) | set(AHEAD_OF_CODE)
     for connection in connections():
         allowed.add(connection)
         allowed |= {f"{connection}__{suffix}" for suffix in IDENTITY_CONNECTION_SUFFIXES}
