@@ -1,7 +1,7 @@
 """Turn (spec, observed state, now) into an ordered plan of small idempotent actions.
 
 Pure: no I/O, no clock of its own. One check per facet produces a `Finding`; the plan is the
-actions those findings call for, in the order that keeps credential continuity (DESIGN.md):
+actions those findings call for, in the order that keeps credential continuity (docs/architecture.md):
 certificate → application → service principal → consent → key credential → roles → sign-in
 proof → connection record → retirement of the previous key.
 

@@ -192,7 +192,7 @@ def test_graph_permissions_use_the_microsoft_graph_extension_and_the_permission_
     grants = only("Microsoft.Graph/appRoleAssignedTo")
     assert grants.loop == {"type": "array", "detail": {"item_name": "p", "array_name": "wanted"}}
     assert grants.body["principalId"] == "principalId"
-    # Not a directory role assignment: the Graph extension cannot make those (REFERENCE.md, Bicep).
+    # Not a directory role assignment: the Graph extension cannot make those (docs/reference.md, Bicep).
     assert not resources("Microsoft.Graph/roleAssignments")
 
 
