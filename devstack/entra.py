@@ -494,7 +494,7 @@ class EntraService(Service):
         if isinstance(nbf, (int, float)) and nbf > now + CLOCK_SKEW:
             raise refuse()
         # No cap on the assertion's lifetime: azure-identity signs 30-minute assertions and Entra
-        # accepts them. The 10-minute limit in REFERENCE.md is for addKey/removeKey proofs (Graph).
+        # accepts them. The 10-minute limit in docs/reference.md is for addKey/removeKey proofs (Graph).
 
     def _accepted_audiences(self, request: Request, tid: str) -> set[str]:
         hosts = {self.base_url.rstrip("/")}

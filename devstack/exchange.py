@@ -1,7 +1,7 @@
 """Exchange Online stand-in: the REST cmdlet endpoint the v3 PowerShell module uses.
 
 `POST /adminapi/beta/{tenant}/InvokeCommand` with `{"CmdletInput": {"CmdletName", "Parameters"}}`
-(REFERENCE.md "Exchange Online", seen, undocumented). `{tenant}` is the tenant id or the primary
+(docs/reference.md "Exchange Online", seen, undocumented). `{tenant}` is the tenant id or the primary
 onmicrosoft domain, as clients in the wild use both.
 
 Access, in this order:

@@ -1,7 +1,7 @@
 """Microsoft Graph v1.0 stand-in: applications, service principals, consent and directory roles.
 
 The directory's only writer. It answers the subset of Graph the product uses, in Graph's wire
-shapes, and refuses what Graph refuses (../shared/REFERENCE.md): app-only permission checks from
+shapes, and refuses what Graph refuses (docs/reference.md): app-only permission checks from
 the token's `roles`, key-credential rules, replication delay, OData `$filter`/`$select`/`$top`
 paging and `$batch`. Error codes and messages were checked against Microsoft's docs and widely
 reported responses; where nothing was findable the choice is marked "unverified".
@@ -1040,7 +1040,7 @@ class GraphService(Service):
                                 sample=self._new_application_shape())
 
     def add_owner(self, request: Request) -> Response:
-        # Adding another owner takes Application.ReadWrite.All; OwnedBy is not enough (REFERENCE).
+        # Adding another owner takes Application.ReadWrite.All; OwnedBy is not enough (docs/reference.md).
         self._require_any(request, APP_WRITE_ALL)
         app = self._require_app(request)
         self._body(request)  # validates the payload

@@ -1,6 +1,6 @@
 """Key Vault's data plane (certificates and secrets) as azure-keyvault-certificates/-secrets see it.
 
-Wire shapes, defaults and error bodies follow ../shared/REFERENCE.md, the SDKs' generated models and
+Wire shapes, defaults and error bodies follow docs/reference.md, the SDKs' generated models and
 responses recorded from the real service by the Azure SDK test suites. Where the service's
 behaviour is not documented the choice made is the stricter one and is marked "unverified".
 
@@ -46,7 +46,7 @@ PEM = "application/x-pem-file"
 NOT_BEFORE_SKEW = dt.timedelta(minutes=10)
 DEFAULT_RETENTION_DAYS = 90
 SECRET_VALUE_MAX = 25 * 1024  # doc: 25 KB per secret value
-MAX_TAGS = 15  # unverified (REFERENCE: commonly 15 per object)
+MAX_TAGS = 15  # unverified (docs/reference.md: commonly 15 per object)
 RSA_KEY_SIZES = (2048, 3072, 4096)
 OID_RE = re.compile(r"\d+(\.\d+)+")
 PEM_KEY_RE = re.compile(rb"-----BEGIN (?:RSA |ENCRYPTED )?PRIVATE KEY-----.*?-----END (?:RSA |ENCRYPTED )?"

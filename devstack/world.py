@@ -55,7 +55,7 @@ ROLE_DEFINITIONS = {
     "5d6b6bb7-de71-4623-b4af-96380a352509": ("Security Reader", False),
     "fe930be7-5e62-47db-91af-98c3a49a38b1": ("User Administrator", True),
 }
-# Roles Exchange Online honours for app-only connections (REFERENCE.md).
+# Roles Exchange Online honours for app-only connections (docs/reference.md).
 EXCHANGE_SUPPORTED_ROLES = {
     "17315797-102d-40b4-93e0-432062caca18", "29232cdf-9323-42fd-ade2-1d097af3e4de",
     "31392ffb-586c-42d1-9346-e59415a2cc4e", "62e90394-69f5-4237-9190-012177145e10",

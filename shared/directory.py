@@ -105,7 +105,7 @@ def _replication_check(fresh_principal: bool) -> Callable[[GraphError], bool]:
     """Whether a failed write may only be replication delay.
 
     For a principal created moments ago, Graph refuses dependent writes with 400 or 404 whose
-    codes are generic (`Request_BadRequest`, "Not a valid reference update"; REFERENCE.md), so
+    codes are generic (`Request_BadRequest`, "Not a valid reference update"; docs/reference.md), so
     the message cannot be trusted to tell. Such writes are retried, within a bounded budget, only
     when this run created the principal; for an older principal a 400 is a real refusal.
     """
@@ -167,7 +167,7 @@ def key_credential_entry(identity: str, version: CertificateVersion, der: bytes)
         "type": "AsymmetricX509Cert",
         "usage": "Verify",
         "key": base64.b64encode(der).decode(),
-        # Exactly the certificate's window in UTC: anything else is refused (REFERENCE.md).
+        # Exactly the certificate's window in UTC: anything else is refused (docs/reference.md).
         "startDateTime": format_time(version.not_before),
         "endDateTime": format_time(version.not_after),
         "displayName": f"exo-automation {identity} {version.version}"[:90],
@@ -270,7 +270,7 @@ class DirectoryGateway:
         return await self.graph.get_json(path_for_unique_name(unique_name), {"$select": APP_FIELDS})
 
     async def key_credentials_with_keys(self, app_object_id: str) -> list[dict[str, Any]]:
-        # `key` is only returned for a single object with $select=keyCredentials (REFERENCE.md).
+        # `key` is only returned for a single object with $select=keyCredentials (docs/reference.md).
         app = await self.graph.get_json(f"/applications/{app_object_id}", {"$select": "keyCredentials"})
         return list(app.get("keyCredentials") or [])
 

@@ -1,7 +1,7 @@
 """Exchange Online cmdlets from Python, through the REST endpoint the v3 PowerShell module uses.
 
 `POST {EXO_ENDPOINT}/adminapi/beta/{tenantId}/InvokeCommand` with `{"CmdletInput": {"CmdletName",
-"Parameters"}}` (REFERENCE.md "Exchange Online": seen, undocumented, so this module is the one place
+"Parameters"}}` (docs/reference.md "Exchange Online": seen, undocumented, so this module is the one place
 that knows it). Pages are followed through `@odata.nextLink` by POSTing the same body; 429 and 5xx
 are retried, honouring `Retry-After`, within a bounded budget.
 

@@ -189,7 +189,7 @@ async def retry_while_replicating(operation: Callable[[], Awaitable[T]], is_repl
     """Retry `operation` while Graph says a just-created object has not replicated yet.
 
     Entra ID is eventually consistent: a service principal created a moment ago can be unknown to
-    the next write for seconds to minutes (REFERENCE.md). Bounded, with jittered back-off.
+    the next write for seconds to minutes (docs/reference.md). Bounded, with jittered back-off.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_seconds

@@ -1,7 +1,7 @@
 """Observe an identity, plan, and apply the plan one small idempotent action at a time.
 
 Nothing here remembers the last run: a crash at any point leaves state that the next run's
-observation and plan complete (DESIGN.md, "one reconciler").
+observation and plan complete (docs/architecture.md, "one reconciler").
 """
 
 from __future__ import annotations

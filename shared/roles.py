@@ -1,7 +1,7 @@
 """Which Entra directory roles an automation identity may hold.
 
 Three layers, narrowest wins: the roles Exchange Online honours for app-only connections
-(REFERENCE.md), minus privileged roles that no configuration can unlock, intersected with the
+(docs/reference.md), minus privileged roles that no configuration can unlock, intersected with the
 operator's allow-list setting.
 """
 

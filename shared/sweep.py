@@ -4,7 +4,7 @@ One Key Vault certificate listing is the registry (each item carries the identit
 current version's thumbprint and dates); one listing each of our applications, the grants on
 Exchange's service principal, the assignments of each directory role in use, and the deleted
 secrets describes the tenant side. `needs_work` then decides per identity, purely, and only
-those identities are fanned out to the queue. Cost is O(N / page size), not O(N) (DESIGN.md).
+those identities are fanned out to the queue. Cost is O(N / page size), not O(N) (docs/architecture.md).
 
 What the listings cannot see (a connection secret overwritten in place, say) is caught by the
 deep check: every identity is reconciled in full at least every DEEP_CHECK_HOURS.

@@ -1,6 +1,6 @@
 """Key Vault: the identity's certificate versions and its connection secret.
 
-Key Vault is the registry (DESIGN.md): certificates carry the identity's spec in their tags. The
+Key Vault is the registry (docs/architecture.md): certificates carry the identity's spec in their tags. The
 certificate create call goes through the client's public `send_request` and is then polled with
 `get_certificate_operation`, so completion is seen within a second instead of after the SDK
 poller's fixed 5-second first sleep, without touching private SDK arguments.

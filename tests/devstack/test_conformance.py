@@ -14,7 +14,7 @@ then the job side: `CertificateCredential` with that PFX gets a token for Exchan
 the grant and the role, and `InvokeCommand Get-Mailbox` answers 200.
 
 `REFUSALS` below is the table of what the services refuse along that chain, each row with the
-REFERENCE.md fact it implements and the exact error the real SDK surfaces.
+docs/reference.md fact it implements and the exact error the real SDK surfaces.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning:kiota_abstractions"),
 ]
 
-RECIPIENT_ADMIN = "31392ffb-586c-42d1-9346-e59415a2cc4e"  # REFERENCE: Well-known ids
+RECIPIENT_ADMIN = "31392ffb-586c-42d1-9346-e59415a2cc4e"  # docs/reference.md: Well-known ids
 SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 T = TypeVar("T")
 
@@ -135,7 +135,7 @@ class Chain:
 
     def register(self, vault_cert: VaultCertificate, *, consent: bool = True, role: bool = True,
                  name: str = "exo-job") -> Registration:
-        """Steps 2-5 of DESIGN.md's manual set-up: app, SP, key credential, consent, role."""
+        """Steps 2-5 of docs/architecture.md's manual set-up: app, SP, key credential, consent, role."""
         certificate = vault_cert.certificate
 
         async def scenario(client: GraphServiceClient) -> Registration:
@@ -426,34 +426,34 @@ def app_without_service_principal(chain: Chain) -> Callable[[], object]:
 
 
 REFUSALS: list[tuple[str, Callable[[Chain], Callable[[], object]], Refusal]] = [
-    # REFERENCE "Entra ID tokens": checked against the app's key credentials ...
+    # docs/reference.md "Entra ID tokens": checked against the app's key credentials ...
     ("unknown certificate", unknown_certificate,
      Refusal("entra", None, "AADSTS700027", "The key was not found.")),
     # ... within their validity window (judged by the simulated clock).
     ("expired certificate (clock moved)", expired_certificate,
      Refusal("entra", None, "AADSTS700027", "The key used is expired.")),
-    # REFERENCE "Exchange Online": 401 without consent, 403 with consent but no role (seen).
+    # docs/reference.md "Exchange Online": 401 without consent, 403 with consent but no role (seen).
     ("consent missing", consent_missing, Refusal("exchange", 401, "Unauthorized")),
     ("role missing", role_missing, Refusal("exchange", 403, "Forbidden")),
-    # REFERENCE "Owners and least privilege": OwnedBy writes only applications it owns.
+    # docs/reference.md "Owners and least privilege": OwnedBy writes only applications it owns.
     ("OwnedBy caller writes an app it does not own", owned_by_writes_a_foreign_app,
      Refusal("graph", 403, "Authorization_RequestDenied")),
-    # REFERENCE "Key credentials": end after the certificate's NotAfter fails the PATCH (seen).
+    # docs/reference.md "Key credentials": end after the certificate's NotAfter fails the PATCH (seen).
     ("key credential outlives its certificate", key_credential_outlives_its_certificate,
      Refusal("graph", 400, "KeyCredentialsInvalidEndDate", "InvalidKeyEndDate")),
-    # REFERENCE "Key Vault / Delete (soft)": creating a deleted-but-recoverable name (seen).
+    # docs/reference.md "Key Vault / Delete (soft)": creating a deleted-but-recoverable name (seen).
     ("create on a soft-deleted name", create_on_a_soft_deleted_name,
      Refusal("keyvault", 409, "Conflict", "ObjectIsDeletedButRecoverable")),
-    # REFERENCE "Admin consent": AppRoleAssignment.ReadWrite.All alone is 403 (seen).
+    # docs/reference.md "Admin consent": AppRoleAssignment.ReadWrite.All alone is 403 (seen).
     ("consent without Application.Read.All", consent_without_application_read,
      Refusal("graph", 403, "Authorization_RequestDenied")),
-    # REFERENCE "Directory roles": needs RoleManagement.ReadWrite.Directory.
+    # docs/reference.md "Directory roles": needs RoleManagement.ReadWrite.Directory.
     ("role assignment without RoleManagement.ReadWrite.Directory", role_without_role_management,
      Refusal("graph", 403, "Authorization_RequestDenied")),
-    # REFERENCE "Service principals": right after the app, NoBackingApplicationObject (seen).
+    # docs/reference.md "Service principals": right after the app, NoBackingApplicationObject (seen).
     ("service principal before the app replicated", service_principal_before_the_app_replicated,
      Refusal("graph", 400, "Request_BadRequest", "NoBackingApplicationObject")),
-    # REFERENCE "Data-plane roles": Certificates Officer does not read secret values.
+    # docs/reference.md "Data-plane roles": Certificates Officer does not read secret values.
     ("backing secret without a secrets role", backing_secret_without_a_secrets_role,
      Refusal("keyvault", 403, "Forbidden", "ForbiddenByRbac")),
     # An app whose service principal is gone cannot sign in (AADSTS7000229).

@@ -1,4 +1,4 @@
-"""Credential continuity (DESIGN.md invariant 1) across three rotations, under faults.
+"""Credential continuity (docs/architecture.md invariant 1) across three rotations, under faults.
 
 A probe job connects every simulated hour exactly as a real job does: it reads the published
 connection record, signs in with that certificate (a new token each hour, as a job whose token

@@ -1,4 +1,4 @@
-"""Session-wide leak scan (DESIGN.md invariant 4) and the reliability summary.
+"""Session-wide leak scan (docs/architecture.md invariant 4) and the reliability summary.
 
 Scope, precisely:
   * log records of the loggers the product's code and its SDK calls emit: ``exo_automation.*`` and

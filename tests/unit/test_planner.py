@@ -1,4 +1,4 @@
-"""The planner: named scenarios, then DESIGN.md's invariants as properties."""
+"""The planner: named scenarios, then docs/architecture.md's invariants as properties."""
 
 from __future__ import annotations
 
