@@ -35,9 +35,7 @@ HOST_ONLY = {
 }
 # Set by infra/ ahead of the code that reads it (another change brings the reader): allowed in infra/ and
 # the sample, required nowhere. Drop an entry once the code reads the setting (it is then derived above).
-AHEAD_OF_CODE = {
-    "AUTH_AUDIENCE": "accepted audiences of callers' Entra access tokens, checked by the app itself (issue #11)",
-}
+AHEAD_OF_CODE: dict[str, str] = {}  # settings infra/ sets before a release's code reads them (why)
 REQUIRED_IN_INFRA_FROM_HOST = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
 REQUIRED_IN_LOCAL_FROM_HOST = {"FUNCTIONS_WORKER_RUNTIME"}
 IDENTITY_CONNECTION_SUFFIXES = ("accountName", "credential", "clientId", "blobServiceUri", "queueServiceUri",
