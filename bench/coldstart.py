@@ -3,7 +3,8 @@
 Figures (each from fresh Python processes, min / median / max):
 
 * `importFunctionApp`: `import function_app` (target <= 0.5 s), beside `import azure.functions`
-  alone for reference (the floor every Python function app pays);
+  alone for reference (the floor every Python function app pays) and the job runtime alone
+  (`jobRuntime`: what a job's process imports for `connection()` and the Exchange client);
 * `statusFromStart`: a fresh process that imports `function_app`, indexes its functions, and calls
   the status handler (`identity`, GET /api/identities/{name}) for one bootstrapped identity, against
   the stand-ins running in another process (target <= 1.0 s). Measured two ways: from the first line
@@ -184,7 +185,10 @@ def _repeat(count: int, once: Callable[[], dict[str, Any]], warmup: bool) -> lis
 def measure_imports(runs: int, warmup: bool = True) -> dict[str, Any]:
     env = child_env()
     results: dict[str, Any] = {}
-    for key, module in (("functionApp", "function_app"), ("azureFunctions", "azure.functions")):
+    # A job's process imports only the job runtime (connection record, Exchange client, job helper),
+    # never the admin stack: measured apart (tests/unit/test_public_surface.py pins what it loads).
+    for key, module in (("functionApp", "function_app"), ("azureFunctions", "azure.functions"),
+                        ("jobRuntime", "shared.connection, shared.exchange, shared.jobs")):
         def once(module: str = module) -> dict[str, Any]:
             child = run_python(IMPORT_CHILD.format(module=module), env=env)
             return {**child.last_json(), "processWallSeconds": child.wall_seconds}

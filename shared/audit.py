@@ -32,6 +32,9 @@ class AuditEvent:
     result: str
     detail: str = ""
     retryable: bool = False  # a failure the next delivery or sweep may fix by itself
+    # The same failure as the identity's last run, which operators heard about less than a day
+    # ago: audited as always, not notified again (shared.registry.LastRun.repeats).
+    repeat: bool = False
     target: dict[str, Any] = field(default_factory=dict)
     before: dict[str, Any] = field(default_factory=dict)
     after: dict[str, Any] = field(default_factory=dict)
@@ -41,7 +44,8 @@ class AuditEvent:
         return {
             "time": self.time.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "correlationId": self.correlation_id,
             "caller": self.caller, "operation": self.operation, "identity": self.identity, "action": self.action,
-            "facet": self.facet, "result": self.result, "retryable": self.retryable, "detail": self.detail,
+            "facet": self.facet, "result": self.result, "retryable": self.retryable, "repeat": self.repeat,
+            "detail": self.detail,
             "target": self.target,
             "before": self.before, "after": self.after,
         }

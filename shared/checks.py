@@ -314,7 +314,10 @@ class CheckResult:
         return tuple(f for f in self.findings if f.violated)
 
     def reasons(self) -> list[str]:
-        return [str(f.reason) for f in self.violations]
+        """Why work is needed. A key or record that is missing only because a new version is
+        coming is part of that rotation, not a reason of its own."""
+        follows = {Reason.KEY_MISSING, Reason.RECORD_STALE} if self.creates_version else set()
+        return [str(f.reason) for f in self.violations if f.reason not in follows]
 
 
 def run_checks(view: IdentityView, now: dt.datetime, context: CheckContext, *,

@@ -282,7 +282,7 @@ class ConnectionCache:
             from azure.keyvault.secrets.aio import SecretClient
 
             if self.vault_credential is None:
-                from .platform import platform_credential
+                from .credentials import platform_credential
 
                 self.vault_credential = platform_credential(self.settings)
                 self._owns_vault_credential = True
@@ -358,7 +358,7 @@ _caches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Settings, Con
 
 def connection_cache(settings: Settings | None = None) -> ConnectionCache:
     """The running loop's cache for `settings` (from the environment when not given)."""
-    settings = settings or Settings.from_environment()
+    settings = settings or Settings.current()
     per_loop = _caches.setdefault(asyncio.get_running_loop(), {})
     cache = per_loop.get(settings)
     if cache is None:
@@ -461,7 +461,7 @@ def connection_sync(name: str, *, settings: Settings | None = None) -> SyncConne
     """`connection()` for a plain script; the cache and its refresh rules are the same."""
     from azure.identity import CertificateCredential
 
-    settings = settings or Settings.from_environment()
+    settings = settings or Settings.current()
     current = run_sync(connection(name, settings=settings))
     with _sync_lock:
         known = _sync_credentials.get((settings, name))

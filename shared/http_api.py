@@ -123,7 +123,7 @@ async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.Htt
     from .platform import current_platform
 
     try:
-        settings = Settings.from_environment()
+        settings = Settings.current()
     except SettingsError as exc:
         log.error("configuration error: %s", exc.message)
         return _problem(500, exc.reason, f"the platform is misconfigured: {exc.message}")

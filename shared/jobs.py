@@ -217,7 +217,7 @@ def _blob_service(settings: Settings, env: Mapping[str, str]) -> tuple[Any, Any]
     if not uri.startswith("https://"):
         raise SettingsError(f"setting {STORAGE_CONNECTION}__blobServiceUri is malformed ({uri!r}): expected an "
                             "https:// URL")
-    from .platform import platform_credential
+    from .credentials import platform_credential
 
     client_id = (env.get(f"{STORAGE_CONNECTION}__clientId") or "").strip()
     storage_settings = dataclasses.replace(settings, managed_identity_client_id=client_id) if client_id else settings

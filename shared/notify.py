@@ -30,12 +30,13 @@ TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = 0.5
 MAX_RETRY_AFTER_SECONDS = 5.0
 ROTATION_FACETS = frozenset({"certificate", "keyCredential", "connectionRecord"})
+CLEARED = "Cleared"  # the audit result of a run that ends a notified failure
 NEAR_EXPIRY_REPEAT = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True)
 class Notification:
-    kind: str  # RotationFailed | NeedsOperator | NearExpiry
+    kind: str  # RotationFailed | NeedsOperator | NearExpiry | Cleared
     identity: str
     summary: str
     facts: dict[str, str] = field(default_factory=dict)
@@ -63,7 +64,7 @@ def payload(note: Notification, fmt: str, instance: str, vault: str) -> dict[str
                 "version": "1.4",
                 "body": [
                     {"type": "TextBlock", "text": title, "weight": "Bolder", "size": "Medium", "wrap": True,
-                     "color": "Attention" if note.severity == "error" else "Warning"},
+                     "color": {"error": "Attention", "warning": "Warning"}.get(note.severity, "Good")},
                     {"type": "TextBlock", "text": note.summary, "wrap": True},
                     {"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in facts.items()]},
                 ],
@@ -151,7 +152,7 @@ def _current_notifier() -> Notifier | None:
     from .settings import Settings
 
     try:
-        settings = Settings.from_environment()
+        settings = Settings.current()
     except SettingsError:
         return None  # the run that emitted the event has already reported the configuration
     return Notifier.from_settings(settings) if settings.notify_webhook_url else None
@@ -159,8 +160,13 @@ def _current_notifier() -> Notifier | None:
 
 def notification_for(event: AuditEvent) -> Notification | None:
     """What an operator must hear about an audit event: failures that a redelivery will not fix."""
-    if event.result == "Succeeded" or event.retryable or event.operation == "bootstrap":
-        # A bootstrap's caller gets the problem document in the HTTP answer.
+    if event.result == CLEARED:
+        return Notification("Cleared", event.identity, f"{event.identity} is healthy again: {event.detail}"[:1000],
+                            {"Operation": event.operation, "Caller": event.caller}, event.correlation_id,
+                            severity="info")
+    if event.result == "Succeeded" or event.retryable or event.repeat or event.operation == "bootstrap":
+        # A bootstrap's caller gets the problem document in the HTTP answer; a repeat was notified
+        # less than a day ago (a daily reminder follows while it lasts).
         return None
     rotation = event.operation == "rotate" or event.facet in ROTATION_FACETS
     kind = "RotationFailed" if rotation else "NeedsOperator"

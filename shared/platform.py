@@ -8,6 +8,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from .credentials import platform_credential
 from .directory import DirectoryGateway
 from .graph import GraphClient
 from .planner import PlanContext
@@ -22,18 +23,6 @@ def renewal_policy(settings: Settings) -> RenewalPolicy:
         renew_before=dt.timedelta(days=settings.renew_before_days) if settings.renew_before_days else None,
         renew_at_fraction=(1 - settings.renew_before_fraction) if settings.renew_before_fraction
         else DEFAULT_RENEWAL_FRACTION,
-    )
-
-
-def platform_credential(settings: Settings) -> Any:
-    """The platform's own identity: the Function App's managed identity in Azure; az login for an
-    admin running the CLI; the stand-ins' managed-identity endpoint locally."""
-    from azure.identity.aio import DefaultAzureCredential
-
-    return DefaultAzureCredential(
-        managed_identity_client_id=settings.managed_identity_client_id,
-        authority=settings.authority_host,
-        exclude_interactive_browser_credential=True,
     )
 
 
@@ -75,7 +64,7 @@ _platforms: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Settings, 
 
 
 def current_platform(settings: Settings | None = None) -> Platform:
-    settings = settings or Settings.from_environment()
+    settings = settings or Settings.current()
     loop = asyncio.get_running_loop()
     per_loop = _platforms.setdefault(loop, {})
     platform = per_loop.get(settings)

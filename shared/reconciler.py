@@ -33,6 +33,7 @@ from .model import (
     ObservedCertificate,
     key_id_for,
 )
+from .notify import CLEARED
 from .planner import (
     DECOMMISSIONING_TAG,
     DECOMMISSIONING_VALUE,
@@ -61,6 +62,7 @@ from .planner import (
     plan_decommission,
 )
 from .record import ConnectionRecord, format_time
+from .registry import LastRun
 from .spec import IdentityNames, IdentitySpec
 from .vault import VaultGateway
 
@@ -91,6 +93,10 @@ class RunResult:
     error: ExoAutomationError | None = None
     caller: str = "system"
     correlation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # How the identity's last recorded run ended (from the registry tags), and whether this run's
+    # failure repeats one operators were already told about.
+    previous: LastRun = field(default_factory=lambda: LastRun(None, None))
+    repeat: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -208,7 +214,9 @@ class Reconciler:
         plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate,
                             prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
-                           correlation_id=correlation_id or uuid.uuid4().hex)
+                           correlation_id=correlation_id or uuid.uuid4().hex,
+                           previous=LastRun.from_tags(observed.certificate.tags) if observed.certificate
+                           else LastRun(None, None))
         if plan.blocked:
             first = plan.blocked[0]
             result.error = ForeignObject(first.message) if first.reason == "ForeignObject" else \
@@ -226,11 +234,19 @@ class Reconciler:
             result.error = NeedsOperator(first.message, reason=first.reason)
         for refusal in (f for f in plan.needs_operator if f.facet is Facet.ROLE_POLICY):
             # Nothing was written for it, but a refused grant is a security event an operator must see.
+            result.repeat = result.previous.repeats(refusal.reason, self.clock())
             await emit(AuditEvent(
                 correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
                 identity=result.name, action="AssignRole", facet=Facet.ROLES.value, result=refusal.reason,
-                detail=refusal.message, before={"roleAssignments": dict(sorted(observed.role_assignments.items()))},
+                detail=refusal.message, repeat=result.repeat,
+                before={"roleAssignments": dict(sorted(observed.role_assignments.items()))},
                 after={"roleAssignments": dict(sorted(executor.observed.role_assignments.items()))}))
+        if result.error is None and result.previous.failed and result.previous.notified_at is not None:
+            # The failure operators were told about is over: say so once.
+            await emit(AuditEvent(
+                correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
+                identity=result.name, action="Reconcile", facet=Facet.CERTIFICATE.value, result=CLEARED,
+                detail=f"{result.previous.result} no longer occurs"))
         # A repeated bootstrap that finds nothing to do writes nothing; a queued reconcile records
         # that it checked, which is how the sweep knows when the next deep check is due.
         if result.executed or result.error is not None or operation == "reconcile":
@@ -272,11 +288,12 @@ class Reconciler:
             except ExoAutomationError as exc:
                 result.executed.append(ActionOutcome(action, exc.reason, exc.message))
                 result.error = exc
+                result.repeat = result.previous.repeats(exc.reason, self.clock())
                 log.warning("identity=%s action=%s result=%s detail=%s", result.name, action.kind, exc.reason,
                             exc.message)
                 if action.mutating:
                     await emit(_audit_event(result, action, exc.reason, exc.message, before, executor.snapshot(),
-                                            retryable=isinstance(exc, Retryable)))
+                                            retryable=isinstance(exc, Retryable), repeat=result.repeat))
                 return
             result.executed.append(ActionOutcome(action, "Succeeded", detail))
             log.info("identity=%s action=%s result=Succeeded detail=%s", result.name, action.kind, detail)
@@ -535,17 +552,17 @@ class _Executor:
     async def record_outcome(self, result: RunResult) -> None:
         """Write the spec, ids, publication and last result to the certificate's tags.
 
-        Key Vault is the registry: these tags are what one paged listing gives the sweep
-        (see `sweep.TAG_*` for the contract), so it can judge most drift without a read per
-        identity.
+        Key Vault is the registry (`shared.registry`): these tags are what one paged listing gives
+        the sweep, so it can judge most drift without a read per identity.
         """
         cert = self.observed.certificate
         if cert is None or cert.current is None or self.spec is None:
             return
         record = self.observed.record
         app = self.observed.application
-        previous_failures = cert.tags.get("failures", "0")
-        failures = (int(previous_failures) if previous_failures.isdigit() else 0) + 1
+        now = self.r.clock()
+        streak = result.previous.next_streak(result.error.reason, now, notified=not result.repeat) \
+            if result.error else ""
         optional = {
             "state": cert.tags.get("state", ""),
             "appId": app.app_id if app else "",
@@ -553,14 +570,14 @@ class _Executor:
             "publishedThumbprint": record.thumbprint if record else "",
             "retireAfter": format_time(record.updated_at + self.r.context.grace)
             if record and record.previous_thumbprint else "",
-            "failures": str(failures) if result.error else "",
+            "failures": streak,
             "lastError": result.error.message[:MAX_TAG] if result.error else "",
         }
         # At most 15 tags per Key Vault object: empty values are left out (README, "Key Vault tags").
         tags = {
             **desired_certificate_tags(self.spec),
             **{k: v for k, v in optional.items() if v},
-            "lastRun": format_time(self.r.clock()),
+            "lastRun": format_time(now),
             "lastResult": "Succeeded" if result.error is None else result.error.reason,
         }
         try:
@@ -572,13 +589,13 @@ class _Executor:
 
 
 def _audit_event(result: RunResult, action: Action, outcome: str, detail: str, before: dict[str, Any],
-                 after: dict[str, Any], *, retryable: bool = False) -> AuditEvent:
+                 after: dict[str, Any], *, retryable: bool = False, repeat: bool = False) -> AuditEvent:
     keys = FACET_KEYS[action.facet]
     target = {k: v for k, v in dataclasses.asdict(action).items() if v is not None}
     return AuditEvent(
         correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
         identity=result.name, action=action.kind, facet=action.facet, result=outcome, detail=detail,
-        retryable=retryable,
+        retryable=retryable, repeat=repeat,
         target=target, before={k: before[k] for k in keys}, after={k: after[k] for k in keys},
     )
 

@@ -1,6 +1,7 @@
 """The product's settings: one typed object read from app settings / the environment.
 
-Nothing is read at import time. `Settings.from_environment()` validates everything it reads and
+Nothing is read at import time. `Settings.current()` (parsed once per process, again only when a
+setting it read changes) and `Settings.from_environment()` validate everything they read and
 names the setting at fault, so a misconfigured Function App says what to fix on its first call.
 Endpoints are settings (not constants) because that is how national clouds and the local
 stand-ins are reached; identity and TLS trust come from the standard azure-identity and OpenSSL
@@ -81,9 +82,24 @@ class Settings:
         return (urlsplit(self.authority_host).hostname or "") not in KNOWN_AUTHORITY_HOSTS
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def current(cls) -> Settings:
+        """The process's settings, parsed once; parsed again only if a variable it read changed
+        (the Functions host restarts the worker when app settings change; tests change them)."""
+        global _current
+        cached = _current
+        if cached is not None and all(os.environ.get(name) == value for name, value in cached[1]):
+            return cached[0]
+        reader_names: list[str] = []
+        settings = cls.from_environment(read=reader_names)
+        _current = (settings, tuple((name, os.environ.get(name)) for name in reader_names))
+        return settings
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None, *,
+                         read: list[str] | None = None) -> Settings:
+        """Parse and validate the settings; `read` collects the names of the variables consulted."""
         env = os.environ if environ is None else environ
-        reader = _Reader(env)
+        reader = _Reader(env, read if read is not None else [])
         settings = cls(
             key_vault_url=reader.https_url("KEY_VAULT_URL", required=True).rstrip("/") + "/",
             tenant_id=reader.guid("AZURE_TENANT_ID"),
@@ -118,11 +134,16 @@ class Settings:
         return settings
 
 
+_current: tuple[Settings, tuple[tuple[str, str | None], ...]] | None = None
+
+
 class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], read: list[str]) -> None:
         self.env = env
+        self.read = read
 
     def _raw(self, name: str) -> str | None:
+        self.read.append(name)
         value = self.env.get(name)
         if value is None or not value.strip():
             return None

@@ -25,17 +25,17 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 from . import telemetry
-from .checks import desired_certificate_tags
+from .checks import CheckResult, Facet, IdentityView, State, run_checks
 from .directory import application_from_graph
 from .errors import NeedsOperator
 from .graph import GraphError, literal
-from .model import APP_OWNER_TAG, EXCHANGE_MANAGE_AS_APP_ROLE_ID, OWNER_TAG, OWNER_TAG_VALUE, ObservedApplication
+from .model import EXCHANGE_MANAGE_AS_APP_ROLE_ID, OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedApplication
 from .notify import notify_near_expiry
 from .planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext
 from .platform import Platform
 from .record import format_time, parse_time
+from .registry import LastRun
 from .renewal import jittered_renewal_time, next_attempt_after_failure
-from .roles import policy_refusal
 from .spec import IdentityNames, IdentitySpec, registry_spec
 from .vault import vault_error
 
@@ -53,6 +53,8 @@ class RegistryEntry:
     not_before: dt.datetime | None
     not_after: dt.datetime | None
     enabled: bool
+    version: str | None = None
+    updated_on: dt.datetime | None = None
 
     @functools.cached_property
     def spec(self) -> IdentitySpec:
@@ -79,56 +81,73 @@ class SweepResult:
                 for name, reasons in sorted(self.due.items())]
 
 
+# A run writes its outcome to the certificate's tags: a change later than this after the run's
+# start is someone else's (a new version, tags edited), which ends a failure's back-off early.
+CHANGE_SLACK = dt.timedelta(minutes=5)
+
+
+def view_of_listings(entry: RegistryEntry, snapshot: TenantSnapshot) -> IdentityView:
+    """What the sweep's listings say about one identity, in the checks' terms.
+
+    The sweep sees the connection record only through the thumbprint the registry says was
+    published (and the deleted-secrets listing); the deep check covers the rest.
+    """
+    tags = entry.tags
+    sp_id = tags.get("servicePrincipalId", "")
+    published = tags.get("publishedThumbprint") or None
+    current = None
+    if entry.thumbprint and entry.not_before is not None and entry.not_after is not None:
+        current = CertificateVersion(entry.version or "", entry.thumbprint, entry.not_before, entry.not_after,
+                                     entry.enabled)
+    return IdentityView(
+        spec=entry.spec, tags=tags, current=current, pending=current is None,
+        application=snapshot.applications.get(tags.get("appId", "")),
+        # The SP is not listed; its grant and roles are, and they vanish with it.
+        service_principal=bool(sp_id), consent=bool(sp_id) and sp_id in snapshot.consented_principals,
+        held_roles=frozenset(role for role, holders in snapshot.role_holders.items() if sp_id and sp_id in holders),
+        record_present=published is not None, record_unreadable=False,
+        record_deleted=IdentityNames(entry.spec.name).connection_secret in snapshot.deleted_secrets,
+        published_thumbprint=published, published_version=None, record_ids_match=None,
+        retire_after=parse_time(tags["retireAfter"]) if tags.get("retireAfter") else None,
+    )
+
+
 def needs_work(entry: RegistryEntry, snapshot: TenantSnapshot, now: dt.datetime, context: PlanContext,
                deep_check: dt.timedelta) -> list[str]:
-    """Why this identity must be reconciled now (empty: in sync as far as the listings show)."""
-    tags = entry.tags
-    reasons: list[str] = []
-    if entry.thumbprint is None or entry.not_before is None or entry.not_after is None:
-        return ["CertificatePending"]
-    if not entry.enabled or not entry.not_before <= now < entry.not_after:
-        reasons.append("CertificateNotValid")
-    elif now >= jittered_renewal_time(entry.not_before, entry.not_after, context.policy, entry.thumbprint):
-        reasons.append("RenewalDue")
-    spec = entry.spec
-    if any(tags.get(k) != v for k, v in desired_certificate_tags(spec).items()):
-        reasons.append("TagsDrift")
-    app = snapshot.applications.get(tags.get("appId", ""))
-    if app is None:
-        reasons.append("ApplicationMissing")
-    else:
-        if not app.declares_exchange_permission or app.sign_in_audience != "AzureADMyOrg" \
-                or APP_OWNER_TAG not in app.tags:
-            reasons.append("ApplicationDrift")
-        if not any(k.matches(entry.thumbprint) for k in app.key_credentials):
-            reasons.append("KeyMissing")
-    sp_id = tags.get("servicePrincipalId", "")
-    # A grant disappears with its service principal, so a present grant also proves the SP.
-    if not sp_id or sp_id not in snapshot.consented_principals:
-        reasons.append("ConsentMissing")
-    refused = [role for role in spec.roles if policy_refusal(role, context.allowed_roles) is not None]
-    if refused and tags.get("lastResult") != "RoleRefused":
-        reasons.append("RoleRefused")  # the tags ask for what today's policy refuses: report it once
-    if context.assign_roles:
-        for role in spec.roles:
-            if role not in refused and sp_id not in snapshot.role_holders.get(role.template_id, frozenset()):
-                reasons.append("RoleMissing")
-                break
-    if tags.get("publishedThumbprint") != entry.thumbprint:
-        reasons.append("RecordStale")
-    if IdentityNames(spec.name).connection_secret in snapshot.deleted_secrets:
-        reasons.append("RecordDeleted")
-    retire_after = tags.get("retireAfter")
-    if retire_after and now >= parse_time(retire_after):
-        reasons.append("RetirementDue")
-    if tags.get("lastResult") not in (None, "Succeeded"):
-        failures = int(tags["failures"]) if tags.get("failures", "").isdigit() else 1
-        last_run = parse_time(tags["lastRun"]) if tags.get("lastRun") else now
-        if now >= next_attempt_after_failure(last_run, failures, entry.not_after):
-            reasons.append("RetryAfterFailure")
-    last_checked = tags.get("lastRun")  # every queued reconcile records its run
+    """Why this identity must be reconciled now (empty: in sync as far as the listings show).
+
+    The reasons are the shared checks' (`shared.checks`) over the listings' view. After a failed run
+    the identity waits for its back-off (`renewal.next_attempt_after_failure`), whatever the checks
+    say, unless its certificate changed since that run: re-running it on every sweep would repeat
+    the failure (and its notification) without changing anything.
+    """
+    return assess(entry, snapshot, now, context, deep_check)[0]
+
+
+def drifted_facets(checked: CheckResult) -> set[str]:
+    """Facets found missing or drifted (renewals, pending work and policy refusals are not drift)."""
+    return {str(f.facet) for f in checked.violations if f.state in (State.MISSING, State.DRIFT)
+            and f.facet is not Facet.ROLE_POLICY}
+
+
+def assess(entry: RegistryEntry, snapshot: TenantSnapshot, now: dt.datetime, context: PlanContext,
+           deep_check: dt.timedelta) -> tuple[list[str], CheckResult]:
+    """`needs_work`'s reasons, with the check results they come from."""
+    checked = run_checks(view_of_listings(entry, snapshot), now, context)
+    return _gated(entry, checked.reasons(), now, deep_check), checked
+
+
+def _gated(entry: RegistryEntry, reasons: list[str], now: dt.datetime, deep_check: dt.timedelta) -> list[str]:
+    failure = LastRun.from_tags(entry.tags)
+    if failure.failed and failure.at is not None:
+        retry_at = next_attempt_after_failure(failure.at, max(1, failure.failures), entry.not_after or now)
+        changed = entry.updated_on is not None and entry.updated_on > failure.at + CHANGE_SLACK
+        if now >= retry_at:
+            return [*reasons, "RetryAfterFailure"]
+        return [*reasons, "ChangedSinceFailure"] if changed else []
+    last_checked = entry.tags.get("lastRun")  # every queued reconcile records its run
     if not reasons and (not last_checked or now - parse_time(last_checked) >= deep_check):
-        reasons.append("DeepCheckDue")
+        return ["DeepCheckDue"]
     return reasons
 
 
@@ -157,6 +176,7 @@ async def read_registry(platform: Platform) -> list[RegistryEntry]:
                 name=name, tags=tags,
                 thumbprint=bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
                 not_before=props.not_before, not_after=props.expires_on, enabled=bool(props.enabled),
+                version=props.version, updated_on=props.updated_on,
             ))
     except AzureError as exc:
         raise vault_error(exc, "listing certificates") from exc
@@ -206,15 +226,16 @@ async def sweep(platform: Platform) -> SweepResult:
     active = [e for e in entries if e.tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE]
     result.skipped = sorted(e.name for e in entries if e not in active)
     context = platform.reconciler.context
-    roles = {role.template_id for e in active for role in e.spec.roles} if context.assign_roles else set()
+    # Holders of every role a spec names (allowed or not), in both role modes: the checks judge them.
+    roles = {role.template_id for e in active for role in e.spec.roles}
     snapshot = await read_tenant(platform, roles) if active else TenantSnapshot({}, frozenset(), {}, frozenset())
     now = platform.reconciler.clock()
     deep_check = dt.timedelta(hours=platform.settings.deep_check_hours)
     telemetry.ensure_configured()
     expiring: list[tuple[str, float, str | None]] = []
     for entry in active:
-        reasons = needs_work(entry, snapshot, now, context, deep_check)
-        telemetry.record_drift_found(reasons)
+        reasons, checked = assess(entry, snapshot, now, context, deep_check)
+        telemetry.record_drift_found(drifted_facets(checked))
         if entry.not_after is not None:
             days_to_expiry = (entry.not_after - now) / dt.timedelta(days=1)
             telemetry.record_days_to_expiry(entry.name, days_to_expiry)

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .audit import AuditEvent, add_sink
@@ -29,12 +29,6 @@ audit_log = logging.getLogger("exo_automation.telemetry.audit")
 METER_NAME = "exo_automation"
 CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 
-# Which facet each reason of the sweep's `needs_work` is drift of (renewal and retries are not drift).
-DRIFT_FACETS = {
-    "TagsDrift": "certificate", "ApplicationMissing": "application", "ApplicationDrift": "application",
-    "KeyMissing": "keyCredential", "ConsentMissing": "consent", "RoleMissing": "roles",
-    "RecordStale": "connectionRecord", "RecordDeleted": "connectionRecord",
-}
 # Actions that repair drift when a reconcile (not a bootstrap or a rotation) performs them.
 _REPAIRS = {"UpsertApplication", "CreateServicePrincipal", "GrantConsent", "AddKeyCredential", "AssignRole",
             "PublishConnectionRecord"}
@@ -108,10 +102,11 @@ def record_days_to_expiry(identity: str, days: float) -> None:
         gauge.set(round(days, 2), {"identity": identity})
 
 
-def record_drift_found(reasons: list[str]) -> None:
+def record_drift_found(facets: Iterable[str]) -> None:
+    """One count per drifted facet of one identity, as the sweep's checks found it."""
     counter = _instrument("drift")
     if counter is not None:
-        for facet in sorted({DRIFT_FACETS[r] for r in reasons if r in DRIFT_FACETS}):
+        for facet in sorted(set(facets)):
             counter.add(1, {"facet": facet, "state": "found"})
 
 

@@ -20,6 +20,7 @@ from azure.core.rest import HttpRequest
 from .errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable
 from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
 from .record import CONTENT_TYPE, ConnectionRecord
+from .registry import started_by_us
 from .settings import Settings
 from .spec import IdentitySpec
 
@@ -74,14 +75,6 @@ _PURGE_ADVICE = ("The name was decommissioned (or deleted by hand) and Key Vault
 
 def deleted_name_message(certificate_name: str) -> str:
     return f"the certificate {certificate_name} is soft-deleted, so its name cannot be used yet. " + _PURGE_ADVICE
-
-
-def started_by_us(tags: Mapping[str, str], certificate_name: str) -> bool:
-    """Whether a certificate version was created by this product: our create requests carry our
-    owner tag and the identity's name from the start (an outside creation has neither)."""
-    identity = tags.get("identity")
-    return tags.get(OWNER_TAG) == OWNER_TAG_VALUE and identity is not None \
-        and certificate_name == f"exo-{identity}-cert"
 
 
 def version_from_properties(props: Any, der: bytes | None = None) -> CertificateVersion:

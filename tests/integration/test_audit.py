@@ -17,7 +17,7 @@ MUTATING = {"CreateCertificateVersion", "UpsertApplication", "CreateServicePrinc
             "MarkDecommissioning", "RemoveRoleAssignment", "RevokeConsent", "DeleteServicePrincipal",
             "DeleteApplication", "DeleteConnectionSecret", "DeleteCertificate"}
 FIELDS = {"time", "correlationId", "caller", "operation", "identity", "action", "facet", "result", "retryable",
-          "detail", "target", "before", "after"}
+          "repeat", "detail", "target", "before", "after"}
 
 
 def audit_events(caplog: pytest.LogCaptureFixture) -> list[dict]:

@@ -203,3 +203,37 @@ def test_a_poisoned_reconcile_is_notified_and_shown_in_status(stack: Stack, rece
     (hit,) = receiver.received
     assert hit["body"]["kind"] == "NeedsOperator" and hit["body"]["identity"] == "poisoned-note"
     assert "poison" in hit["body"]["summary"]
+
+
+def test_a_lasting_failure_is_notified_once_then_daily_and_once_when_it_clears(
+        stack: Stack, receiver: Receiver) -> None:
+    from tests.integration.attackers import vault_certificate_writer
+
+    from .platform_helpers import converge, reconcile
+
+    assert bootstrap(stack, "stuck").error is None
+    era = "31392ffb-586c-42d1-9346-e59415a2cc4e"
+    writer = vault_certificate_writer(stack)
+    writer.set_certificate_tags("exo-stuck-cert", roles=f"{era},62e90394-69f5-4237-9190-012177145e10")
+
+    def kinds() -> list[str]:
+        return [r["body"]["kind"] for r in receiver.received]
+
+    assert reconcile(stack, "stuck").error.reason == "RoleRefused"  # type: ignore[union-attr]
+    assert kinds() == ["NeedsOperator"]
+    for _ in range(3):  # the queue retries after each back-off: the same failure, not news
+        stack.world.clock.advance(6 * 3600)
+        assert reconcile(stack, "stuck").error.reason == "RoleRefused"  # type: ignore[union-attr]
+    assert kinds() == ["NeedsOperator"]
+    stack.world.clock.advance(7 * 3600)  # over a day since it was notified: a reminder
+    assert reconcile(stack, "stuck").error.reason == "RoleRefused"  # type: ignore[union-attr]
+    assert kinds() == ["NeedsOperator", "NeedsOperator"]
+
+    stack.world.clock.advance(1800)
+    writer.set_certificate_tags("exo-stuck-cert", roles=era)  # an operator puts it right
+    assert sweep(stack).due["stuck"] == ["ChangedSinceFailure"]  # no need to wait for the back-off
+    converge(stack)
+    assert kinds() == ["NeedsOperator", "NeedsOperator", "Cleared"]
+    stack.world.clock.advance(2 * DAY)
+    converge(stack)
+    assert kinds() == ["NeedsOperator", "NeedsOperator", "Cleared"]

@@ -13,3 +13,27 @@ def test_every_public_name_resolves(name: str) -> None:
 def test_unknown_names_are_attribute_errors() -> None:
     with pytest.raises(AttributeError):
         shared.not_a_thing  # noqa: B018
+
+
+def test_the_public_surface_is_pinned() -> None:
+    """What jobs and other functions may import from `shared` itself: changing it is an API change."""
+    assert shared.__all__ == ["ExoAutomationError", "NeedsOperator", "Retryable", "Settings", "connection_sync",
+                              "exchange_client", "exchange_job", "invoke_sync", "refresh_connection"]
+
+
+ADMIN_STACK = ("shared.reconciler", "shared.planner", "shared.checks", "shared.directory", "shared.graph",
+               "shared.platform", "shared.sweep", "msgraph", "msgraph_core")
+
+
+def test_a_job_process_does_not_import_the_admin_stack() -> None:
+    """A job pays for what it uses: the connection record, the Exchange client, the job helper."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, json; import shared.connection, shared.exchange, shared.jobs, shared; "
+             "shared.exchange_client; shared.connection_sync; shared.exchange_job; "
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('shared', 'msgraph')))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    loaded = set(__import__("json").loads(out))
+    assert {"shared.connection", "shared.exchange", "shared.jobs"} <= loaded
+    assert not loaded & set(ADMIN_STACK), sorted(loaded & set(ADMIN_STACK))

@@ -61,3 +61,17 @@ def test_bad_settings_name_the_setting(name: str, value: str | None, fragment: s
         Settings.from_environment(env)
     assert name in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_settings_are_parsed_once_per_process_until_a_setting_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"KEY_VAULT_URL": "https://kv.vault.azure.net",
+                        "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+                        "EXO_ORGANIZATION": "contoso.onmicrosoft.com"}.items():
+        monkeypatch.setenv(name, value)
+    first = Settings.current()
+    assert Settings.current() is first, "the same object while nothing changed"
+    monkeypatch.setenv("ROTATION_GRACE_HOURS", "12")
+    changed = Settings.current()
+    assert changed is not first and changed.rotation_grace_hours == 12.0
+    monkeypatch.setenv("SOMETHING_UNRELATED", "x")
+    assert Settings.current() is changed

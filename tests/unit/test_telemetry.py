@@ -85,9 +85,9 @@ def test_days_to_expiry_is_a_gauge_per_identity(reader: InMemoryMetricReader) ->
     assert values == {"reports": 199.6, "calendar": 9.5}
 
 
-def test_drift_found_counts_facets_not_renewals(reader: InMemoryMetricReader) -> None:
-    telemetry.record_drift_found(["KeyMissing", "RecordStale", "RecordDeleted", "RenewalDue"])
-    telemetry.record_drift_found(["KeyMissing"])
+def test_drift_found_counts_each_facet_once_per_identity(reader: InMemoryMetricReader) -> None:
+    telemetry.record_drift_found(["keyCredential", "connectionRecord", "connectionRecord"])
+    telemetry.record_drift_found(["keyCredential"])
     found = {a["facet"]: v for a, v in points(reader)["exo_automation.drift"]}
     assert found == {"keyCredential": 2, "connectionRecord": 1}
 
