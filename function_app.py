@@ -2,10 +2,10 @@
 
 import azure.functions as func
 
-from shared.http_api import bp as identities_http
-from shared.sample_jobs import bp as sample_jobs
-from shared.status_page import bp as status_page
-from shared.sweep_triggers import bp as sweep_triggers
+from shared.functions.http_api import bp as identities_http
+from shared.functions.sample_jobs import bp as sample_jobs
+from shared.functions.status_page import bp as status_page
+from shared.functions.sweep_triggers import bp as sweep_triggers
 from shared.telemetry import install as install_telemetry
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)

@@ -15,7 +15,7 @@ Figures (each from fresh Python processes, min / median / max):
 * `graphModel`: the Graph access design. msgraph-sdk's typed models import the model graph lazily on
   the first deserialisation (msgraph-sdk-python #904, #909): a fresh process that deserialises one
   `Application` with kiota's JsonParseNode, against the product's way (msgraph-core's middleware
-  client and plain JSON: shared.graph + shared.directory.application_from_graph).
+  client and plain JSON: shared.adapters.graph + shared.adapters.directory.application_from_graph).
 
 Each kind of child is run once untimed first, so that byte-code compilation is not measured.
 
@@ -135,8 +135,8 @@ import time
 t0 = time.perf_counter()
 import json, sys
 from msgraph_core import GraphClientFactory
-import shared.graph
-from shared.directory import application_from_graph
+import shared.adapters.graph
+from shared.adapters.directory import application_from_graph
 t_import = time.perf_counter()
 modules = len(sys.modules)
 document = json.loads(sys.argv[1])
@@ -188,7 +188,7 @@ def measure_imports(runs: int, warmup: bool = True) -> dict[str, Any]:
     # A job's process imports only the job runtime (connection record, Exchange client, job helper),
     # never the admin stack: measured apart (tests/unit/test_public_surface.py pins what it loads).
     for key, module in (("functionApp", "function_app"), ("azureFunctions", "azure.functions"),
-                        ("jobRuntime", "shared.connection, shared.exchange, shared.jobs")):
+                        ("jobRuntime", "shared.runtime.connection, shared.runtime.exchange, shared.runtime.jobs")):
         def once(module: str = module) -> dict[str, Any]:
             child = run_python(IMPORT_CHILD.format(module=module), env=env)
             return {**child.last_json(), "processWallSeconds": child.wall_seconds}
@@ -341,8 +341,8 @@ def measure_graph_model(runs: int, warmup: bool = True) -> dict[str, Any]:
                                             "msgraph.generated.models.application.Application, deserialise one "
                                             "application")
     results["rawJson"]["description"] = ("the product's design: import msgraph-core (GraphClientFactory) and "
-                                         "shared.graph, read the same application as JSON into the product's "
-                                         "own value (shared.directory.application_from_graph)")
+                                         "shared.adapters.graph, read the same application as JSON into the product's "
+                                         "own value (shared.adapters.directory.application_from_graph)")
     results["typedMinusRawSeconds"] = round(results["typedModel"]["totalSeconds"]["median"]
                                             - results["rawJson"]["totalSeconds"]["median"], 4)
     return results

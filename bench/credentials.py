@@ -37,7 +37,7 @@ TARGET_COLD_KEY_VAULT_REQUESTS = 2
 _COLD_PROCESS = """
 import asyncio, json, sys, time
 started = time.perf_counter()
-from shared.connection import close_connections, connection
+from shared.runtime.connection import close_connections, connection
 
 async def main():
     try:
@@ -75,7 +75,7 @@ async def _bootstrap() -> None:
 
 
 async def _in_loop(stack: Stack, iterations: int) -> dict[str, Any]:
-    from shared.connection import close_connections, connection
+    from shared.runtime.connection import close_connections, connection
     from shared.settings import Settings
 
     try:

@@ -102,7 +102,7 @@ def clone(stack: Stack, template: Template, names: list[str]) -> None:
     """Add `names` as identities in the same state as `template` (their own ids, keys and certificates)."""
     from devstack.graph import _opaque_id
     from devstack.keyvault import Certificate, CertVersion, Secret, build_certificate
-    from shared.model import key_id_for
+    from shared.core.model import key_id_for
 
     world = stack.world
     kv = world.services["keyvault"]

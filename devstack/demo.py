@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n$ python -m shared status {args.name}")
         cli(["status", args.name])
 
-        from shared.connection import close_sync_connections, connection_sync
-        from shared.exchange import invoke_sync
+        from shared.runtime.connection import close_sync_connections, connection_sync
+        from shared.runtime.exchange import invoke_sync
 
         print("\nA job connects with the published record (Key Vault only) and runs Get-Mailbox:")
         mailboxes = invoke_sync(args.name, "Get-Mailbox", {"ResultSize": "Unlimited"})

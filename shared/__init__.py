@@ -2,12 +2,14 @@
 
 The package behind the Functions app and the admin CLI. What jobs and other functions use:
 
-    from shared.connection import connection             # async (the module shares the name)
-    from shared import exchange_client                   # async
+    from shared import connection, exchange_client       # async
     from shared import connection_sync, invoke_sync      # plain scripts
 
-Everything else (settings, the pure planner, the Key Vault and Graph gateways, the reconciler, the
-sweep) is importable from its module. Names are resolved lazily so that importing the Functions
+The rooms: `shared.functions` (the Functions blueprints), `shared.core` (the pure core: specs,
+checks, planner, renewal, record and registry formats), `shared.adapters` (Graph, Key Vault, the
+platform credential), `shared.runtime` (what jobs import: connection record, Exchange client, job
+helper); at the top, the application layer (reconciler, sweep, service, platform, CLI, settings,
+errors, audit, notifications, telemetry). Names are resolved lazily so that importing the Functions
 app stays fast (cold start is measured by bench/coldstart).
 """
 
@@ -17,11 +19,12 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "connection_sync": "shared.connection",
-    "refresh_connection": "shared.connection",
-    "exchange_client": "shared.exchange",
-    "invoke_sync": "shared.exchange",
-    "exchange_job": "shared.jobs",
+    "connection": "shared.runtime.connection",
+    "connection_sync": "shared.runtime.connection",
+    "refresh_connection": "shared.runtime.connection",
+    "exchange_client": "shared.runtime.exchange",
+    "invoke_sync": "shared.runtime.exchange",
+    "exchange_job": "shared.runtime.jobs",
     "Settings": "shared.settings",
     "ExoAutomationError": "shared.errors",
     "NeedsOperator": "shared.errors",

@@ -33,7 +33,7 @@ class AuditEvent:
     detail: str = ""
     retryable: bool = False  # a failure the next delivery or sweep may fix by itself
     # The same failure as the identity's last run, which operators heard about less than a day
-    # ago: audited as always, not notified again (shared.registry.LastRun.repeats).
+    # ago: audited as always, not notified again (shared.core.registry.LastRun.repeats).
     repeat: bool = False
     target: dict[str, Any] = field(default_factory=dict)
     before: dict[str, Any] = field(default_factory=dict)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import Settings
+from shared.settings import Settings
 
 ROLE_CLAIM_URI = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
 JWKS_REFRESH_SECONDS = 3600.0

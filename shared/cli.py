@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, InvalidSpec, SettingsError
+from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, InvalidSpec, SettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BLOCKED = 0, 1, 2, 3, 4
 
@@ -76,9 +76,9 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> tuple[int, Any]:
-    from . import service
-    from .platform import Platform
-    from .settings import Settings
+    import shared.service as service
+    from shared.platform import Platform
+    from shared.settings import Settings
 
     platform = Platform.create(Settings.from_environment())
     who: dict[str, Any] = {"caller": f"cli:{getpass.getuser()}"}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from .audit import AuditEvent
+from shared.audit import AuditEvent
 
 log = logging.getLogger("exo_automation.notify")
 
@@ -148,8 +148,8 @@ class Notifier:
 
 
 def _current_notifier() -> Notifier | None:
-    from .errors import SettingsError
-    from .settings import Settings
+    from shared.errors import SettingsError
+    from shared.settings import Settings
 
     try:
         settings = Settings.current()

@@ -8,14 +8,14 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from .credentials import platform_credential
-from .directory import DirectoryGateway
-from .graph import GraphClient
-from .planner import PlanContext
-from .reconciler import Clock, Reconciler, SignInProbe, utc_now
-from .renewal import DEFAULT_RENEWAL_FRACTION, RenewalPolicy
-from .settings import Settings
-from .vault import VaultGateway
+from shared.adapters.credentials import platform_credential
+from shared.adapters.directory import DirectoryGateway
+from shared.adapters.graph import GraphClient
+from shared.adapters.vault import VaultGateway
+from shared.core.planner import PlanContext
+from shared.core.renewal import DEFAULT_RENEWAL_FRACTION, RenewalPolicy
+from shared.reconciler import Clock, Reconciler, SignInProbe, utc_now
+from shared.settings import Settings
 
 
 def renewal_policy(settings: Settings) -> RenewalPolicy:

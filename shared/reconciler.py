@@ -15,26 +15,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import AuditEvent, emit
-from .checks import Facet, desired_certificate_tags
-from .directory import (
+from shared.adapters.directory import (
     DirectoryGateway,
     application_from_graph,
     capped_validity_months,
     key_credential_entry,
     key_credential_from_graph,
 )
-from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
-from .graph import GraphError
-from .model import (
+from shared.adapters.graph import GraphError
+from shared.adapters.vault import VaultGateway
+from shared.audit import AuditEvent, emit
+from shared.core.checks import Facet, desired_certificate_tags
+from shared.core.model import (
     CertificateVersion,
     KeyCredential,
     Observed,
     ObservedCertificate,
     key_id_for,
 )
-from .notify import CLEARED
-from .planner import (
+from shared.core.planner import (
     DECOMMISSIONING_TAG,
     DECOMMISSIONING_VALUE,
     Action,
@@ -61,10 +60,11 @@ from .planner import (
     plan_actions,
     plan_decommission,
 )
-from .record import ConnectionRecord, format_time
-from .registry import LastRun
-from .spec import IdentityNames, IdentitySpec
-from .vault import VaultGateway
+from shared.core.record import ConnectionRecord, format_time
+from shared.core.registry import LastRun
+from shared.core.spec import IdentityNames, IdentitySpec
+from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
+from shared.notify import CLEARED
 
 log = logging.getLogger("exo_automation.reconciler")
 
@@ -552,7 +552,7 @@ class _Executor:
     async def record_outcome(self, result: RunResult) -> None:
         """Write the spec, ids, publication and last result to the certificate's tags.
 
-        Key Vault is the registry (`shared.registry`): these tags are what one paged listing gives
+        Key Vault is the registry (`shared.core.registry`): these tags are what one paged listing gives
         the sweep, so it can judge most drift without a read per identity.
         """
         cert = self.observed.certificate

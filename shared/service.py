@@ -7,15 +7,15 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from .errors import IdentityNotFound
-from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, KeyCredential, Observed
-from .planner import Plan, plan_actions
-from .platform import Platform
-from .reconciler import RunResult
-from .record import ConnectionRecord, format_time
-from .renewal import jittered_renewal_time
-from .spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
-from .vault import vault_error
+from shared.adapters.vault import vault_error
+from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, KeyCredential, Observed
+from shared.core.planner import Plan, plan_actions
+from shared.core.record import ConnectionRecord, format_time
+from shared.core.renewal import jittered_renewal_time
+from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
+from shared.errors import IdentityNotFound
+from shared.platform import Platform
+from shared.reconciler import RunResult
 
 
 async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False, caller: str = "system",

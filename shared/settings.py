@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .errors import SettingsError
-from .roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, parse_allow_list
+from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, parse_allow_list
+from shared.errors import SettingsError
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ORGANIZATION = re.compile(

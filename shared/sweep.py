@@ -24,20 +24,26 @@ from typing import Any
 
 from azure.core.exceptions import AzureError
 
-from . import telemetry
-from .checks import CheckResult, Facet, IdentityView, State, run_checks
-from .directory import application_from_graph
-from .errors import NeedsOperator
-from .graph import GraphError, literal
-from .model import EXCHANGE_MANAGE_AS_APP_ROLE_ID, OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedApplication
-from .notify import notify_near_expiry
-from .planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext
-from .platform import Platform
-from .record import format_time, parse_time
-from .registry import LastRun
-from .renewal import jittered_renewal_time, next_attempt_after_failure
-from .spec import IdentityNames, IdentitySpec, registry_spec
-from .vault import vault_error
+import shared.telemetry as telemetry
+from shared.adapters.directory import application_from_graph
+from shared.adapters.graph import GraphError, literal
+from shared.adapters.vault import vault_error
+from shared.core.checks import CheckResult, Facet, IdentityView, State, run_checks
+from shared.core.model import (
+    EXCHANGE_MANAGE_AS_APP_ROLE_ID,
+    OWNER_TAG,
+    OWNER_TAG_VALUE,
+    CertificateVersion,
+    ObservedApplication,
+)
+from shared.core.planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext
+from shared.core.record import format_time, parse_time
+from shared.core.registry import LastRun
+from shared.core.renewal import jittered_renewal_time, next_attempt_after_failure
+from shared.core.spec import IdentityNames, IdentitySpec, registry_spec
+from shared.errors import NeedsOperator
+from shared.notify import notify_near_expiry
+from shared.platform import Platform
 
 log = logging.getLogger("exo_automation.sweep")
 _ADOPTABLE = re.compile(r"^exo-[a-z0-9-]+-cert$")
@@ -116,7 +122,7 @@ def needs_work(entry: RegistryEntry, snapshot: TenantSnapshot, now: dt.datetime,
                deep_check: dt.timedelta) -> list[str]:
     """Why this identity must be reconciled now (empty: in sync as far as the listings show).
 
-    The reasons are the shared checks' (`shared.checks`) over the listings' view. After a failed run
+    The reasons are the shared checks' (`shared.core.checks`) over the listings' view. After a failed run
     the identity waits for its back-off (`renewal.next_attempt_after_failure`), whatever the checks
     say, unless its certificate changed since that run: re-running it on every sweep would repeat
     the failure (and its notification) without changing anything.

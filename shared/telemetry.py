@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .audit import AuditEvent, add_sink
+from shared.audit import AuditEvent, add_sink
 
 log = logging.getLogger("exo_automation.telemetry")
 # Audit events in Application Insights: one flat record each, custom dimensions `audit.*`.
@@ -155,7 +155,7 @@ async def audit_sink(event: AuditEvent) -> None:
 
 def install() -> None:
     """Wiring for function_app: cheap (no SDK import); telemetry itself starts on first use."""
-    from .notify import audit_sink as notify_sink
+    from shared.notify import audit_sink as notify_sink
 
     add_sink(audit_sink)
     add_sink(notify_sink)

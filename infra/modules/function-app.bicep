@@ -49,7 +49,7 @@ param sweepSchedule string
 param deepCheckHours int
 param connectionCacheSeconds int
 param reportsContainerName string
-// -- the sample job (shared/sample_jobs.py) -------------------------------------------------------------
+// -- the sample job (shared/functions/sample_jobs.py) ----------------------------------------------
 param mailboxReportIdentity string
 param mailboxReportSchedule string
 @description('Webhook for operator notifications (Teams, Slack or generic JSON); a secret: prefer a Key Vault reference, @Microsoft.KeyVault(SecretUri=...). Empty: no notifications.')

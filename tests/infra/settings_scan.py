@@ -17,7 +17,7 @@ from typing import Any
 
 from .bicep import ROOT
 
-CODE = [ROOT / "function_app.py", *sorted((ROOT / "shared").glob("*.py"))]
+CODE = [ROOT / "function_app.py", *sorted((ROOT / "shared").rglob("*.py"))]
 SETTING = r"([A-Za-z][A-Za-z0-9_]*)"
 READS = [
     re.compile(r"\breader\.\w+\(\s*\"" + SETTING + r"\""),

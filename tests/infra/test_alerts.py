@@ -27,7 +27,7 @@ def kql_patterns(query_variable: str) -> dict[str, re.Pattern[str]]:
 def log_formats(marker: str) -> list[tuple[str, str]]:
     """(file, format string) of every logging call in shared/ whose message starts with identity= and has `marker`."""
     found = []
-    for path in sorted((ROOT / "shared").glob("*.py")):
+    for path in sorted((ROOT / "shared").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("debug", "info", "warning", "error", "exception", "critical")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from devstack import Stack
-from shared.problems import problem_type
+from shared.functions.problems import problem_type
 
 from .helpers import HttpResult, call, principal_header, write_count
 

@@ -1,7 +1,7 @@
 """Issue: jobs run as automation identities — connection(), the Exchange client, the scheduled sample job.
 
 The sample job's timer handler runs as the Functions host would call it (from the function list of
-an app that registers `shared.sample_jobs.bp`), against the stand-ins and Azurite. A scenario that
+an app that registers `shared.functions.sample_jobs.bp`), against the stand-ins and Azurite. A scenario that
 must show in-process caching keeps one event loop for all its runs, as the host does; bootstrap
 and rotation go through the HTTP handlers on their own loops (in a thread).
 """
@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import hashes
 from devstack import Stack
 from devstack.faults import Fault
 from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
-from shared import sample_jobs
-from shared.connection import close_connections, close_sync_connections, connection, connection_sync
 from shared.errors import IdentityNotFound, SettingsError
-from shared.exchange import ExchangeConsentMissing, ExchangeRoleMissing
+from shared.functions import sample_jobs
+from shared.runtime.connection import close_connections, close_sync_connections, connection, connection_sync
+from shared.runtime.exchange import ExchangeConsentMissing, ExchangeRoleMissing
 
 from .helpers import post_identity, rotate
 
@@ -88,7 +88,8 @@ def read_report(connection_string: str, container: str) -> list[dict[str, str]]:
 
 
 def audit_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "shared.jobs" and r.getMessage().startswith("job=")]
+    return [r.getMessage() for r in caplog.records
+            if r.name == "shared.jobs" and r.getMessage().startswith("job=")]
 
 
 def audit_field(line: str, name: str) -> str:
@@ -160,7 +161,7 @@ def test_sample_job_writes_the_csv_and_follows_a_rotation_without_restart(
         stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Cache TTL 0: every run re-reads the record (1 read) and fetches a PFX only when it changed."""
-    caplog.set_level(logging.INFO, logger="shared.jobs")
+    caplog.set_level(logging.INFO, logger="shared.runtime.jobs")
     monkeypatch.setenv("CONNECTION_CACHE_SECONDS", "0")
     bootstrap("report-ttl", monkeypatch)
     old = published_thumbprint("report-ttl")
@@ -267,7 +268,7 @@ def test_overlap_keeps_the_cached_certificate_working_and_a_401_refreshes_it_onc
 def test_job_whose_identity_lost_its_role_names_the_role(
         stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="shared.jobs")
+    caplog.set_level(logging.INFO, logger="shared.runtime.jobs")
     bootstrap("report-norole", monkeypatch)
     sp_id = sp_of(stack, "report-norole")["id"]
     with stack.world.lock:
@@ -295,7 +296,7 @@ def test_job_whose_identity_lost_its_role_names_the_role(
 def test_job_whose_identity_lost_its_consent_names_the_consent(
         stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="shared.jobs")
+    caplog.set_level(logging.INFO, logger="shared.runtime.jobs")
     bootstrap("report-noconsent", monkeypatch)
     sp_id = sp_of(stack, "report-noconsent")["id"]
     exchange_sp = stack.world.resource_sp(EXCHANGE_APP_ID)
@@ -322,7 +323,7 @@ def test_job_whose_identity_lost_its_consent_names_the_consent(
 def test_job_without_its_identity_setting_names_the_setting(
         stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="shared.jobs")
+    caplog.set_level(logging.INFO, logger="shared.runtime.jobs")
     monkeypatch.delenv("MAILBOX_REPORT_IDENTITY", raising=False)
     with pytest.raises(SettingsError, match="MAILBOX_REPORT_IDENTITY"):
         asyncio.run(mailbox_report()(timer()))
@@ -370,7 +371,7 @@ def test_connection_is_cached_costs_two_reads_cold_and_never_shows_the_key(
 
 def test_connection_sync_serves_a_plain_script(stack: Stack, job_env: dict[str, str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.exchange import invoke_sync
+    from shared.runtime.exchange import invoke_sync
 
     bootstrap("conn-sync", monkeypatch)
     try:
@@ -429,7 +430,7 @@ def test_key_vault_outage_serves_the_cached_connection_and_fails_a_cold_one(
 
 def test_concurrent_refreshes_after_one_failure_share_one_new_credential(
         stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.connection import refresh_connection
+    from shared.runtime.connection import refresh_connection
 
     bootstrap("conn-shared", monkeypatch)
 

@@ -110,8 +110,8 @@ def test_function_key_security_is_documented(document: dict[str, Any]) -> None:
 
 
 def test_the_request_schema_is_the_spec_parser(document: dict[str, Any]) -> None:
-    """The documented body schema mirrors shared/spec.py: its fields, limits and name pattern."""
-    from shared.spec import ALLOWED_KEY_SIZES, MAX_CONTACTS, MAX_DESCRIPTION, NAME_PATTERN, SPEC_FIELDS
+    """The documented body schema mirrors shared/core/spec.py: its fields, limits and name pattern."""
+    from shared.core.spec import ALLOWED_KEY_SIZES, MAX_CONTACTS, MAX_DESCRIPTION, NAME_PATTERN, SPEC_FIELDS
 
     spec = document["components"]["schemas"]["IdentitySpec"]
     props = spec["properties"]

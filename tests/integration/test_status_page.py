@@ -20,8 +20,8 @@ import pytest
 
 from devstack import Stack
 from devstack.faults import Fault
+from shared.functions.status_page import Row, render, sort_by_urgency
 from shared.platform import close_platforms
-from shared.status_page import Row, render, sort_by_urgency
 
 from .helpers import handler, post_identity, principal_header, rotate
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from devstack import Stack
 from devstack.pki import new_rsa_key, self_signed_certificate
 from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
-from shared.model import key_id_for
+from shared.core.model import key_id_for
 
 from .helpers import call, run_job_get_mailbox
 from .platform_helpers import bootstrap, converge, reconcile, sweep

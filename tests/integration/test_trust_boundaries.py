@@ -222,10 +222,10 @@ def test_pending_foreign_certificate_is_not_adopted(stack: Stack) -> None:
 
 def test_racing_a_foreign_pending_creation_is_refused_after_it_completes(stack: Stack) -> None:
     """Our create meets 409 (a creation in progress): we wait for it, and refuse it unless it is ours."""
+    from shared.adapters.vault import VaultGateway
+    from shared.core.spec import parse_spec
     from shared.errors import ForeignObject
     from shared.settings import Settings
-    from shared.spec import parse_spec
-    from shared.vault import VaultGateway
 
     stack.world.services["keyvault"].creation_delay = 1.0
     writer = vault_certificate_writer(stack)

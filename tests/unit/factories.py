@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from shared.checks import desired_certificate_tags
-from shared.model import (
+from shared.core.checks import desired_certificate_tags
+from shared.core.model import (
     APP_OWNER_TAG,
     CertificateVersion,
     KeyCredential,
@@ -14,10 +14,10 @@ from shared.model import (
     ObservedCertificate,
     key_id_for,
 )
-from shared.planner import PlanContext
-from shared.record import ConnectionRecord
-from shared.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR
-from shared.spec import IdentitySpec
+from shared.core.planner import PlanContext
+from shared.core.record import ConnectionRecord
+from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR
+from shared.core.spec import IdentitySpec
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 TENANT = "11111111-2222-3333-4444-555555555555"

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.checks import Reason, desired_certificate_tags
-from shared.model import Observed
-from shared.planner import PlanContext, plan_actions
-from shared.record import format_time
-from shared.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR
-from shared.spec import IdentitySpec
+from shared.core.checks import Reason, desired_certificate_tags
+from shared.core.model import Observed
+from shared.core.planner import PlanContext, plan_actions
+from shared.core.record import format_time
+from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR
+from shared.core.spec import IdentitySpec
 from shared.sweep import RegistryEntry, TenantSnapshot, needs_work
 
 from .factories import CONTEXT, SPEC, T0, key_for, ready, version

@@ -22,8 +22,9 @@ from azure.core.exceptions import ClientAuthenticationError
 from devstack import Stack
 from devstack.faults import Fault
 from devstack.world import Mailbox
-from shared.connection import Connection
-from shared.exchange import (
+from shared.core.record import ConnectionRecord
+from shared.runtime.connection import Connection
+from shared.runtime.exchange import (
     ExchangeBadRequest,
     ExchangeConsentMissing,
     ExchangeError,
@@ -37,7 +38,6 @@ from shared.exchange import (
     _retry_after,
     token_claims,
 )
-from shared.record import ConnectionRecord
 
 ERA = "31392ffb-586c-42d1-9346-e59415a2cc4e"
 GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
@@ -105,7 +105,7 @@ def make_connection(stack: Stack, credential: Credential, *, tenant_id: str | No
 
 def run(stack: Stack, credentials: list[Credential | str | Exception],
         work: Callable[[Any], Awaitable[Any]], *, page_size: int = 1000, **connection_options: Any) -> tuple[Any, Any]:
-    from shared.exchange import ExchangeClient
+    from shared.runtime.exchange import ExchangeClient
 
     async def scenario() -> tuple[Any, Any]:
         async with httpx.AsyncClient(trust_env=True) as client:
@@ -150,7 +150,7 @@ def test_a_next_link_outside_the_endpoint_is_not_followed(stack: Stack) -> None:
             return httpx.Response(200, json={"value": [{"Name": "x"}],
                                              "@odata.nextLink": "https://elsewhere.example/steal"})
 
-        from shared.exchange import ExchangeClient
+        from shared.runtime.exchange import ExchangeClient
 
         async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
             cache = FakeCache([make_connection(stack, Credential(token(stack)))], client)
@@ -194,7 +194,7 @@ def test_the_retry_budget_bounds_a_long_retry_after(stack: Stack) -> None:
     policy = RetryPolicy(max_attempts=5, max_wait_seconds=60.0, budget_seconds=1.0)
 
     async def scenario() -> None:
-        from shared.exchange import ExchangeClient
+        from shared.runtime.exchange import ExchangeClient
 
         async with httpx.AsyncClient(trust_env=True) as client:
             cache = FakeCache([make_connection(stack, Credential(token(stack)))], client)

@@ -9,9 +9,9 @@ import io
 import pytest
 
 from shared.errors import SettingsError
-from shared.exchange import CmdletCall
-from shared.jobs import JobRun, _blob_service, audit_line, exchange_job, run_job
-from shared.sample_jobs import REPORT_COLUMNS, mailbox_report_csv, report_blob_name
+from shared.functions.sample_jobs import REPORT_COLUMNS, mailbox_report_csv, report_blob_name
+from shared.runtime.exchange import CmdletCall
+from shared.runtime.jobs import JobRun, _blob_service, audit_line, exchange_job, run_job
 from shared.settings import Settings
 
 BASE = {

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.directory import capped_validity_months, key_lifetime_limit, parse_duration
+from shared.adapters.directory import capped_validity_months, key_lifetime_limit, parse_duration
 
 DAY = dt.timedelta(days=1)
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.model import KeyCredential, Observed, ObservedApplication, ObservedCertificate
-from shared.planner import (
+from shared.core.model import KeyCredential, Observed, ObservedApplication, ObservedCertificate
+from shared.core.planner import (
     AddKeyCredential,
     AssignRole,
     CreateCertificateVersion,

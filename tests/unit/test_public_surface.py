@@ -17,12 +17,13 @@ def test_unknown_names_are_attribute_errors() -> None:
 
 def test_the_public_surface_is_pinned() -> None:
     """What jobs and other functions may import from `shared` itself: changing it is an API change."""
-    assert shared.__all__ == ["ExoAutomationError", "NeedsOperator", "Retryable", "Settings", "connection_sync",
-                              "exchange_client", "exchange_job", "invoke_sync", "refresh_connection"]
+    assert shared.__all__ == ["ExoAutomationError", "NeedsOperator", "Retryable", "Settings", "connection",
+                              "connection_sync", "exchange_client", "exchange_job", "invoke_sync",
+                              "refresh_connection"]
 
 
-ADMIN_STACK = ("shared.reconciler", "shared.planner", "shared.checks", "shared.directory", "shared.graph",
-               "shared.platform", "shared.sweep", "msgraph", "msgraph_core")
+ADMIN_STACK = ("shared.reconciler", "shared.core.planner", "shared.core.checks", "shared.adapters.directory",
+               "shared.adapters.graph", "shared.platform", "shared.sweep", "msgraph", "msgraph_core")
 
 
 def test_a_job_process_does_not_import_the_admin_stack() -> None:
@@ -30,10 +31,11 @@ def test_a_job_process_does_not_import_the_admin_stack() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys, json; import shared.connection, shared.exchange, shared.jobs, shared; "
+    probe = ("import sys, json; import shared, shared.runtime.connection, shared.runtime.exchange, "
+             "shared.runtime.jobs; shared.connection; "
              "shared.exchange_client; shared.connection_sync; shared.exchange_job; "
              "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('shared', 'msgraph')))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     loaded = set(__import__("json").loads(out))
-    assert {"shared.connection", "shared.exchange", "shared.jobs"} <= loaded
+    assert {"shared.runtime.connection", "shared.runtime.exchange", "shared.runtime.jobs"} <= loaded
     assert not loaded & set(ADMIN_STACK), sorted(loaded & set(ADMIN_STACK))

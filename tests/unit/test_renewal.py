@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from shared.renewal import RenewalPolicy, jittered_renewal_time, next_attempt_after_failure, renewal_time
+from shared.core.renewal import RenewalPolicy, jittered_renewal_time, next_attempt_after_failure, renewal_time
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 YEAR = T0 + dt.timedelta(days=360)

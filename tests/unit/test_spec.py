@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from shared.core.spec import IdentitySpec, parse_spec
 from shared.errors import InvalidSpec
 from shared.settings import Settings
-from shared.spec import IdentitySpec, parse_spec
 
 SETTINGS = Settings.from_environment({
     "KEY_VAULT_URL": "https://kv.vault.azure.net", "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",

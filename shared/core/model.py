@@ -7,8 +7,8 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .record import ConnectionRecord
-from .spec import IdentitySpec
+from shared.core.record import ConnectionRecord
+from shared.core.spec import IdentitySpec
 
 OWNER_TAG = "managed-by"
 OWNER_TAG_VALUE = "exo-automation-identities"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InvalidSpec, SettingsError
+from shared.errors import InvalidSpec, SettingsError
 
 
 @dataclass(frozen=True)

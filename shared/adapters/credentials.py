@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .settings import Settings
+from shared.settings import Settings
 
 
 def platform_credential(settings: Settings) -> Any:

@@ -21,8 +21,8 @@ bp = func.Blueprint()  # type: ignore[no-untyped-call]
 @bp.timer_trigger(schedule="%SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 @bp.queue_output(arg_name="reconcile", queue_name="%RECONCILE_QUEUE%", connection="AzureWebJobsStorage")
 async def sweep_identities(timer: func.TimerRequest, reconcile: func.Out[list[str]]) -> None:
-    from .platform import current_platform
-    from .sweep import sweep
+    from shared.platform import current_platform
+    from shared.sweep import sweep
 
     if timer.past_due:
         log.info("the sweep is running late (past due); it catches up in one run")
@@ -32,10 +32,10 @@ async def sweep_identities(timer: func.TimerRequest, reconcile: func.Out[list[st
 
 @bp.queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%", connection="AzureWebJobsStorage")
 async def reconcile_identity(message: func.QueueMessage) -> None:
-    from .errors import IdentityNotFound, InvalidSpec, Retryable
-    from .platform import current_platform
-    from .service import reconcile
-    from .sweep import parse_message
+    from shared.errors import IdentityNotFound, InvalidSpec, Retryable
+    from shared.platform import current_platform
+    from shared.service import reconcile
+    from shared.sweep import parse_message
 
     try:
         body = parse_message(message.get_body().decode("utf-8"))
@@ -59,9 +59,9 @@ async def reconcile_identity(message: func.QueueMessage) -> None:
 
 @bp.queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%-poison", connection="AzureWebJobsStorage")
 async def record_poisoned_reconcile(message: func.QueueMessage) -> None:
-    from .platform import current_platform
-    from .service import record_poison
-    from .sweep import parse_message
+    from shared.platform import current_platform
+    from shared.service import record_poison
+    from shared.sweep import parse_message
 
     try:
         name = parse_message(message.get_body().decode("utf-8"))["name"]
@@ -71,7 +71,7 @@ async def record_poisoned_reconcile(message: func.QueueMessage) -> None:
     log.error("identity=%s reconcile failed after every redelivery (dequeueCount=%s)", name,
               message.dequeue_count)
     await record_poison(current_platform(), name)
-    from .notify import Notification, notify
+    from shared.notify import Notification, notify
 
     await notify(Notification("NeedsOperator", name, "the reconcile failed on every redelivery and was moved to the "
                               "poison queue; see the function logs for the cause", {"Queue": "poison"}))

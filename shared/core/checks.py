@@ -21,10 +21,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from .model import APP_OWNER_TAG, OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, Observed, ObservedApplication
-from .renewal import RenewalPolicy, jittered_renewal_time, renewal_due
-from .roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, DirectoryRole, policy_refusal, role_name
-from .spec import IdentitySpec
+from shared.core.model import (
+    APP_OWNER_TAG,
+    OWNER_TAG,
+    OWNER_TAG_VALUE,
+    CertificateVersion,
+    Observed,
+    ObservedApplication,
+)
+from shared.core.renewal import RenewalPolicy, jittered_renewal_time, renewal_due
+from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, DirectoryRole, policy_refusal, role_name
+from shared.core.spec import IdentitySpec
 
 
 class Facet(StrEnum):

@@ -36,10 +36,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
-from .record import ConnectionRecord
-from .settings import Settings
-from .spec import NAME_PATTERN, IdentityNames
+from shared.core.record import ConnectionRecord
+from shared.core.spec import NAME_PATTERN, IdentityNames
+from shared.errors import IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
+from shared.settings import Settings
 
 if TYPE_CHECKING:
     import httpx
@@ -63,7 +63,8 @@ __all__ = [
     "run_sync",
 ]
 
-logger = logging.getLogger(__name__)
+# The logger keeps its name from before the runtime moved into a sub-package: log queries rely on it.
+logger = logging.getLogger("shared.connection")
 
 T = TypeVar("T")
 
@@ -282,7 +283,7 @@ class ConnectionCache:
             from azure.keyvault.secrets.aio import SecretClient
 
             if self.vault_credential is None:
-                from .credentials import platform_credential
+                from shared.adapters.credentials import platform_credential
 
                 self.vault_credential = platform_credential(self.settings)
                 self._owns_vault_credential = True
@@ -341,7 +342,7 @@ def _names(name: str) -> IdentityNames:
 def _vault_read_error(exc: Any, what: str) -> Exception:
     from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
-    from .vault import vault_error
+    from shared.adapters.vault import vault_error
 
     if isinstance(exc, HttpResponseError) and not isinstance(exc, ClientAuthenticationError) \
             and (exc.status_code or 0) == 403:

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 
-from .caller_auth import AuthenticationFailed, Caller, KeysUnavailable, identify
-from .errors import ExoAutomationError, InvalidSpec, SettingsError
-from .problems import PROBLEM_CONTENT_TYPE, dumps, problem, problem_for
-from .settings import Settings
+from shared.caller_auth import AuthenticationFailed, Caller, KeysUnavailable, identify
+from shared.errors import ExoAutomationError, InvalidSpec, SettingsError
+from shared.functions.problems import PROBLEM_CONTENT_TYPE, dumps, problem, problem_for
+from shared.settings import Settings
 
 log = logging.getLogger("exo_automation.http")
 
@@ -120,7 +120,7 @@ async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.Htt
 
     `work` gets the platform and the run's audit context (`caller`, `correlation_id`).
     """
-    from .platform import current_platform
+    from shared.platform import current_platform
 
     try:
         settings = Settings.current()
@@ -158,8 +158,8 @@ async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.Htt
 
 
 def _run_response(result: Any, created_status: int = 200) -> func.HttpResponse:
-    from .problems import problem_for as to_problem
-    from .service import run_document
+    from shared.functions.problems import problem_for as to_problem
+    from shared.service import run_document
 
     document = run_document(result)
     if result.error is not None:
@@ -173,14 +173,14 @@ def _run_response(result: Any, created_status: int = 200) -> func.HttpResponse:
 async def identities(req: func.HttpRequest) -> func.HttpResponse:
     if req.method == "GET":
         async def list_all(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
-            from .service import list_identities
+            from shared.service import list_identities
 
             return _json(200, {"value": await list_identities(platform)})
 
         return await _handle(req, False, list_all)
     if req.method == "POST":
         async def create(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
-            from .service import bootstrap
+            from shared.service import bootstrap
 
             dry_run = _dry_run(req)
             return _run_response(await bootstrap(platform, _body(req), dry_run=dry_run, **who),
@@ -195,14 +195,14 @@ async def identity(req: func.HttpRequest) -> func.HttpResponse:
     name = req.route_params.get("name", "")
     if req.method == "GET":
         async def show(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
-            from .service import status
+            from shared.service import status
 
             return _json(200, await status(platform, name))
 
         return await _handle(req, False, show)
     if req.method == "DELETE":
         async def remove(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
-            from .service import decommission
+            from shared.service import decommission
 
             return _run_response(await decommission(platform, name, dry_run=_dry_run(req), **who))
 
@@ -217,7 +217,7 @@ async def rotate_identity(req: func.HttpRequest) -> func.HttpResponse:
         return _method_not_allowed(req, ["POST"])
 
     async def rotate(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
-        from .service import reconcile
+        from shared.service import reconcile
 
         result = await reconcile(platform, name, force_rotate=True, dry_run=_dry_run(req), operation="rotate",
                                  **who)

@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import httpx
 
-from .errors import ExoAutomationError, NeedsOperator, Retryable
-from .settings import Settings
+from shared.errors import ExoAutomationError, NeedsOperator, Retryable
+from shared.settings import Settings
 
 T = TypeVar("T")
 REQUEST_OPTIONS_KEY = "kiota_request_options"  # msgraph_core.middleware.async_graph_transport

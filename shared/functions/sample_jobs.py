@@ -16,7 +16,7 @@ from typing import Any
 
 import azure.functions as func
 
-from .jobs import JobContext, exchange_job
+from shared.runtime.jobs import JobContext, exchange_job
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidSpec
-from .roles import DirectoryRole, lookup_role, resolve_requested_roles
-from .settings import Settings
+from shared.core.roles import DirectoryRole, lookup_role, resolve_requested_roles
+from shared.errors import InvalidSpec
+from shared.settings import Settings
 
 # Lower-case slug: it becomes part of Key Vault object names (^[0-9a-zA-Z-]+$, 127 max) and the
 # application's uniqueName, so it is kept short and unambiguous.
@@ -127,7 +127,7 @@ class IdentitySpec:
 def registry_spec(tags: Mapping[str, str], name: str, organization: str) -> IdentitySpec:
     """The spec recorded in an identity's certificate tags, refused unless it is well-formed and
     describes this identity of this platform's organization (tags are editable by vault writers)."""
-    from .errors import NeedsOperator
+    from shared.errors import NeedsOperator
 
     try:
         spec = IdentitySpec.from_tags(tags)

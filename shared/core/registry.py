@@ -16,8 +16,8 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .model import OWNER_TAG, OWNER_TAG_VALUE
-from .record import format_time, parse_time
+from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE
+from shared.core.record import format_time, parse_time
 
 MAX_TAGS = 15
 MAX_TAG_VALUE = 256

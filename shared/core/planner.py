@@ -1,6 +1,6 @@
 """Turn (spec, observed state, now) into an ordered plan of small idempotent actions.
 
-Pure: no I/O, no clock of its own. The checks (`shared.checks`, shared with the sweep) produce one
+Pure: no I/O, no clock of its own. The checks (`shared.core.checks`, shared with the sweep) produce one
 `Finding` per facet; the plan is the actions the violated findings call for, in the order that keeps
 credential continuity (docs/architecture.md):
 certificate → application → service principal → consent → key credential → roles → sign-in
@@ -17,7 +17,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .checks import (
+from shared.core.checks import (
     CheckContext,
     Facet,
     Finding,
@@ -28,8 +28,8 @@ from .checks import (
     run_checks,
     view_of_observed,
 )
-from .model import Observed
-from .spec import IdentitySpec
+from shared.core.model import Observed
+from shared.core.spec import IdentitySpec
 
 
 # -- actions -------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ The identity and the schedule are app settings, so one build serves every enviro
 resolves `%MAILBOX_REPORT_SCHEDULE%` (NCRONTAB, six fields); the job reads the identity name at each
 run. `run_on_startup` stays off (it fires on every start and scale-out) and `use_monitor` on.
 
-Each run logs exactly one audit line (logger `shared.jobs`), success or not:
+Each run logs exactly one audit line (logger `shared.runtime.jobs`), success or not:
 
     job=mailbox_report identity=reports cmdlet=Get-Mailbox items=5 durationMs=412 result=Succeeded thumbprint=AB12…
 
@@ -41,15 +41,16 @@ from typing import Any
 
 import azure.functions as func
 
-from .connection import Connection
-from .errors import ExoAutomationError, SettingsError
-from .exchange import CmdletCall, ExchangeClient
-from .settings import Settings
-from .spec import NAME_PATTERN
+from shared.core.spec import NAME_PATTERN
+from shared.errors import ExoAutomationError, SettingsError
+from shared.runtime.connection import Connection
+from shared.runtime.exchange import CmdletCall, ExchangeClient
+from shared.settings import Settings
 
 __all__ = ["JobContext", "JobRun", "audit_line", "exchange_job", "run_job", "write_blob"]
 
-logger = logging.getLogger(__name__)
+# The logger keeps its name from before the runtime moved into a sub-package: log queries rely on it.
+logger = logging.getLogger("shared.jobs")
 
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -217,7 +218,7 @@ def _blob_service(settings: Settings, env: Mapping[str, str]) -> tuple[Any, Any]
     if not uri.startswith("https://"):
         raise SettingsError(f"setting {STORAGE_CONNECTION}__blobServiceUri is malformed ({uri!r}): expected an "
                             "https:// URL")
-    from .credentials import platform_credential
+    from shared.adapters.credentials import platform_credential
 
     client_id = (env.get(f"{STORAGE_CONNECTION}__clientId") or "").strip()
     storage_settings = dataclasses.replace(settings, managed_identity_client_id=client_id) if client_id else settings

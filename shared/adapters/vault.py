@@ -17,12 +17,12 @@ from typing import Any
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.core.rest import HttpRequest
 
-from .errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable
-from .model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
-from .record import CONTENT_TYPE, ConnectionRecord
-from .registry import started_by_us
-from .settings import Settings
-from .spec import IdentitySpec
+from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
+from shared.core.record import CONTENT_TYPE, ConnectionRecord
+from shared.core.registry import started_by_us
+from shared.core.spec import IdentitySpec
+from shared.errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable
+from shared.settings import Settings
 
 CREATE_TIMEOUT_SECONDS = 300.0
 

@@ -5,7 +5,7 @@
 that knows it). Pages are followed through `@odata.nextLink` by POSTing the same body; 429 and 5xx
 are retried, honouring `Retry-After`, within a bounded budget.
 
-Authentication comes from `shared.connection`: when Entra ID refuses the cached certificate, or
+Authentication comes from `shared.runtime.connection`: when Entra ID refuses the cached certificate, or
 Exchange answers 401/403, the client refreshes the connection once (a rotation may have moved on, or
 the cached token predates a role or consent change) and retries once. What is still refused after
 that is reported by what is missing:
@@ -38,10 +38,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .connection import Connection, ConnectionCache, connection_cache, run_sync
-from .errors import ExoAutomationError, NeedsOperator, Retryable
-from .roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, EXCHANGE_SUPPORTED_ROLES, role_name
-from .settings import Settings
+from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, EXCHANGE_SUPPORTED_ROLES, role_name
+from shared.errors import ExoAutomationError, NeedsOperator, Retryable
+from shared.runtime.connection import Connection, ConnectionCache, connection_cache, run_sync
+from shared.settings import Settings
 
 if TYPE_CHECKING:
     import httpx
@@ -64,7 +64,8 @@ __all__ = [
     "invoke_sync",
 ]
 
-logger = logging.getLogger(__name__)
+# The logger keeps its name from before the runtime moved into a sub-package: log queries rely on it.
+logger = logging.getLogger("shared.exchange")
 
 MANAGE_AS_APP = "Exchange.ManageAsApp"
 SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"

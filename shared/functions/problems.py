@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from .errors import ExoAutomationError, ForeignObject, IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
+from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 

@@ -91,10 +91,10 @@ def sort_by_urgency(rows: list[Row], now: dt.datetime) -> list[Row]:
 
 
 async def collect(platform: Any) -> list[Row]:
-    from .record import parse_time
-    from .renewal import jittered_renewal_time
-    from .service import status
-    from .sweep import read_registry
+    from shared.core.record import parse_time
+    from shared.core.renewal import jittered_renewal_time
+    from shared.service import status
+    from shared.sweep import read_registry
 
     policy = platform.reconciler.context.policy
     rows = []
@@ -205,7 +205,7 @@ def render(rows: list[Row], now: dt.datetime, instance: str, vault: str) -> str:
 
 @bp.route(route="status", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], auth_level=func.AuthLevel.FUNCTION)
 async def status_page(req: func.HttpRequest) -> func.HttpResponse:
-    from .http_api import _handle, _method_not_allowed
+    from shared.functions.http_api import _handle, _method_not_allowed
 
     if req.method != "GET":
         return _method_not_allowed(req, ["GET"])

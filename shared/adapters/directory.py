@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ForeignObject, NeedsOperator
-from .graph import GraphClient, GraphError, literal, path_for_unique_name, retry_while_replicating
-from .model import (
+from shared.adapters.graph import GraphClient, GraphError, literal, path_for_unique_name, retry_while_replicating
+from shared.core.model import (
     APP_OWNER_TAG,
     EXCHANGE_MANAGE_AS_APP_ROLE_ID,
     EXCHANGE_RESOURCE_APP_ID,
@@ -22,7 +21,8 @@ from .model import (
     ObservedApplication,
     key_id_for,
 )
-from .record import format_time, parse_time
+from shared.core.record import format_time, parse_time
+from shared.errors import ForeignObject, NeedsOperator
 
 log = logging.getLogger("exo_automation.directory")
 
