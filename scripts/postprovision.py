@@ -22,18 +22,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-PERMISSION_TABLE = ROOT / "infra" / "graph-permissions.json"
+# The table's code is the product's own (the doctor uses it in the Function App): run as a script,
+# this file's directory is on sys.path, not the repository root.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.permission_table import (  # noqa: E402
+    PERMISSION_TABLE,
+    GrantPlan,
+    Permission,
+    PermissionTable,
+    UnknownRoleMode,
+    load_table,
+    plan_grants,
+)
+
+__all__ = ["PERMISSION_TABLE", "GrantPlan", "Permission", "PermissionTable", "UnknownRoleMode", "load_table",
+           "plan_grants"]
+
 MODES = ("assign", "verify")
 TABLE_START = "<!-- graph-permissions:start (generated from infra/graph-permissions.json) -->"
 TABLE_END = "<!-- graph-permissions:end -->"
@@ -43,46 +58,7 @@ class HookError(Exception):
     """A configuration or usage problem: exit status 2 with the message."""
 
 
-# -- the permission table (pure) -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Permission:
-    name: str
-    app_role_id: str
-    modes: tuple[str, ...]
-    calls: tuple[str, ...]
-    why: str
-    optional: bool = False  # granted too, but the product works without it (with less)
-
-
-@dataclass(frozen=True)
-class PermissionTable:
-    resource_app_id: str
-    modes: dict[str, str]
-    permissions: tuple[Permission, ...]
-
-    def for_mode(self, mode: str) -> list[Permission]:
-        if mode not in self.modes:
-            raise HookError(f"unknown ROLE_MODE {mode!r}: expected one of {', '.join(self.modes)}")
-        return [p for p in self.permissions if mode in p.modes]
-
-    def names(self, mode: str) -> list[str]:
-        return [p.name for p in self.for_mode(mode)]
-
-    def required(self, mode: str) -> list[Permission]:
-        """The rows of `mode` the product cannot work without."""
-        return [p for p in self.for_mode(mode) if not p.optional]
-
-
-def load_table(path: Path = PERMISSION_TABLE) -> PermissionTable:
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    permissions = tuple(
-        Permission(name=p["permission"], app_role_id=p["appRoleId"].lower(), modes=tuple(p["modes"]),
-                   calls=tuple(p["calls"]), why=p["why"], optional=bool(p.get("optional", False)))
-        for p in raw["permissions"]
-    )
-    return PermissionTable(resource_app_id=raw["resourceAppId"], modes=dict(raw["modes"]), permissions=permissions)
-
-
+# -- the permission table (pure; shared/permission_table.py) ---------------------------------------
 def render_table(table: PermissionTable) -> str:
     """The Markdown table of docs/deploy.md (and the README), between its generated-block markers."""
     modes = list(table.modes)
@@ -98,46 +74,6 @@ def render_table(table: PermissionTable) -> str:
 
 
 # -- what to change (pure) -------------------------------------------------------------------------
-@dataclass
-class GrantPlan:
-    present: list[str] = field(default_factory=list)
-    grant: list[tuple[str, str]] = field(default_factory=list)  # (permission, app role id)
-    unknown: list[str] = field(default_factory=list)  # wanted, but Graph's service principal lacks it
-    excess: list[tuple[str, str]] = field(default_factory=list)  # (permission or role id, assignment id)
-
-    @property
-    def complete(self) -> bool:
-        return not self.grant and not self.unknown
-
-
-def plan_grants(wanted: Sequence[Permission], graph_app_roles: Mapping[str, str],
-                held: Mapping[str, str]) -> GrantPlan:
-    """Compare the wanted permissions with what the identity holds on Microsoft Graph.
-
-    `graph_app_roles` maps each application permission's value to its app role id, as Graph's own
-    service principal publishes them (authoritative over the ids in the table); `held` maps the
-    app role ids of the identity's assignments on that service principal to the assignment ids.
-    """
-    held_lower = {role.lower(): assignment for role, assignment in held.items()}
-    by_id = {role_id.lower(): value for value, role_id in graph_app_roles.items()}
-    plan = GrantPlan()
-    wanted_ids = set()
-    for permission in wanted:
-        role_id = graph_app_roles.get(permission.name)
-        if role_id is None:
-            plan.unknown.append(permission.name)
-            continue
-        wanted_ids.add(role_id.lower())
-        if role_id.lower() in held_lower:
-            plan.present.append(permission.name)
-        else:
-            plan.grant.append((permission.name, role_id.lower()))
-    for role_id, assignment_id in sorted(held_lower.items()):
-        if role_id not in wanted_ids:
-            plan.excess.append((by_id.get(role_id, role_id), assignment_id))
-    return plan
-
-
 def describe(plan: GrantPlan, mode: str, *, will_grant: bool, will_revoke: bool) -> list[str]:
     lines = [f"Microsoft Graph permissions of the platform identity (ROLE_MODE={mode}):"]
     lines += [f"  ok       {name}" for name in plan.present]
