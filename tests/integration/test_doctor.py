@@ -10,7 +10,12 @@ number of identities except for the one registry listing.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +28,7 @@ from shared.doctor_probes import run_doctor
 from .helpers import call, requests_by_service, write_count
 from .platform_helpers import bootstrap, with_platform
 
+ROOT = Path(__file__).resolve().parents[2]
 ALL_CHECKS = ["settings", "platformTokens", "graphPermissions", "exchangeServicePrincipal", "allowedRoles",
               "appManagementPolicy", "keyVault", "functionsStorage", "callerAuth", "registry"]
 
@@ -293,3 +299,33 @@ def test_a_malformed_url_setting_is_a_problem_naming_it_in_handlers_and_the_cli(
     assert f"setting {setting} is malformed" in capsys.readouterr().err
     assert main(["doctor"]) == 1
     assert setting in capsys.readouterr().out
+
+
+# -- the CLI with --env-file, in a fresh process --------------------------------------------------------
+def test_the_cli_takes_its_settings_and_trust_from_the_env_file(tmp_path: Path) -> None:
+    """As the README shows it: nothing exported, and a shell that trusts only the public CAs (as many
+    set SSL_CERT_FILE); the stand-ins' CA comes from devstack.env alone."""
+    import certifi
+
+    from devstack.process import ENV_FILE_NAME, start_stack_process
+
+    settings, stop = start_stack_process(tmp_path / "devstack")
+    try:
+        env_file = tmp_path / "devstack" / ENV_FILE_NAME
+        shell = {k: v for k, v in os.environ.items() if k not in settings}
+        shell["SSL_CERT_FILE"] = shell["REQUESTS_CA_BUNDLE"] = certifi.where()
+
+        def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "shared", "--env-file", str(env_file), *argv], cwd=ROOT,
+                                  env=shell, capture_output=True, text=True, timeout=180, check=False)
+
+        boot = cli("bootstrap", "cli-env-file", "--role", "Exchange Recipient Administrator")
+        assert boot.returncode == 0, boot.stdout + boot.stderr
+        listed = cli("--json", "list")
+        assert listed.returncode == 0 and json.loads(listed.stdout)["value"][0]["name"] == "cli-env-file"
+        checked = cli("--json", "doctor")
+        document = json.loads(checked.stdout)
+        assert checked.returncode == 0 and document["status"] in ("ok", "warning"), checked.stdout
+        assert by_name(document)["platformTokens"]["status"] == "ok"
+    finally:
+        stop()
