@@ -12,10 +12,13 @@ graph-permissions.bicep). This hook, using msgraph-sdk, covers what that cannot:
 - Bicep only ever adds: permissions that the mode no longer needs (after switching `assign` to
   `verify`) or that someone added by hand are reported, and removed with `--revoke-excess`.
 
+Then it runs the doctor (`python -m shared doctor`, read-only) and prints its table: every other
+prerequisite of a first bootstrap, each with its fix (`--no-doctor` skips it).
+
 Run by azd after `azd provision` / `azd up` with the deployment's outputs in the environment; by
 hand: `python scripts/postprovision.py --help`. `--dry-run` prints the plan and writes nothing.
 Exit status: 0 when the identity holds every permission its mode needs (or on --dry-run), 1 when
-some are still missing, 2 on a usage or configuration error.
+some are still missing, 2 on a usage or configuration error (the doctor's findings do not change it).
 """
 
 from __future__ import annotations
@@ -254,6 +257,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
                         help="who signs in: azd's or az's login (default), or DefaultAzureCredential")
     parser.add_argument("--print-table", action="store_true",
                         help="print the permission table (Markdown) and exit")
+    parser.add_argument("--no-doctor", action="store_true",
+                        help="do not run the doctor (python -m shared doctor) after the permissions")
     return parser.parse_args(list(argv))
 
 
@@ -325,10 +330,33 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.print_table:
             print(render_table(table))
             return 0
-        return asyncio.run(run(args, environ, table))
+        code = asyncio.run(run(args, environ, table))
     except HookError as exc:
         print(f"postprovision: {exc}", file=sys.stderr)
         return 2
+    if not args.no_doctor and not args.dry_run:
+        run_doctor(args, environ)
+    return code
+
+
+def run_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: Any = None) -> int:
+    """Every other prerequisite of a first bootstrap, checked read-only, as a table (docs/deploy.md,
+    "Troubleshooting"). Informational: the hook's exit status stays the permissions' own."""
+    from shared.cli import main as shared_cli
+
+    out = out or sys.stdout
+    print("\nDoctor (python -m shared doctor; from the deployed app: GET /api/health):", file=out)
+    print("From this machine it signs in as you, so Key Vault and storage are checked with your roles;\n"
+          "/api/health checks them as the platform identity once the app is deployed.", file=out)
+    argv = ["doctor", "--principal-id", args.principal_id]
+    for flag, name in (("--app-name", "AZURE_FUNCTION_APP_NAME"), ("--resource-group", "AZURE_RESOURCE_GROUP")):
+        if environ.get(name):
+            argv += [flag, environ[name]]
+    try:
+        return shared_cli(argv)
+    except Exception as exc:  # the doctor must never turn a finished provision into a failure
+        print(f"the doctor could not run: {type(exc).__name__}: {exc}", file=out)
+        return 1
 
 
 if __name__ == "__main__":
