@@ -13,6 +13,7 @@ import base64
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Awaitable, Mapping
 from functools import cache
@@ -30,6 +31,7 @@ from .doctor import (
     SettingProblem,
     document,
     evaluate,
+    summary,
 )
 from .errors import ExoAutomationError, SettingsError
 from .graph import GraphClient, GraphError, literal
@@ -41,6 +43,7 @@ from .settings import Settings
 from .vault import VaultGateway, vault_error
 
 T = TypeVar("T")
+log = logging.getLogger("exo_automation.doctor")
 
 # The token audience of Azure Storage, the same in every cloud.
 STORAGE_SCOPE = "https://storage.azure.com/.default"
@@ -312,3 +315,12 @@ async def run_doctor(environ: Mapping[str, str] | None = None, *, credential: An
     if target is not None:
         facts.deployment = dataclasses.replace(facts.deployment, principal_id=target)
     return document(evaluate(facts, permission_table()))
+
+
+async def health_verdict(*, credential: Any) -> str:
+    """The doctor's one line for the status page; never raises (the page must show regardless)."""
+    try:
+        return summary(await run_doctor(credential=credential))
+    except Exception as exc:  # the page's rows matter more than its verdict line
+        log.warning("the doctor could not run for the status page: %s", type(exc).__name__)
+        return "platform health unknown (the doctor could not run)"

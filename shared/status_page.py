@@ -216,13 +216,12 @@ async def status_page(req: func.HttpRequest) -> func.HttpResponse:
     async def page(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
         from urllib.parse import urlsplit
 
-        from .doctor import summary
-        from .doctor_probes import run_doctor
+        from .doctor_probes import health_verdict
 
-        rows, checked = await asyncio.gather(collect(platform), run_doctor(credential=platform.credential))
+        rows, health = await asyncio.gather(collect(platform), health_verdict(credential=platform.credential))
         settings = platform.settings
         instance = settings.instance_name or urlsplit(settings.key_vault_url).hostname or ""
-        document = render(rows, platform.reconciler.clock(), instance, settings.key_vault_url, summary(checked))
+        document = render(rows, platform.reconciler.clock(), instance, settings.key_vault_url, health)
         return func.HttpResponse(document, status_code=200, mimetype="text/html", charset="utf-8", headers={
             "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
             "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})
