@@ -2,6 +2,7 @@
 
 import azure.functions as func
 
+from shared.functions.health import bp as health
 from shared.functions.http_api import bp as identities_http
 from shared.functions.sample_jobs import bp as sample_jobs
 from shared.functions.status_page import bp as status_page
@@ -13,4 +14,5 @@ app.register_functions(identities_http)
 app.register_functions(sweep_triggers)
 app.register_functions(sample_jobs)
 app.register_functions(status_page)
+app.register_functions(health)
 install_telemetry()  # audit sinks only; Azure Monitor starts on first use, where a connection string is set

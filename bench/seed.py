@@ -37,6 +37,26 @@ if TYPE_CHECKING:
     from devstack import Stack
 
 
+def bootstrap_template(stack: Stack, name: str) -> None:
+    """Bootstrap the template identity through the product (shared.service.bootstrap)."""
+    import asyncio
+
+    from shared.platform import Platform
+    from shared.service import bootstrap
+    from shared.settings import Settings
+
+    async def go() -> Any:
+        platform = Platform.create(Settings.from_environment(), clock=stack.world.clock.now)
+        try:
+            return await bootstrap(platform, {"name": name})
+        finally:
+            await platform.aclose()
+
+    result = asyncio.run(go())
+    if result.error is not None:
+        raise RuntimeError(f"bootstrap of the template identity failed: {result.error.reason}")
+
+
 def certificate_name(identity: str) -> str:
     return f"exo-{identity}-cert"
 

@@ -197,18 +197,7 @@ async def _due_scenario(stack: Stack, identities: int, due: int, repeats: int, c
 
 
 def _bootstrap_template(stack: Stack) -> None:
-    from shared.service import bootstrap
-
-    async def go() -> Any:
-        platform = _platform(stack)
-        try:
-            return await bootstrap(platform, {"name": TEMPLATE})
-        finally:
-            await platform.aclose()
-
-    result = asyncio.run(go())
-    if result.error is not None:
-        raise RuntimeError(f"bootstrap of the template identity failed: {result.error.reason}")
+    seed.bootstrap_template(stack, TEMPLATE)
 
 
 def run(stack: Stack, sizes: Sequence[int], repeats: int, due: int, concurrency: int) -> dict[str, Any]:

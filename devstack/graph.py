@@ -56,6 +56,8 @@ APP_WRITE_OWNED = "Application.ReadWrite.OwnedBy"
 CONSENT_WRITE = "AppRoleAssignment.ReadWrite.All"
 CONSENT_READ = frozenset({"Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All",
                           "Directory.ReadWrite.All"})
+# appKeyCredentialRestrictionType members v1.0 returns without `Prefer: include-unknown-enum-members`.
+V1_KEY_RESTRICTION_TYPES = frozenset({"asymmetricKeyLifetime", "unknownFutureValue"})
 ROLE_READ = frozenset({"RoleManagement.Read.Directory", "RoleManagement.ReadWrite.Directory",
                        "RoleManagement.Read.All", "Directory.Read.All", "Directory.ReadWrite.All"})
 ROLE_WRITE = frozenset({"RoleManagement.ReadWrite.Directory"})
@@ -993,6 +995,12 @@ class GraphService(Service):
         self._require_any(request, POLICY_READ)
         body = {"@odata.context": f"{self.base_url}{PREFIX}/$metadata#policies/defaultAppManagementPolicy/$entity",
                 **copy.deepcopy(self.world.directory.app_management_policy)}
+        # restrictionType is an evolvable enum: members newer than v1.0's (trustedCertificateAuthority)
+        # come back as unknownFutureValue unless the caller opts in (doc: Graph "evolvable enums").
+        if "include-unknown-enum-members" not in (request.header("Prefer") or "").lower():
+            for restriction in body["applicationRestrictions"].get("keyCredentials") or []:
+                if restriction.get("restrictionType") not in V1_KEY_RESTRICTION_TYPES:
+                    restriction["restrictionType"] = "unknownFutureValue"
         return Response.json(200, body)
 
     def delete_application(self, request: Request) -> Response:

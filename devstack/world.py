@@ -22,6 +22,9 @@ EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 EXCHANGE_MANAGE_AS_APP = "dc50a0fb-09a3-484d-be87-e023b12c6440"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 KEY_VAULT_APP_ID = "cfa8b339-82a2-471a-a3c9-0fc0be7a4093"
+# Azure Storage's first-party app and the token audience of every storage account, in every cloud.
+STORAGE_APP_ID = "e406a681-f3d4-42a8-90b6-c2b029497af1"
+STORAGE_RESOURCE = "https://storage.azure.com"
 AAD_GRAPH_APP_ID = "00000002-0000-0000-c000-000000000000"  # audience of addKey/removeKey proofs
 
 GRAPH_APP_ROLES = {
@@ -207,6 +210,9 @@ class World:
         self._add_resource_sp(GRAPH_APP_ID, "Microsoft Graph", GRAPH_APP_ROLES, now)
         self._add_resource_sp(EXCHANGE_APP_ID, "Office 365 Exchange Online", EXCHANGE_APP_ROLES, now)
         self._add_resource_sp(KEY_VAULT_APP_ID, "Azure Key Vault", {}, now)
+        # Storage is Azurite, which takes no tokens; the SP lets the platform get one as in Azure.
+        self._add_resource_sp(STORAGE_APP_ID, "Azure Storage", {}, now)
+        self.resource_sp(STORAGE_APP_ID)["servicePrincipalNames"].append(STORAGE_RESOURCE)
         for template_id, (name, privileged) in ROLE_DEFINITIONS.items():
             d.role_definitions[template_id] = {
                 "id": template_id, "templateId": template_id, "displayName": name,
@@ -281,6 +287,22 @@ class World:
                     "restrictForAppsCreatedAfterDateTime": restrict_for_apps_created_after, "state": state,
                 }]
             self.directory.app_management_policy = policy
+
+    def set_trusted_ca_restriction(self, configuration_ids: list[str] | None,
+                                   restrict_for_apps_created_after: str = "2015-01-01T00:00:00Z") -> None:
+        """Add to the tenant's default app management policy (and enable it) a `trustedCertificateAuthority`
+        key credential restriction: certificates must chain to one of the given trusted-CA configurations
+        (certificateBasedApplicationConfiguration ids); None removes it. Reported, not enforced here."""
+        with self.lock:
+            policy = self.directory.app_management_policy
+            kept = [r for r in policy["applicationRestrictions"]["keyCredentials"]
+                    if r.get("restrictionType") != "trustedCertificateAuthority"]
+            if configuration_ids is not None:
+                policy["isEnabled"] = True
+                kept.append({"restrictionType": "trustedCertificateAuthority", "maxLifetime": None,
+                             "restrictForAppsCreatedAfterDateTime": restrict_for_apps_created_after,
+                             "state": "enabled", "certificateBasedApplicationConfigurationIds": configuration_ids})
+            policy["applicationRestrictions"]["keyCredentials"] = kept
 
     def register_resource(self, service: str, identifiers: list[str], sp_app_id: str | None) -> None:
         """Audiences a service accepts; the matching resource SP gets them as servicePrincipalNames."""

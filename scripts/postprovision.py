@@ -12,28 +12,46 @@ graph-permissions.bicep). This hook, using msgraph-sdk, covers what that cannot:
 - Bicep only ever adds: permissions that the mode no longer needs (after switching `assign` to
   `verify`) or that someone added by hand are reported, and removed with `--revoke-excess`.
 
+Then it runs the doctor (`python -m shared doctor`, read-only) and prints its table: every other
+prerequisite of a first bootstrap, each with its fix (`--no-doctor` skips it).
+
 Run by azd after `azd provision` / `azd up` with the deployment's outputs in the environment; by
 hand: `python scripts/postprovision.py --help`. `--dry-run` prints the plan and writes nothing.
 Exit status: 0 when the identity holds every permission its mode needs (or on --dry-run), 1 when
-some are still missing, 2 on a usage or configuration error.
+some are still missing, 2 on a usage or configuration error (the doctor's findings do not change it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-PERMISSION_TABLE = ROOT / "infra" / "graph-permissions.json"
+# The table's code is the product's own (the doctor uses it in the Function App): run as a script,
+# this file's directory is on sys.path, not the repository root.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from shared.core.permission_table import (  # noqa: E402
+    PERMISSION_TABLE,
+    GrantPlan,
+    Permission,
+    PermissionTable,
+    UnknownRoleMode,
+    load_table,
+    plan_grants,
+)
+
+__all__ = ["PERMISSION_TABLE", "GrantPlan", "Permission", "PermissionTable", "UnknownRoleMode", "load_table",
+           "plan_grants"]
+
 MODES = ("assign", "verify")
 TABLE_START = "<!-- graph-permissions:start (generated from infra/graph-permissions.json) -->"
 TABLE_END = "<!-- graph-permissions:end -->"
@@ -43,46 +61,7 @@ class HookError(Exception):
     """A configuration or usage problem: exit status 2 with the message."""
 
 
-# -- the permission table (pure) -------------------------------------------------------------------
-@dataclass(frozen=True)
-class Permission:
-    name: str
-    app_role_id: str
-    modes: tuple[str, ...]
-    calls: tuple[str, ...]
-    why: str
-    optional: bool = False  # granted too, but the product works without it (with less)
-
-
-@dataclass(frozen=True)
-class PermissionTable:
-    resource_app_id: str
-    modes: dict[str, str]
-    permissions: tuple[Permission, ...]
-
-    def for_mode(self, mode: str) -> list[Permission]:
-        if mode not in self.modes:
-            raise HookError(f"unknown ROLE_MODE {mode!r}: expected one of {', '.join(self.modes)}")
-        return [p for p in self.permissions if mode in p.modes]
-
-    def names(self, mode: str) -> list[str]:
-        return [p.name for p in self.for_mode(mode)]
-
-    def required(self, mode: str) -> list[Permission]:
-        """The rows of `mode` the product cannot work without."""
-        return [p for p in self.for_mode(mode) if not p.optional]
-
-
-def load_table(path: Path = PERMISSION_TABLE) -> PermissionTable:
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    permissions = tuple(
-        Permission(name=p["permission"], app_role_id=p["appRoleId"].lower(), modes=tuple(p["modes"]),
-                   calls=tuple(p["calls"]), why=p["why"], optional=bool(p.get("optional", False)))
-        for p in raw["permissions"]
-    )
-    return PermissionTable(resource_app_id=raw["resourceAppId"], modes=dict(raw["modes"]), permissions=permissions)
-
-
+# -- the permission table (pure; shared/core/permission_table.py) ---------------------------------------
 def render_table(table: PermissionTable) -> str:
     """The Markdown table of docs/deploy.md (and the README), between its generated-block markers."""
     modes = list(table.modes)
@@ -98,46 +77,6 @@ def render_table(table: PermissionTable) -> str:
 
 
 # -- what to change (pure) -------------------------------------------------------------------------
-@dataclass
-class GrantPlan:
-    present: list[str] = field(default_factory=list)
-    grant: list[tuple[str, str]] = field(default_factory=list)  # (permission, app role id)
-    unknown: list[str] = field(default_factory=list)  # wanted, but Graph's service principal lacks it
-    excess: list[tuple[str, str]] = field(default_factory=list)  # (permission or role id, assignment id)
-
-    @property
-    def complete(self) -> bool:
-        return not self.grant and not self.unknown
-
-
-def plan_grants(wanted: Sequence[Permission], graph_app_roles: Mapping[str, str],
-                held: Mapping[str, str]) -> GrantPlan:
-    """Compare the wanted permissions with what the identity holds on Microsoft Graph.
-
-    `graph_app_roles` maps each application permission's value to its app role id, as Graph's own
-    service principal publishes them (authoritative over the ids in the table); `held` maps the
-    app role ids of the identity's assignments on that service principal to the assignment ids.
-    """
-    held_lower = {role.lower(): assignment for role, assignment in held.items()}
-    by_id = {role_id.lower(): value for value, role_id in graph_app_roles.items()}
-    plan = GrantPlan()
-    wanted_ids = set()
-    for permission in wanted:
-        role_id = graph_app_roles.get(permission.name)
-        if role_id is None:
-            plan.unknown.append(permission.name)
-            continue
-        wanted_ids.add(role_id.lower())
-        if role_id.lower() in held_lower:
-            plan.present.append(permission.name)
-        else:
-            plan.grant.append((permission.name, role_id.lower()))
-    for role_id, assignment_id in sorted(held_lower.items()):
-        if role_id not in wanted_ids:
-            plan.excess.append((by_id.get(role_id, role_id), assignment_id))
-    return plan
-
-
 def describe(plan: GrantPlan, mode: str, *, will_grant: bool, will_revoke: bool) -> list[str]:
     lines = [f"Microsoft Graph permissions of the platform identity (ROLE_MODE={mode}):"]
     lines += [f"  ok       {name}" for name in plan.present]
@@ -318,6 +257,8 @@ def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> argparse.Name
                         help="who signs in: azd's or az's login (default), or DefaultAzureCredential")
     parser.add_argument("--print-table", action="store_true",
                         help="print the permission table (Markdown) and exit")
+    parser.add_argument("--no-doctor", action="store_true",
+                        help="do not run the doctor (python -m shared doctor) after the permissions")
     return parser.parse_args(list(argv))
 
 
@@ -389,10 +330,33 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if args.print_table:
             print(render_table(table))
             return 0
-        return asyncio.run(run(args, environ, table))
+        code = asyncio.run(run(args, environ, table))
     except HookError as exc:
         print(f"postprovision: {exc}", file=sys.stderr)
         return 2
+    if not args.no_doctor and not args.dry_run:
+        run_doctor(args, environ)
+    return code
+
+
+def run_doctor(args: argparse.Namespace, environ: Mapping[str, str], out: Any = None) -> int:
+    """Every other prerequisite of a first bootstrap, checked read-only, as a table (docs/deploy.md,
+    "Troubleshooting"). Informational: the hook's exit status stays the permissions' own."""
+    from shared.cli import main as shared_cli
+
+    out = out or sys.stdout
+    print("\nDoctor (python -m shared doctor; from the deployed app: GET /api/health):", file=out)
+    print("From this machine it signs in as you, so Key Vault and storage are checked with your roles;\n"
+          "/api/health checks them as the platform identity once the app is deployed.", file=out)
+    argv = ["doctor", "--principal-id", args.principal_id]
+    for flag, name in (("--app-name", "AZURE_FUNCTION_APP_NAME"), ("--resource-group", "AZURE_RESOURCE_GROUP")):
+        if environ.get(name):
+            argv += [flag, environ[name]]
+    try:
+        return shared_cli(argv)
+    except Exception as exc:  # the doctor must never turn a finished provision into a failure
+        print(f"the doctor could not run: {type(exc).__name__}: {exc}", file=out)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 Settings come from the environment (or --env-file, e.g. the stand-ins' .devstack/devstack.env);
 the platform identity is whatever DefaultAzureCredential finds (az login for an admin).
 Exit codes: 0 done, 1 failed (see the message: retry later or fix what it names), 2 bad input,
-3 no such identity, 4 blocked by an object this product does not own.
+3 no such identity, 4 blocked by an object this product does not own. `doctor` exits 0 when every
+check is ok or only warns, 1 when one fails.
 """
 
 from __future__ import annotations
@@ -26,13 +27,19 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BLOCKED = 0, 1, 2, 3, 4
 
 
 def load_env_file(path: Path) -> None:
-    """KEY=VALUE lines into the environment (values already set win, like most dotenv tools)."""
+    """KEY=VALUE lines into the environment; the file's values win over the shell's.
+
+    The file is named on the command line, so it is the more specific choice: a shell that already
+    sets SSL_CERT_FILE (many do, for the system's CAs) must not keep the file's CA bundle out.
+    Applied before anything that reads those variables is imported: aiohttp builds its SSL context
+    from SSL_CERT_FILE once, when it is first imported.
+    """
     for line in path.read_text().splitlines():
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
-        os.environ.setdefault(key.strip(), value.strip())
+        os.environ[key.strip()] = value.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     decommission.add_argument("name")
     decommission.add_argument("--dry-run", action="store_true")
     decommission.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    doctor = sub.add_parser("doctor", help="check every prerequisite, read-only, and say how to fix each")
+    doctor.add_argument("--principal-id", help="object id of the platform identity whose Graph permissions to "
+                                               "check (default: the identity signed in)")
+    doctor.add_argument("--app-name", help="the Function App's name, for the fix commands")
+    doctor.add_argument("--resource-group", help="its resource group, for the fix commands")
     return parser
 
 
@@ -150,6 +162,18 @@ def render(document: Any) -> str:
     return json.dumps(document, indent=2)
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    """The doctor's table (or document with --json); exit 0 when nothing fails, 1 otherwise."""
+    from shared.doctor import exit_code
+    from shared.doctor import render as render_doctor
+    from shared.doctor_probes import run_doctor as examine
+
+    document = asyncio.run(examine(principal_id=args.principal_id, app_name=args.app_name,
+                                   resource_group=args.resource_group))
+    print(json.dumps(document, indent=2) if args.json else render_doctor(document))
+    return exit_code(document)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -164,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if input(f"decommission {args.name}? type its name to confirm: ").strip() != args.name:
             print("not confirmed", file=sys.stderr)
             return EXIT_USAGE
+    if args.command == "doctor":
+        return run_doctor(args)
     try:
         code, document = asyncio.run(run(args))
     except SettingsError as exc:

@@ -28,6 +28,10 @@ class ExoAutomationError(Exception):
 class SettingsError(ExoAutomationError):
     reason = "SettingInvalid"
 
+    def __init__(self, message: str, *, reason: str | None = None, setting: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.setting = setting  # the app setting at fault, so a report can attribute it (shared/doctor.py)
+
 
 class InvalidSpec(ExoAutomationError):
     reason = "InvalidRequest"

@@ -150,10 +150,11 @@ class _Reader:
         return value.strip()
 
     def _missing(self, name: str, expected: str) -> SettingsError:
-        return SettingsError(f"setting {name} is missing: expected {expected}", reason="SettingMissing")
+        return SettingsError(f"setting {name} is missing: expected {expected}", reason="SettingMissing",
+                             setting=name)
 
     def _bad(self, name: str, value: str, expected: str) -> SettingsError:
-        return SettingsError(f"setting {name} is malformed ({value!r}): expected {expected}")
+        return SettingsError(f"setting {name} is malformed ({value!r}): expected {expected}", setting=name)
 
     def https_url(self, name: str, *, required: bool = False, default: str = "", allow_query: bool = False) -> str:
         value = self._raw(name)
@@ -162,10 +163,14 @@ class _Reader:
             if required:
                 raise self._missing(name, expected)
             return default
-        parts = urlsplit(value)
+        try:
+            parts = urlsplit(value)
+            host = parts.hostname
+        except ValueError:  # e.g. a stray `[`: urllib's "Invalid IPv6 URL"
+            raise self._bad(name, "a URL that cannot be parsed" if allow_query else value, expected) from None
         if parts.scheme != "https" or not parts.netloc or (parts.query and not allow_query) or parts.fragment:
             # A URL that may carry a signature is a secret: the message names the scheme and host only.
-            raise self._bad(name, f"{parts.scheme}://{parts.hostname}/…" if allow_query else value, expected)
+            raise self._bad(name, f"{parts.scheme}://{host}/…" if allow_query else value, expected)
         return value
 
     def text(self, name: str) -> str | None:

@@ -90,13 +90,14 @@ def parse_allow_list(value: str) -> frozenset[str]:
         role = lookup_role(entry)
         if role is None:
             raise SettingsError(f"ALLOWED_ROLES: unknown role {entry!r}; use a display name or template id "
-                                f"of a role Exchange Online honours", reason="SettingInvalid")
+                                f"of a role Exchange Online honours", reason="SettingInvalid", setting="ALLOWED_ROLES")
         reason = refusal_reason(role)
         if reason is not None:
-            raise SettingsError(f"ALLOWED_ROLES: {reason}", reason="SettingInvalid")
+            raise SettingsError(f"ALLOWED_ROLES: {reason}", reason="SettingInvalid", setting="ALLOWED_ROLES")
         allowed.add(role.template_id)
     if not allowed:
-        raise SettingsError("ALLOWED_ROLES: at least one role is required", reason="SettingInvalid")
+        raise SettingsError("ALLOWED_ROLES: at least one role is required", reason="SettingInvalid",
+                            setting="ALLOWED_ROLES")
     return frozenset(allowed)
 
 

@@ -166,7 +166,7 @@ def _facets(row: Row) -> str:
     return '<ul class="facets">' + "".join(items) + "</ul>"
 
 
-def render(rows: list[Row], now: dt.datetime, instance: str, vault: str) -> str:
+def render(rows: list[Row], now: dt.datetime, instance: str, vault: str, health: str = "") -> str:
     body = []
     for row in sort_by_urgency(rows, now):
         condition = row.condition(now)
@@ -190,6 +190,8 @@ def render(rows: list[Row], now: dt.datetime, instance: str, vault: str) -> str:
     summary = " · ".join(f"{n} {c}" for c, n in counts.items() if n)
     heading = " · ".join(p for p in (f"instance {instance}", f"vault {vault}", f"{len(rows)} identities", summary,
                                       f"as of {_when(now)}") if p)
+    # The doctor's one-line verdict; its checks and fixes are at GET /api/health.
+    health_line = f'<p class="muted health">{html.escape(health)} (details: /api/health)</p>' if health else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Exchange automation identities — {html.escape(instance)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -198,6 +200,7 @@ def render(rows: list[Row], now: dt.datetime, instance: str, vault: str) -> str:
 </style></head>
 <body><h1>Exchange automation identities</h1>
 <p class="muted">{html.escape(heading)}</p>
+{health_line}
 {table}
 </body></html>
 """
@@ -213,10 +216,12 @@ async def status_page(req: func.HttpRequest) -> func.HttpResponse:
     async def page(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
         from urllib.parse import urlsplit
 
-        rows = await collect(platform)
+        from shared.doctor_probes import health_verdict
+
+        rows, health = await asyncio.gather(collect(platform), health_verdict(credential=platform.credential))
         settings = platform.settings
         instance = settings.instance_name or urlsplit(settings.key_vault_url).hostname or ""
-        document = render(rows, platform.reconciler.clock(), instance, settings.key_vault_url)
+        document = render(rows, platform.reconciler.clock(), instance, settings.key_vault_url, health)
         return func.HttpResponse(document, status_code=200, mimetype="text/html", charset="utf-8", headers={
             "Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
             "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"})

@@ -61,7 +61,7 @@ def test_modes_and_their_permissions() -> None:
     # Optional rows are granted too, but the product works without them (test_permissions.py).
     assert [p.name for p in TABLE.permissions if p.optional] == ["Policy.Read.All"]
     assert [p.name for p in TABLE.required("assign")] == TABLE.names("assign")[:-1]
-    with pytest.raises(hook.HookError, match="unknown ROLE_MODE"):
+    with pytest.raises(hook.UnknownRoleMode, match="unknown ROLE_MODE"):
         TABLE.for_mode("sometimes")
 
 

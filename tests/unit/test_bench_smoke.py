@@ -109,3 +109,13 @@ def test_sweep_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
     assert len(written["targets"]) == 3 and all(isinstance(t["met"], bool) for t in written["targets"])
     routes = written["byRoute"]["routes"]
     assert all(len(r["counts"]) == len(written["byRoute"]["runs"]) == 4 for r in routes)
+
+
+def test_doctor_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
+    from bench import doctor
+
+    doctor.main(sizes=(1, 30), repeats=1, results_dir=tmp_path, stack=stack, echo=False)
+    written = json.loads((tmp_path / "doctor.json").read_text())
+    assert written["benchmark"] == "doctor"
+    assert [r["identities"] for r in written["rows"]] == [1, 30]
+    assert all(t["met"] for t in written["targets"]), written["targets"]

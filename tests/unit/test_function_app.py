@@ -36,6 +36,7 @@ FUNCTIONS: dict[str, list[dict[str, Any]]] = {
     "identity": http("identities/{name}"),
     "rotate_identity": http("identities/{name}/rotate"),
     "status_page": http("status"),
+    "health": http("health"),
     "sweep_identities": [
         {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "%SWEEP_SCHEDULE%",
          "runOnStartup": False},
