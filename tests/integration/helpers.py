@@ -146,3 +146,15 @@ def run_job_get_mailbox(stack: Stack, identity: str) -> list[dict[str, Any]]:
     )
     response.raise_for_status()
     return list(response.json()["value"])
+
+
+def call_trigger(name: str, **kwargs: object) -> None:
+    """Run a non-HTTP trigger (timer, queue) as the worker would, closing the platforms after."""
+
+    async def run() -> None:
+        try:
+            await handler(name)(**kwargs)
+        finally:
+            await close_platforms()
+
+    asyncio.run(run())

@@ -12,16 +12,10 @@ from cryptography.hazmat.primitives import hashes
 
 from devstack import Stack
 from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
+from tests.support.crash_points import BOOTSTRAP_CRASH_POINTS as CRASH_POINTS
+from tests.support.tenant import ERA, only
 
 from .helpers import get_identity, post_identity, run_job_get_mailbox, write_count
-
-ERA = "31392ffb-586c-42d1-9346-e59415a2cc4e"
-
-
-def only(items: list, **match: object) -> dict:
-    found = [i for i in items if all(i.get(k) == v for k, v in match.items())]
-    assert len(found) == 1, f"expected exactly one {match}, found {len(found)}"
-    return found[0]
 
 
 def test_bootstrap_creates_every_facet_as_documented(stack: Stack) -> None:
@@ -111,19 +105,6 @@ def test_dry_run_returns_the_plan_and_writes_nothing(stack: Stack) -> None:
     assert stack.world.directory.applications == {}
 
 
-# Each row fails one step of bootstrap at the stand-in; the next request must finish the job.
-CRASH_POINTS = [
-    ("certificate create", {"service": "keyvault", "method": "POST", "path": "/create$", "status": 403}),
-    ("app create", {"service": "graph", "method": "POST", "path": r"/applications$", "status": 500}),
-    ("service principal", {"service": "graph", "method": "POST", "path": r"/servicePrincipals$", "status": 500}),
-    ("consent", {"service": "graph", "method": "POST", "path": r"/appRoleAssignedTo$", "status": 500}),
-    ("key credential", {"service": "graph", "method": "PATCH", "path": r"/applications/[^/(]+$", "status": 500}),
-    ("role assignment", {"service": "graph", "method": "POST", "path": r"/roleAssignments$", "status": 500}),
-    ("sign-in proof", {"service": "entra", "method": "POST", "path": r"/oauth2/v2.0/token$", "status": 400,
-                       "count": 50}),
-    ("connection record", {"service": "keyvault", "method": "PUT", "path": r"^/secrets/", "status": 403}),
-    ("outcome tags", {"service": "keyvault", "method": "PATCH", "path": r"^/certificates/", "status": 403}),
-]
 
 
 @pytest.mark.parametrize("fault", [c[1] for c in CRASH_POINTS], ids=[c[0] for c in CRASH_POINTS])

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import copy
-import datetime as dt
 import json
-import uuid
 from typing import Any
 
 import pytest
 
 from devstack import Stack
 from devstack.faults import Fault
-from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
+from tests.support.crash_points import DECOMMISSION_CRASH_POINTS as CRASH_POINTS
+from tests.support.tenant import (
+    ERA,
+    add_foreign_app,
+    add_foreign_key,
+    add_role_assignment,
+    app_of,
+    directory_of,
+    live_and_deleted,
+    only,
+    sp_of,
+    vault_state,
+)
 
 from .helpers import (
     call,
@@ -25,105 +33,10 @@ from .helpers import (
     write_count,
 )
 from .platform_helpers import reconcile, sweep
-from .test_bootstrap import ERA, only
 
 GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
 DECOMMISSION_ORDER = ["MarkDecommissioning", "RemoveRoleAssignment", "RevokeConsent", "DeleteServicePrincipal",
                       "DeleteApplication", "DeleteConnectionSecret", "DeleteCertificate"]
-
-
-def app_of(stack: Stack, name: str) -> dict[str, Any] | None:
-    found = [a for a in stack.world.directory.applications.values()
-             if a.get("uniqueName") == f"exo-automation-{name}"]
-    assert len(found) <= 1
-    return found[0] if found else None
-
-
-def sp_of(stack: Stack, app: dict[str, Any]) -> dict[str, Any]:
-    sp = stack.world.directory.sp_by_app_id(app["appId"])
-    assert sp is not None
-    return sp
-
-
-def vault_state(stack: Stack) -> dict[str, Any]:
-    state: dict[str, Any] = stack.world.services["keyvault"].snapshot()
-    return state
-
-
-def live_and_deleted(stack: Stack) -> tuple[set[str], set[str]]:
-    state = vault_state(stack)
-    live = {c["name"] for c in state["certificates"]} | {s["name"] for s in state["secrets"]}
-    deleted = {c["name"] for c in state["deletedCertificates"]} | {s["name"] for s in state["deletedSecrets"]}
-    return live, deleted
-
-
-def self_signed_der(stack: Stack, common_name: str) -> tuple[bytes, dt.datetime, dt.datetime]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = stack.world.clock.now()
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=300)).sign(key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.DER), cert.not_valid_before_utc, cert.not_valid_after_utc
-
-
-def add_foreign_key(stack: Stack, app: dict[str, Any]) -> str:
-    """An admin adds their own certificate to the app, behind the product's back."""
-    der, start, end = self_signed_der(stack, "admin's own key")
-    key_id = str(uuid.uuid4())
-    app["keyCredentials"].append({
-        "customKeyIdentifier": None, "displayName": "admin's own key", "key": base64.b64encode(der).decode(),
-        "keyId": key_id, "startDateTime": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"), "type": "AsymmetricX509Cert", "usage": "Verify"})
-    return key_id
-
-
-def add_role_assignment(stack: Stack, principal_id: str, role_id: str) -> str:
-    assignment_id = f"admin-{uuid.uuid4()}"
-    stack.world.directory.role_assignments[assignment_id] = {
-        "id": assignment_id, "principalId": principal_id, "roleDefinitionId": role_id, "directoryScopeId": "/",
-        "appScopeId": None}
-    return assignment_id
-
-
-def add_foreign_app(stack: Stack, template: dict[str, Any]) -> dict[str, Any]:
-    """Somebody else's app in the tenant, with its own principal, consent and Exchange role."""
-    d = stack.world.directory
-    app = copy.deepcopy(template)
-    app.update(id=str(uuid.uuid4()), appId=str(uuid.uuid4()), uniqueName="payroll-sync", displayName="Payroll sync",
-               tags=[], keyCredentials=[])
-    d.applications[app["id"]] = app
-    d.owners[app["id"]] = []
-    sp = copy.deepcopy(sp_of(stack, template))
-    sp.update(id=str(uuid.uuid4()), appId=app["appId"], displayName="Payroll sync", tags=[])
-    d.service_principals[sp["id"]] = sp
-    consent_id = str(uuid.uuid4())
-    d.app_role_assignments[consent_id] = {
-        "id": consent_id, "principalId": sp["id"], "principalType": "ServicePrincipal",
-        "principalDisplayName": "Payroll sync", "resourceId": stack.world.resource_sp(EXCHANGE_APP_ID)["id"],
-        "resourceDisplayName": "Office 365 Exchange Online", "appRoleId": EXCHANGE_MANAGE_AS_APP,
-        "createdDateTime": "2024-01-01T00:00:00Z", "deletedDateTime": None}
-    add_role_assignment(stack, sp["id"], ERA)
-    return app
-
-
-def directory_of(stack: Stack, app: dict[str, Any]) -> str:
-    """Everything hanging off one app, as comparable text."""
-    d = stack.world.directory
-    sp = d.sp_by_app_id(app["appId"])
-    sp_id = sp["id"] if sp else None
-    return json.dumps({
-        "app": d.applications.get(app["id"]), "sp": sp,
-        "consent": sorted((a["id"], a["appRoleId"]) for a in d.app_role_assignments.values()
-                          if a["principalId"] == sp_id),
-        "roles": sorted((a["id"], a["roleDefinitionId"]) for a in d.role_assignments.values()
-                        if a["principalId"] == sp_id),
-    }, sort_keys=True)
 
 
 def test_decommission_removes_exactly_what_the_identity_owned(stack: Stack) -> None:
@@ -238,19 +151,6 @@ def test_a_soft_deleted_certificate_blocks_the_name_with_a_clear_conflict(stack:
     assert blocked.status == 409, blocked.body
     assert blocked.body["reason"] == "DeletedButRecoverable"
     assert "purge" in blocked.body["detail"] and "exo-phoenix-cert" in blocked.body["detail"]
-
-
-# Each row fails one step of the decommission at the stand-in; the next DELETE must finish it, and
-# nothing in between (a bootstrap, a rotation) may bring the identity back.
-CRASH_POINTS = [
-    ("role assignment", {"service": "graph", "method": "DELETE", "path": r"/roleAssignments/", "status": 500}),
-    ("consent", {"service": "graph", "method": "DELETE", "path": r"/appRoleAssignedTo/", "status": 500}),
-    ("service principal", {"service": "graph", "method": "DELETE", "path": r"/servicePrincipals/[^/]+$",
-                           "status": 500}),
-    ("application", {"service": "graph", "method": "DELETE", "path": r"/applications/", "status": 500}),
-    ("connection secret", {"service": "keyvault", "method": "DELETE", "path": r"^/secrets/", "status": 403}),
-    ("certificate", {"service": "keyvault", "method": "DELETE", "path": r"^/certificates/", "status": 403}),
-]
 
 
 @pytest.mark.parametrize("fault", [c[1] for c in CRASH_POINTS], ids=[c[0] for c in CRASH_POINTS])

@@ -195,7 +195,7 @@ def test_notification_rules_for_audit_events() -> None:
 def test_a_poisoned_reconcile_is_notified_and_shown_in_status(stack: Stack, receiver: Receiver) -> None:
     import azure.functions as func
 
-    from .test_sweep import call_trigger
+    from .helpers import call_trigger
 
     assert post_identity({"name": "poisoned-note"}).status == 201
     body = json.dumps({"name": "poisoned-note", "reasons": ["KeyMissing"], "sweepId": "s1"})

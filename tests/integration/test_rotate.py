@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from devstack import Stack
+from tests.support.tenant import only
 
 from .helpers import get_identity, post_identity, rotate, run_job_get_mailbox, write_count
-from .test_bootstrap import only
 
 
 def connection_record(stack: Stack, name: str) -> dict[str, Any]:

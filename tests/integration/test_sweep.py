@@ -15,7 +15,7 @@ from devstack.pki import new_rsa_key, self_signed_certificate
 from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
 from shared.core.model import key_id_for
 
-from .helpers import call, run_job_get_mailbox
+from .helpers import call, call_trigger, run_job_get_mailbox
 from .platform_helpers import bootstrap, converge, reconcile, sweep
 
 DAY = 86400.0
@@ -267,22 +267,6 @@ def test_poison_message_shows_in_status(stack: Stack) -> None:
     call_trigger("record_poisoned_reconcile", message=func.QueueMessage(id="1", body=body.encode()))
     status = call("identity", "GET", "http://localhost/api/identities/poisoned", route_params={"name": "poisoned"})
     assert status.body["lastResult"]["result"] == "PoisonMessage"
-
-
-def call_trigger(name: str, **kwargs: object) -> None:
-    import asyncio
-
-    from shared.platform import close_platforms
-
-    from .helpers import handler
-
-    async def run() -> None:
-        try:
-            await handler(name)(**kwargs)
-        finally:
-            await close_platforms()
-
-    asyncio.run(run())
 
 
 def test_application_drift_is_repaired_without_undoing_an_admins_changes(stack: Stack) -> None:

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 
 from devstack import Stack
 from tests.integration.helpers import call, principal_header, registered_functions, write_count
-from tests.integration.test_decommission import add_foreign_app, directory_of
+from tests.support.tenant import add_foreign_app, directory_of
 
 from . import leakscan
 from .common import app_named

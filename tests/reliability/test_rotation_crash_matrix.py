@@ -17,10 +17,9 @@ import pytest
 
 from devstack import Stack
 from tests.integration.platform_helpers import bootstrap
-from tests.integration.test_bootstrap import CRASH_POINTS as BOOTSTRAP_CRASH_POINTS
-from tests.integration.test_continuity import Probe
-from tests.integration.test_decommission import CRASH_POINTS as DECOMMISSION_CRASH_POINTS
-from tests.integration.test_decommission import add_foreign_key
+from tests.support.crash_points import BOOTSTRAP_CRASH_POINTS, DECOMMISSION_CRASH_POINTS
+from tests.support.probe import Probe
+from tests.support.tenant import add_foreign_key
 
 from . import leakscan
 from .common import app_named, cert_versions, executed, fault, record, run
