@@ -163,6 +163,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureWebJobsStorage__clientId: identityClientId
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // host.json has telemetryMode OpenTelemetry: the Python worker must then send its logs the same
+    // way, or host-level entries are duplicated (docs/reference.md "Azure Functions").
+    PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
     // The product (shared/settings.py).
     AZURE_CLIENT_ID: identityClientId
     AZURE_TENANT_ID: tenantId
