@@ -189,6 +189,12 @@ class World:
         self.counter = RequestCounter()
         self.issuer = TokenIssuer(self.tenant_id)
         self.replication_delay = 0.0  # seconds of real time before new directory objects show
+        # How `POST /servicePrincipals` refuses an application that has not replicated yet (both seen):
+        # "403" (Authorization_RequestDenied, "... must in the local tenant"; only for a caller writing
+        # with Application.ReadWrite.OwnedBy), "400" (NoBackingApplicationObject), or "mixed": 403 and
+        # 400 in turn, 403 first. The default is "mixed", so a client must survive both.
+        self.sp_replication_error = "mixed"
+        self.sp_replication_refusals = 0  # refusals answered so far, for "mixed"
         self.directory = Directory()
         self.platform = PlatformIdentity(new_id(), new_id(), uuid.uuid4().hex)
         # principal object id -> Key Vault data-plane role names
@@ -296,6 +302,18 @@ class World:
         if self.replication_delay > 0:
             self.directory.visible_at[object_id] = time.monotonic() + self.replication_delay
 
+    def sp_replication_status(self, owned_by_only: bool) -> int:
+        """The status of the next `POST /servicePrincipals` refused for an invisible application."""
+        with self.lock:
+            mode = self.sp_replication_error
+            turn = self.sp_replication_refusals
+            self.sp_replication_refusals += 1
+        if not owned_by_only or mode == "400":
+            return 400
+        if mode == "403":
+            return 403
+        return 403 if turn % 2 == 0 else 400
+
     def is_visible(self, object_id: str) -> bool:
         moment = self.directory.visible_at.get(object_id)
         return moment is None or time.monotonic() >= moment
@@ -307,6 +325,8 @@ class World:
             self.faults.clear()
             self.counter.reset()
             self.replication_delay = 0.0
+            self.sp_replication_error = "mixed"
+            self.sp_replication_refusals = 0
             self.directory = Directory()
             self.vault_roles.clear()
             self._seed()

@@ -408,6 +408,11 @@ def service_principal_before_the_app_replicated(chain: Chain) -> Callable[[], ob
     return lambda: chain.register(vault_cert)
 
 
+def service_principal_before_the_app_replicated_400(chain: Chain) -> Callable[[], object]:
+    chain.stack.world.sp_replication_error = "400"
+    return service_principal_before_the_app_replicated(chain)
+
+
 def backing_secret_without_a_secrets_role(chain: Chain) -> Callable[[], object]:
     with chain.stack.world.lock:
         chain.stack.world.vault_roles[chain.stack.world.platform.object_id] = {"Key Vault Certificates Officer"}
@@ -450,8 +455,11 @@ REFUSALS: list[tuple[str, Callable[[Chain], Callable[[], object]], Refusal]] = [
     # docs/reference.md "Directory roles": needs RoleManagement.ReadWrite.Directory.
     ("role assignment without RoleManagement.ReadWrite.Directory", role_without_role_management,
      Refusal("graph", 403, "Authorization_RequestDenied")),
-    # docs/reference.md "Service principals": right after the app, NoBackingApplicationObject (seen).
+    # docs/reference.md "Service principals": right after the app, 403 "must be in the local tenant" or
+    # 400 NoBackingApplicationObject (seen); the stand-in answers the 403 first by default.
     ("service principal before the app replicated", service_principal_before_the_app_replicated,
+     Refusal("graph", 403, "Authorization_RequestDenied")),
+    ("service principal before the app replicated (400 variant)", service_principal_before_the_app_replicated_400,
      Refusal("graph", 400, "Request_BadRequest", "NoBackingApplicationObject")),
     # docs/reference.md "Data-plane roles": Certificates Officer does not read secret values.
     ("backing secret without a secrets role", backing_secret_without_a_secrets_role,
