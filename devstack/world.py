@@ -167,14 +167,25 @@ class Mailbox:
     user_principal_name: str
     recipient_type_details: str = "UserMailbox"
     prohibit_send_quota: str = "99 GB (106,300,440,576 bytes)"
+    display_name: str = ""
+    custom_attribute1: str = ""
+    # Get-MailboxStatistics; a mailbox nobody ever logged on to has no statistics (a warning instead)
+    item_count: int = 0
+    total_item_size_bytes: int = 0
+    last_logon_time: str | None = None
+
+    def __post_init__(self) -> None:
+        self.display_name = self.display_name or self.name
 
     def to_cmdlet_output(self) -> dict[str, Any]:
         return {
-            "Name": self.name, "DisplayName": self.name, "Alias": self.user_principal_name.split("@")[0],
+            "Name": self.name, "DisplayName": self.display_name,
+            "Alias": self.user_principal_name.split("@")[0],
             "UserPrincipalName": self.user_principal_name,
             "PrimarySmtpAddress": self.user_principal_name,
             "RecipientTypeDetails": self.recipient_type_details,
             "ProhibitSendQuota": self.prohibit_send_quota,
+            "CustomAttribute1": self.custom_attribute1,
             "ExternalDirectoryObjectId": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.user_principal_name)),
         }
 
@@ -227,9 +238,12 @@ class World:
         self.set_platform_graph_roles(DEFAULT_PLATFORM_GRAPH_ROLES)
         self.vault_roles[self.platform.object_id] = set(DEFAULT_PLATFORM_VAULT_ROLES)
         self.mailboxes = [
-            Mailbox("Adele Vance", f"adelev@{self.organization}"),
-            Mailbox("Alex Wilber", f"alexw@{self.organization}"),
-            Mailbox("Megan Bowen", f"meganb@{self.organization}"),
+            Mailbox("Adele Vance", f"adelev@{self.organization}", item_count=1523,
+                    total_item_size_bytes=412_000_000, last_logon_time="2024-05-02T07:41:12Z"),
+            Mailbox("Alex Wilber", f"alexw@{self.organization}", item_count=87, total_item_size_bytes=9_300_000,
+                    last_logon_time="2024-05-01T16:03:55Z"),
+            Mailbox("Megan Bowen", f"meganb@{self.organization}", item_count=4410,
+                    total_item_size_bytes=2_050_000_000, last_logon_time="2024-05-02T08:15:40Z"),
             Mailbox("Conference Room Adams", f"adams@{self.organization}", "RoomMailbox"),
             Mailbox("Sales", f"sales@{self.organization}", "SharedMailbox"),
         ]
