@@ -84,7 +84,9 @@ class ControlService(Service):
 
     def set_graph_roles(self, request: Request) -> Response:
         try:
-            self.world.set_platform_graph_roles(list(self._body(request)["roles"]))
+            body = self._body(request)
+            self.world.set_platform_graph_roles(list(body["roles"]),
+                                                effective_after=float(body.get("effectiveAfterSeconds", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise HttpError(400, "BadRequest", str(exc)) from exc
         return Response.empty()

@@ -267,18 +267,36 @@ class World:
         assert sp is not None, f"seeded resource {app_id} missing"
         return sp
 
-    def set_platform_graph_roles(self, role_values: tuple[str, ...] | list[str]) -> None:
-        """Replace the Graph application permissions granted to the platform identity."""
+    def set_platform_graph_roles(self, role_values: tuple[str, ...] | list[str],
+                                 effective_after: float = 0.0) -> None:
+        """Replace the Graph application permissions granted to the platform identity.
+
+        Permissions it already holds stay as they are; newly granted ones show in its tokens (and in
+        Graph) only `effective_after` real seconds from now, as a managed identity's new permission takes
+        time to arrive (docs/reference.md "Entra ID tokens": hours in real life).
+        """
+        unknown = [value for value in role_values if value not in GRAPH_APP_ROLES]
+        if unknown:
+            raise ValueError(f"unknown Graph application permission {unknown[0]!r}")
+        if effective_after < 0:
+            raise ValueError("effectiveAfterSeconds must not be negative")
         with self.lock:
             graph = self.resource_sp(GRAPH_APP_ID)
             d = self.directory
-            for key in [k for k, a in d.app_role_assignments.items()
-                        if a["principalId"] == self.platform.object_id and a["resourceId"] == graph["id"]]:
-                del d.app_role_assignments[key]
-            for value in role_values:
-                if value not in GRAPH_APP_ROLES:
-                    raise ValueError(f"unknown Graph application permission {value!r}")
+            wanted = {GRAPH_APP_ROLES[value] for value in role_values}
+            held = set()
+            for key, assignment in list(d.app_role_assignments.items()):
+                if assignment["principalId"] == self.platform.object_id and assignment["resourceId"] == graph["id"]:
+                    if assignment["appRoleId"] in wanted:
+                        held.add(assignment["appRoleId"])
+                    else:
+                        del d.app_role_assignments[key]
+            for value in dict.fromkeys(role_values):
+                if GRAPH_APP_ROLES[value] in held:
+                    continue
                 assignment_id = new_id()
+                if effective_after > 0:
+                    d.visible_at[assignment_id] = time.monotonic() + effective_after
                 d.app_role_assignments[assignment_id] = {
                     "id": assignment_id, "principalId": self.platform.object_id,
                     "principalType": "ServicePrincipal", "principalDisplayName": "exo-automation-platform",

@@ -407,6 +407,39 @@ def test_service_principal_replication_refusal_for_an_all_writer_is_400(stack: S
     assert run(scenario, stack) == 400
 
 
+def test_a_permission_granted_to_the_platform_can_arrive_late(stack: Stack) -> None:
+    # docs/reference.md "Entra ID tokens": a managed identity's new Graph permission can take hours to
+    # reach its tokens. The control API grants with a delay; what it already held stays in effect.
+    import httpx
+    from azure.identity import ManagedIdentityCredential
+
+    control = os.environ["DEVSTACK_CONTROL_URL"]
+    graph = os.environ["GRAPH_ENDPOINT"]
+    assert httpx.post(f"{control}/control/platform/graph-roles",
+                      json={"roles": ["Application.ReadWrite.OwnedBy"]}).status_code == 204
+    assert httpx.post(f"{control}/control/platform/graph-roles", json={
+        "roles": ["Application.ReadWrite.OwnedBy", "Application.Read.All"], "effectiveAfterSeconds": 3}
+    ).status_code == 204
+    assert httpx.post(f"{control}/control/platform/graph-roles",
+                      json={"roles": [], "effectiveAfterSeconds": -1}).status_code == 400
+
+    def roles_now() -> list[str]:
+        token = ManagedIdentityCredential().get_token(f"{graph}/.default").token  # a new credential: no cache
+        return sorted(jwt.decode(token, options={"verify_signature": False}).get("roles", []))
+
+    def list_apps() -> int:
+        token = ManagedIdentityCredential().get_token(f"{graph}/.default").token
+        return httpx.get(f"{graph}/v1.0/servicePrincipals", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    assert roles_now() == ["Application.ReadWrite.OwnedBy"]
+    assert list_apps() == 200  # OwnedBy reads
+    assert httpx.post(f"{control}/control/platform/graph-roles",
+                      json={"roles": ["Application.Read.All"], "effectiveAfterSeconds": 3}).status_code == 204
+    assert roles_now() == [] and list_apps() == 403  # dropped at once, the new grant not in effect yet
+    time.sleep(3.1)
+    assert roles_now() == ["Application.Read.All"] and list_apps() == 200
+
+
 # -- consent and directory roles ---------------------------------------------------------------------------
 
 def test_grant_exchange_manage_as_app(stack: Stack) -> None:
