@@ -317,3 +317,33 @@ def test_a_permission_still_missing_after_the_window_needs_an_operator(stack: St
     monkeypatch.delenv("PLATFORM_DEPLOYED_AT")  # no deployment time known: an operator at once
     unknown = bootstrap(stack, "never-granted")
     assert isinstance(unknown.error, NeedsOperator) and unknown.error.reason == "GraphPermissionMissing"
+
+
+def hide_platform_identity(stack: Stack, seconds: float) -> None:
+    """As right after the first `azd up`: Graph does not know the brand-new platform identity yet."""
+    with stack.world.lock:
+        stack.world.directory.visible_at[stack.world.platform.object_id] = time.monotonic() + seconds
+        for assignment in stack.world.directory.app_role_assignments.values():
+            if assignment["principalId"] == stack.world.platform.object_id:
+                stack.world.directory.visible_at.setdefault(assignment["id"], time.monotonic())
+
+
+def test_hook_retries_its_own_calls_while_the_new_platform_identity_replicates(stack: Stack,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/reference.md "Replication": 404 on reads, "Not a valid reference update" on grants, for a while.
+    monkeypatch.setattr(HOOK, "REPLICATION_WAITS", (1.0,) * 20)
+    wanted = TABLE.names("assign")
+    stack.world.set_platform_graph_roles([n for n in wanted if n != "RoleManagement.ReadWrite.Directory"])
+    hide_platform_identity(stack, 4.0)
+    code, out = run_hook(stack, "--mode", "assign", "--grant")
+    assert code == 0, out
+    assert "has not replicated the platform identity yet (404 Request_ResourceNotFound" in out
+    assert "granted RoleManagement.ReadWrite.Directory" in out
+    assert held_graph_permissions(stack) == set(wanted)
+
+
+def test_hook_gives_up_on_a_principal_that_never_appears(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(HOOK, "REPLICATION_WAITS", (0.1, 0.1))
+    hide_platform_identity(stack, 3600)
+    with pytest.raises(HOOK.HookError, match="404 Request_ResourceNotFound"):
+        run_hook(stack, "--mode", "assign", "--grant")
