@@ -36,8 +36,8 @@ def identity_name(index: int) -> str:
 
 
 async def _runs(stack: Stack, size: int, repeats: int) -> dict[str, Any]:
-    from shared.doctor_probes import run_doctor
     from shared.adapters.credentials import platform_credential
+    from shared.doctor_probes import run_doctor
     from shared.settings import Settings
 
     credential = platform_credential(Settings.from_environment())

@@ -69,15 +69,24 @@ class ControlService(Service):
         return Response.empty()
 
     def set_replication(self, request: Request) -> Response:
+        body = self._body(request)
+        refusal = body.get("servicePrincipalError", self.world.sp_replication_error)
+        if refusal not in ("mixed", "400", "403"):
+            raise HttpError(400, "BadRequest", 'servicePrincipalError must be "mixed", "400" or "403".')
         try:
-            self.world.replication_delay = float(self._body(request)["delaySeconds"])
+            delay = float(body["delaySeconds"])
         except (KeyError, TypeError, ValueError) as exc:
             raise HttpError(400, "BadRequest", "Expected {\"delaySeconds\": <number>}.") from exc
+        with self.world.lock:
+            self.world.replication_delay = delay
+            self.world.sp_replication_error = refusal
         return Response.empty()
 
     def set_graph_roles(self, request: Request) -> Response:
         try:
-            self.world.set_platform_graph_roles(list(self._body(request)["roles"]))
+            body = self._body(request)
+            self.world.set_platform_graph_roles(list(body["roles"]),
+                                                effective_after=float(body.get("effectiveAfterSeconds", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise HttpError(400, "BadRequest", str(exc)) from exc
         return Response.empty()

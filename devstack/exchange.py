@@ -12,23 +12,39 @@ Access, in this order:
 3. an `X-AnchorMailbox` header (any non-empty value: clients send `UPN:SystemMailbox{…}@<org>` or
    `APP:SystemMailbox{…}@<tenant id>`), else 400;
 4. `roles` must hold `Exchange.ManageAsApp` (the admin consent), else 401;
-5. `wids` must hold a role Exchange honours for app-only access (EXCHANGE_SUPPORTED_ROLES), else 403.
+5. a well-formed body, else 400;
+6. the cmdlet must exist and one of the token's `wids` must allow it (CMDLET_ROLES), else **403 with a
+   body of NUL bytes** (seen): an unknown cmdlet, a cmdlet the role does not allow and an identity
+   with no role Exchange honours all look alike.
 
-Cmdlets: `Get-Mailbox` with `Identity` (name, alias, UPN, primary SMTP address or
-ExternalDirectoryObjectId), `ResultSize` (positive int or "Unlimited"; default 1000, as the cmdlet's)
-and `RecipientTypeDetails` (one value or a list). Parameter names are case-insensitive, as in
-PowerShell.
+Cmdlets (parameter names are case-insensitive, as in PowerShell):
+
+- `Get-Mailbox` and `Get-Recipient`: `Identity` (name, alias, UPN, primary SMTP address or
+  ExternalDirectoryObjectId), `ResultSize` (positive int or "Unlimited"; default 1000, as the
+  cmdlet's) and `RecipientTypeDetails` (one value or a list);
+- `Get-MailboxStatistics`: `Identity` (required; a list stands for pipeline input). A mailbox nobody
+  has logged on to answers no row and a warning; a list with unknown names answers the others plus
+  one non-terminating error each (`@adminapi.errors`);
+- `Set-Mailbox`: `Identity` (required), `DisplayName`, `CustomAttribute1`, `ProhibitSendQuota`
+  ("Unlimited" or a size such as "49 GB", at most the 100 GB ProhibitSendReceiveQuota). No output;
+  a call that changes nothing answers 200 with a warning (`@adminapi.warnings`).
+
+Cmdlet failures answer in the shape measured on the real endpoint (docs/reference.md "Exchange
+Online", seen): `error.message` is always "Invalid Operation"; the reason is in
+`error.innererror.internalexception.message` (value checks of Set-Mailbox here), else in
+`error.details[0].message` as `|<exception type>|<reason>` (parameter binding, object not found).
 
 Paging: `Prefer: odata.maxpagesize=N` caps a page (default 1000) and the answer carries
 `Preference-Applied`; when more rows remain, `@odata.nextLink` is this endpoint with a `$skiptoken`
 query, and the client POSTs the same body to it. The skiptoken binds the cmdlet input it was issued
 for, so a different body at a next link is refused with 400.
 
-Unverified (assumptions chosen to be harmless to a client that only branches on the status code):
-the error body, which follows the OData shape that client code in the wild reads
-(`{"error": {"code", "message", "details": [{"code", "target", "message"}],
-"innererror": {"message", "type"}}}`); the error codes; 404 for an `Identity` that matches
-nothing; the order of the checks; the `WWW-Authenticate` value on 401.
+Unverified (assumptions chosen to be harmless to a client that reads the reason as above): which
+roles allow which cmdlet (CMDLET_ROLES); the statuses of cmdlet failures (400, 404 for an
+`Identity` that matches nothing); which failure carries `internalexception` and which only
+`details`; the length and content type of the NUL body, and that an identity without any role
+gets it too; the shape of an `@adminapi.errors` entry; the order of the checks; the
+`WWW-Authenticate` value on 401.
 """
 
 from __future__ import annotations
@@ -37,6 +53,8 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .tokens import authenticate
@@ -51,6 +69,25 @@ RECIPIENT_TYPES = {
     "SchedulingMailbox", "TeamMailbox", "DiscoveryMailbox", "GroupMailbox", "LegacyMailbox",
 }
 _MAXPAGESIZE = re.compile(r"odata\.maxpagesize\s*=\s*(\d+)", re.IGNORECASE)
+INVALID_OPERATION = "Invalid Operation"
+NUL_BODY = b"\x00" * 8  # unverified length: "a body of NUL bytes" is what was measured
+PROHIBIT_SEND_RECEIVE_QUOTA = 100 * 1024 ** 3  # a mailbox's default, the cap of ProhibitSendQuota
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3, "TB": 1024 ** 4}
+
+# Entra roles (template ids) -> the cmdlets this stand-in lets them run. Unverified model of the role
+# groups Exchange maps them to: the administrators run everything, the Exchange Recipient
+# Administrator manages recipients, every other honoured role only reads.
+_GLOBAL_ADMIN = "62e90394-69f5-4237-9190-012177145e10"
+_EXCHANGE_ADMIN = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+_RECIPIENT_ADMIN = "31392ffb-586c-42d1-9346-e59415a2cc4e"
+READ_CMDLETS = frozenset({"get-mailbox", "get-recipient", "get-mailboxstatistics"})
+WRITE_CMDLETS = frozenset({"set-mailbox"})
+CMDLET_ROLES: dict[str, frozenset[str]] = {
+    role: READ_CMDLETS | WRITE_CMDLETS if role in (_GLOBAL_ADMIN, _EXCHANGE_ADMIN, _RECIPIENT_ADMIN)
+    else READ_CMDLETS
+    for role in EXCHANGE_SUPPORTED_ROLES
+}
 
 
 def _unauthorized(message: str) -> HttpError:
@@ -59,13 +96,54 @@ def _unauthorized(message: str) -> HttpError:
     })
 
 
-def _cmdlet_error(status: int, code: str, exception: str, target: str, message: str) -> HttpError:
-    return HttpError(status, code, message, inner_code=exception,
-                     details=[{"code": exception, "target": target, "message": message}])
+class _NotPermitted(HttpError):
+    """403 with a body of NUL bytes: unknown cmdlet, or not one the identity's roles allow (seen)."""
+
+    def __init__(self) -> None:
+        super().__init__(403, "Forbidden", "")
 
 
-def _bad_parameter(name: str, message: str) -> HttpError:
-    return _cmdlet_error(400, "BadRequest", "ParameterBindingException", name, message)
+class CmdletFailure(HttpError):
+    """A terminating cmdlet error, answered in the real endpoint's shape (module docstring)."""
+
+    def __init__(self, status: int, exception: str, reason: str, *, target: str = "",
+                 internal: bool = False) -> None:
+        super().__init__(status, {400: "BadRequest", 404: "NotFound"}.get(status, "InternalServerError"),
+                         INVALID_OPERATION, inner_code=exception)
+        self.exception = exception
+        self.reason = reason
+        self.target = target
+        self.internal = internal
+
+    def body(self) -> dict[str, Any]:
+        short = self.exception.rsplit(".", 1)[-1]
+        error: dict[str, Any] = {"code": self.code, "message": INVALID_OPERATION}
+        inner: dict[str, Any] = {"message": INVALID_OPERATION, "type": self.exception}
+        if self.internal:
+            inner["internalexception"] = {"message": self.reason, "type": self.exception}
+        else:
+            error["details"] = [{"code": short, "target": self.target, "message": f"|{self.exception}|{self.reason}"}]
+        error["innererror"] = inner
+        return {"error": error}
+
+
+def _bad_parameter(name: str, message: str) -> CmdletFailure:
+    return CmdletFailure(400, "System.Management.Automation.ParameterBindingException", message, target=name)
+
+
+def _not_found(identity: Any, organization: str) -> CmdletFailure:
+    return CmdletFailure(404, "Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException",
+                         f"The operation couldn't be performed because object '{identity}' couldn't be found "
+                         f"on '{organization}'.", target="Identity")
+
+
+@dataclass
+class CmdletOutput:
+    """What a cmdlet produced: rows, and the non-terminating errors and warnings beside them."""
+
+    rows: list[dict[str, Any]]
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class ExchangeService(Service):
@@ -74,10 +152,17 @@ class ExchangeService(Service):
     def __init__(self, world: World) -> None:
         super().__init__()
         self.world = world
-        self.cmdlets = {"get-mailbox": self.get_mailbox}
+        self.cmdlets: dict[str, Callable[[dict[str, Any]], CmdletOutput]] = {
+            "get-mailbox": self.get_mailbox, "get-recipient": self.get_recipient,
+            "get-mailboxstatistics": self.get_mailbox_statistics, "set-mailbox": self.set_mailbox,
+        }
         self.route("POST", "/adminapi/beta/{tenant}/InvokeCommand", self.invoke_command)
 
     def error_response(self, error: HttpError, request: Request) -> Response:
+        if isinstance(error, _NotPermitted):
+            return Response(403, NUL_BODY, {"Content-Type": "application/json; charset=utf-8"})
+        if isinstance(error, CmdletFailure):
+            return Response.json(error.status, error.body(), error.headers)
         body: dict[str, Any] = {"code": error.code, "message": error.message}
         if error.details:
             body["details"] = error.details
@@ -87,7 +172,7 @@ class ExchangeService(Service):
 
     # -- the endpoint ------------------------------------------------------------------------------
     def invoke_command(self, request: Request) -> Response:
-        self._authorize(request)
+        claims = self._authorize(request)
         tenant = request.params["tenant"]
         body = request.json()
         cmdlet_input = body.get("CmdletInput") if isinstance(body, dict) else None
@@ -99,11 +184,11 @@ class ExchangeService(Service):
         if not isinstance(parameters, dict):
             raise HttpError(400, "BadRequest", "CmdletInput.Parameters must be an object.")
         handler = self.cmdlets.get(name.lower())
-        if handler is None:
-            message = (f"The term '{name}' is not recognized as the name of a cmdlet, function, script file, "
-                       "or operable program.")
-            raise _cmdlet_error(400, "BadRequest", "CommandNotFoundException", name, message)
-        rows = handler(parameters)
+        allowed = set().union(*(CMDLET_ROLES.get(w, frozenset()) for w in claims.get("wids") or []))
+        if handler is None or name.lower() not in allowed:
+            raise _NotPermitted()
+        output = handler(parameters)
+        rows = output.rows
 
         fingerprint = hashlib.sha256(json.dumps(cmdlet_input, sort_keys=True).encode()).hexdigest()[:16]
         offset = self._offset(request.query.get("$skiptoken"), fingerprint)
@@ -114,6 +199,10 @@ class ExchangeService(Service):
             "@odata.context": f"{base}/$metadata#Collection(Exchange.GenericHashTable)",
             "value": page,
         }
+        if offset == 0 and output.errors:
+            payload["@adminapi.errors"] = output.errors
+        if offset == 0 and output.warnings:
+            payload["@adminapi.warnings"] = output.warnings
         if offset + page_size < len(rows):
             raw = f"{offset + page_size}:{fingerprint}".encode()
             token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -134,10 +223,6 @@ class ExchangeService(Service):
         if MANAGE_AS_APP not in (claims.get("roles") or []):
             raise _unauthorized(f"The application has not been granted the {MANAGE_AS_APP} permission "
                                 "(admin consent missing).")
-        if not set(claims.get("wids") or []) & EXCHANGE_SUPPORTED_ROLES:
-            raise HttpError(403, "Forbidden",
-                            "The application has no Entra role that Exchange Online accepts for app-only "
-                            "access (for example Exchange Recipient Administrator).")
         return claims
 
     def _page_size(self, request: Request) -> int:
@@ -161,8 +246,10 @@ class ExchangeService(Service):
         return offset
 
     # -- cmdlets -----------------------------------------------------------------------------------
-    def get_mailbox(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        allowed = {p.lower(): p for p in ("Identity", "ResultSize", "RecipientTypeDetails")}
+    @staticmethod
+    def _bind(parameters: dict[str, Any], names: tuple[str, ...], required: tuple[str, ...] = ()
+              ) -> dict[str, Any]:
+        allowed = {p.lower(): p for p in names}
         values: dict[str, Any] = {}
         for given, value in parameters.items():
             canonical = allowed.get(str(given).lower())
@@ -170,7 +257,24 @@ class ExchangeService(Service):
                 raise _bad_parameter(str(given),
                                      f"A parameter cannot be found that matches parameter name '{given}'.")
             values[canonical] = value
+        missing = [name for name in required if values.get(name) in (None, "", [])]
+        if missing:
+            raise _bad_parameter(missing[0], "Cannot process command because of one or more missing mandatory "
+                                             f"parameters: {' '.join(missing)}.")
+        return values
 
+    def _find(self, identity: Any) -> Mailbox | None:
+        needle = str(identity).strip().lower()
+        with self.world.lock:
+            for mailbox in self.world.mailboxes:
+                row = mailbox.to_cmdlet_output()
+                keys = ("Name", "Alias", "UserPrincipalName", "PrimarySmtpAddress", "ExternalDirectoryObjectId")
+                if any(str(row[k]).lower() == needle for k in keys):
+                    return mailbox
+        return None
+
+    def _recipients(self, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        values = self._bind(parameters, ("Identity", "ResultSize", "RecipientTypeDetails"))
         result_size = self._result_size(values.get("ResultSize", DEFAULT_RESULT_SIZE))
         types = values.get("RecipientTypeDetails")
         wanted_types: set[str] | None = None
@@ -193,14 +297,87 @@ class ExchangeService(Service):
             rows = [r for r in rows if r["RecipientTypeDetails"] in wanted_types]
         identity = values.get("Identity")
         if identity is not None:
-            needle = str(identity).strip().lower()
-            keys = ("Name", "Alias", "UserPrincipalName", "PrimarySmtpAddress", "ExternalDirectoryObjectId")
-            rows = [r for r in rows if any(str(r[k]).lower() == needle for k in keys)]
+            found = self._find(identity)
+            rows = [r for r in rows if found is not None and r["UserPrincipalName"] == found.user_principal_name]
             if not rows:
-                message = (f"The operation couldn't be performed because object '{identity}' couldn't be "
-                           f"found on '{self.world.organization}'.")
-                raise _cmdlet_error(404, "NotFound", "ManagementObjectNotFoundException", "Identity", message)
+                raise _not_found(identity, self.world.organization)
         return rows if result_size is None else rows[:result_size]
+
+    def get_mailbox(self, parameters: dict[str, Any]) -> CmdletOutput:
+        return CmdletOutput(self._recipients(parameters))
+
+    def get_recipient(self, parameters: dict[str, Any]) -> CmdletOutput:
+        rows = [{"Name": r["Name"], "DisplayName": r["DisplayName"], "Alias": r["Alias"],
+                 "PrimarySmtpAddress": r["PrimarySmtpAddress"], "RecipientType": "UserMailbox",
+                 "RecipientTypeDetails": r["RecipientTypeDetails"],
+                 "ExternalDirectoryObjectId": r["ExternalDirectoryObjectId"]}
+                for r in self._recipients(parameters)]
+        return CmdletOutput(rows)
+
+    def get_mailbox_statistics(self, parameters: dict[str, Any]) -> CmdletOutput:
+        values = self._bind(parameters, ("Identity",), required=("Identity",))
+        identities = values["Identity"] if isinstance(values["Identity"], list) else [values["Identity"]]
+        output = CmdletOutput([])
+        for identity in identities:
+            mailbox = self._find(identity)
+            if mailbox is None:
+                if len(identities) == 1:
+                    raise _not_found(identity, self.world.organization)
+                failure = _not_found(identity, self.world.organization)
+                output.errors.append({"message": f"|{failure.exception}|{failure.reason}",
+                                      "type": failure.exception, "target": str(identity)})
+                continue
+            if mailbox.last_logon_time is None:
+                output.warnings.append(f"The user hasn't logged on to mailbox '{mailbox.name}', so there is no "
+                                       "data to return. After the user logs on, this warning will no longer appear.")
+                continue
+            output.rows.append({
+                "DisplayName": mailbox.display_name, "ItemCount": mailbox.item_count,
+                "TotalItemSize": f"{mailbox.total_item_size_bytes / 1024 ** 2:.2f} MB "
+                                 f"({mailbox.total_item_size_bytes:,} bytes)",
+                "LastLogonTime": mailbox.last_logon_time,
+                "MailboxGuid": mailbox.to_cmdlet_output()["ExternalDirectoryObjectId"],
+            })
+        return output
+
+    def set_mailbox(self, parameters: dict[str, Any]) -> CmdletOutput:
+        values = self._bind(parameters, ("Identity", "DisplayName", "CustomAttribute1", "ProhibitSendQuota"),
+                            required=("Identity",))
+        mailbox = self._find(values["Identity"])
+        if mailbox is None:
+            raise _not_found(values["Identity"], self.world.organization)
+        changes: dict[str, str] = {}
+        if "ProhibitSendQuota" in values:
+            changes["prohibit_send_quota"] = self._quota(values["ProhibitSendQuota"])
+        if "DisplayName" in values:
+            changes["display_name"] = str(values["DisplayName"])
+        if "CustomAttribute1" in values:
+            changes["custom_attribute1"] = str(values["CustomAttribute1"])
+        with self.world.lock:
+            changed = {k: v for k, v in changes.items() if getattr(mailbox, k) != v}
+            for key, value in changed.items():
+                setattr(mailbox, key, value)
+        warnings = [] if changed else [f"The command completed successfully but no settings of "
+                                       f"'{mailbox.name}' have been modified."]
+        return CmdletOutput([], warnings=warnings)
+
+    def _quota(self, value: Any) -> str:
+        text = str(value).strip()
+        if text.lower() == "unlimited":
+            return "Unlimited"
+        match = _SIZE.match(text)
+        if match is None:
+            raise _bad_parameter("ProhibitSendQuota",
+                                 f"Cannot process argument transformation on parameter 'ProhibitSendQuota'. "
+                                 f"Cannot convert value \"{text}\" to type "
+                                 "\"Microsoft.Exchange.Data.Unlimited`1[Microsoft.Exchange.Data.ByteQuantifiedSize]\".")
+        size = int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
+        if size > PROHIBIT_SEND_RECEIVE_QUOTA:
+            raise CmdletFailure(400, "Microsoft.Exchange.Data.DataValidationException",
+                                f"The value of property 'ProhibitSendQuota' must be less than or equal to that "
+                                f"of property 'ProhibitSendReceiveQuota'. ProhibitSendQuota: {text}, "
+                                "ProhibitSendReceiveQuota: 100 GB (107,374,182,400 bytes).", internal=True)
+        return f"{text} ({size:,} bytes)"
 
     def _result_size(self, value: Any) -> int | None:
         """None means Unlimited."""

@@ -1180,6 +1180,13 @@ class GraphService(Service):
             raise _invalid_value("appId", "ServicePrincipal")
         d = self.world.directory
         app = self._visible(d.app_by_app_id(app_id))
+        if app is None and d.app_by_app_id(app_id) is not None and self.world.sp_replication_status(
+                not caller.roles & APP_WRITE_ALL) == 403:
+            # A just-created application not replicated yet, to a caller writing with OwnedBy (seen:
+            # docs/reference.md "Service principals"; the real message's grammar kept).
+            raise HttpError(403, "Authorization_RequestDenied",
+                            "When using this permission, the backing application of the service principal being "
+                            "created must in the local tenant")
         if app is None:
             # Also what a just-created, not yet replicated application looks like (seen).
             message = f"The appId '{app_id}' of the service principal does not reference a valid application object."

@@ -170,14 +170,25 @@ class Mailbox:
     user_principal_name: str
     recipient_type_details: str = "UserMailbox"
     prohibit_send_quota: str = "99 GB (106,300,440,576 bytes)"
+    display_name: str = ""
+    custom_attribute1: str = ""
+    # Get-MailboxStatistics; a mailbox nobody ever logged on to has no statistics (a warning instead)
+    item_count: int = 0
+    total_item_size_bytes: int = 0
+    last_logon_time: str | None = None
+
+    def __post_init__(self) -> None:
+        self.display_name = self.display_name or self.name
 
     def to_cmdlet_output(self) -> dict[str, Any]:
         return {
-            "Name": self.name, "DisplayName": self.name, "Alias": self.user_principal_name.split("@")[0],
+            "Name": self.name, "DisplayName": self.display_name,
+            "Alias": self.user_principal_name.split("@")[0],
             "UserPrincipalName": self.user_principal_name,
             "PrimarySmtpAddress": self.user_principal_name,
             "RecipientTypeDetails": self.recipient_type_details,
             "ProhibitSendQuota": self.prohibit_send_quota,
+            "CustomAttribute1": self.custom_attribute1,
             "ExternalDirectoryObjectId": str(uuid.uuid5(uuid.NAMESPACE_DNS, self.user_principal_name)),
         }
 
@@ -192,6 +203,12 @@ class World:
         self.counter = RequestCounter()
         self.issuer = TokenIssuer(self.tenant_id)
         self.replication_delay = 0.0  # seconds of real time before new directory objects show
+        # How `POST /servicePrincipals` refuses an application that has not replicated yet (both seen):
+        # "403" (Authorization_RequestDenied, "... must in the local tenant"; only for a caller writing
+        # with Application.ReadWrite.OwnedBy), "400" (NoBackingApplicationObject), or "mixed": 403 and
+        # 400 in turn, 403 first. The default is "mixed", so a client must survive both.
+        self.sp_replication_error = "mixed"
+        self.sp_replication_refusals = 0  # refusals answered so far, for "mixed"
         self.directory = Directory()
         self.platform = PlatformIdentity(new_id(), new_id(), uuid.uuid4().hex)
         # principal object id -> Key Vault data-plane role names
@@ -227,9 +244,12 @@ class World:
         self.set_platform_graph_roles(DEFAULT_PLATFORM_GRAPH_ROLES)
         self.vault_roles[self.platform.object_id] = set(DEFAULT_PLATFORM_VAULT_ROLES)
         self.mailboxes = [
-            Mailbox("Adele Vance", f"adelev@{self.organization}"),
-            Mailbox("Alex Wilber", f"alexw@{self.organization}"),
-            Mailbox("Megan Bowen", f"meganb@{self.organization}"),
+            Mailbox("Adele Vance", f"adelev@{self.organization}", item_count=1523,
+                    total_item_size_bytes=412_000_000, last_logon_time="2024-05-02T07:41:12Z"),
+            Mailbox("Alex Wilber", f"alexw@{self.organization}", item_count=87, total_item_size_bytes=9_300_000,
+                    last_logon_time="2024-05-01T16:03:55Z"),
+            Mailbox("Megan Bowen", f"meganb@{self.organization}", item_count=4410,
+                    total_item_size_bytes=2_050_000_000, last_logon_time="2024-05-02T08:15:40Z"),
             Mailbox("Conference Room Adams", f"adams@{self.organization}", "RoomMailbox"),
             Mailbox("Sales", f"sales@{self.organization}", "SharedMailbox"),
         ]
@@ -253,18 +273,36 @@ class World:
         assert sp is not None, f"seeded resource {app_id} missing"
         return sp
 
-    def set_platform_graph_roles(self, role_values: tuple[str, ...] | list[str]) -> None:
-        """Replace the Graph application permissions granted to the platform identity."""
+    def set_platform_graph_roles(self, role_values: tuple[str, ...] | list[str],
+                                 effective_after: float = 0.0) -> None:
+        """Replace the Graph application permissions granted to the platform identity.
+
+        Permissions it already holds stay as they are; newly granted ones show in its tokens (and in
+        Graph) only `effective_after` real seconds from now, as a managed identity's new permission takes
+        time to arrive (docs/reference.md "Entra ID tokens": hours in real life).
+        """
+        unknown = [value for value in role_values if value not in GRAPH_APP_ROLES]
+        if unknown:
+            raise ValueError(f"unknown Graph application permission {unknown[0]!r}")
+        if effective_after < 0:
+            raise ValueError("effectiveAfterSeconds must not be negative")
         with self.lock:
             graph = self.resource_sp(GRAPH_APP_ID)
             d = self.directory
-            for key in [k for k, a in d.app_role_assignments.items()
-                        if a["principalId"] == self.platform.object_id and a["resourceId"] == graph["id"]]:
-                del d.app_role_assignments[key]
-            for value in role_values:
-                if value not in GRAPH_APP_ROLES:
-                    raise ValueError(f"unknown Graph application permission {value!r}")
+            wanted = {GRAPH_APP_ROLES[value] for value in role_values}
+            held = set()
+            for key, assignment in list(d.app_role_assignments.items()):
+                if assignment["principalId"] == self.platform.object_id and assignment["resourceId"] == graph["id"]:
+                    if assignment["appRoleId"] in wanted:
+                        held.add(assignment["appRoleId"])
+                    else:
+                        del d.app_role_assignments[key]
+            for value in dict.fromkeys(role_values):
+                if GRAPH_APP_ROLES[value] in held:
+                    continue
                 assignment_id = new_id()
+                if effective_after > 0:
+                    d.visible_at[assignment_id] = time.monotonic() + effective_after
                 d.app_role_assignments[assignment_id] = {
                     "id": assignment_id, "principalId": self.platform.object_id,
                     "principalType": "ServicePrincipal", "principalDisplayName": "exo-automation-platform",
@@ -318,6 +356,18 @@ class World:
         if self.replication_delay > 0:
             self.directory.visible_at[object_id] = time.monotonic() + self.replication_delay
 
+    def sp_replication_status(self, owned_by_only: bool) -> int:
+        """The status of the next `POST /servicePrincipals` refused for an invisible application."""
+        with self.lock:
+            mode = self.sp_replication_error
+            turn = self.sp_replication_refusals
+            self.sp_replication_refusals += 1
+        if not owned_by_only or mode == "400":
+            return 400
+        if mode == "403":
+            return 403
+        return 403 if turn % 2 == 0 else 400
+
     def is_visible(self, object_id: str) -> bool:
         moment = self.directory.visible_at.get(object_id)
         return moment is None or time.monotonic() >= moment
@@ -329,6 +379,8 @@ class World:
             self.faults.clear()
             self.counter.reset()
             self.replication_delay = 0.0
+            self.sp_replication_error = "mixed"
+            self.sp_replication_refusals = 0
             self.directory = Directory()
             self.vault_roles.clear()
             self._seed()

@@ -68,6 +68,12 @@ param deepCheckHours int = 24
 @minValue(0)
 @maxValue(3600)
 param connectionCacheSeconds int = 300
+@description('How long after a deployment a 403 from Microsoft Graph is taken for a permission not yet in the platform identity\'s tokens (retried), rather than a missing one (needs an operator).')
+@minValue(0)
+@maxValue(72)
+param permissionPropagationHours int = 6
+@description('The deployment time: the platform\'s Graph permissions are granted by this deployment. Leave the default.')
+param deployedAt string = utcNow()
 param reportsContainerName string = 'mailbox-reports'
 @description('The sample mailbox-report job: the automation identity it runs as (bootstrap it first).')
 param mailboxReportIdentity string = 'mailbox-reports'
@@ -283,6 +289,8 @@ module functionApp 'modules/function-app.bicep' = {
     sweepSchedule: sweepSchedule
     deepCheckHours: deepCheckHours
     connectionCacheSeconds: connectionCacheSeconds
+    permissionPropagationHours: permissionPropagationHours
+    deployedAt: deployedAt
     reportsContainerName: reportsContainerName
     mailboxReportIdentity: mailboxReportIdentity
     mailboxReportSchedule: mailboxReportSchedule

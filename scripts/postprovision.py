@@ -12,6 +12,11 @@ graph-permissions.bicep). This hook, using msgraph-sdk, covers what that cannot:
 - Bicep only ever adds: permissions that the mode no longer needs (after switching `assign` to
   `verify`) or that someone added by hand are reported, and removed with `--revoke-excess`.
 
+Right after the first deployment Entra ID may not have replicated the new platform identity yet: the
+hook retries its reads and grants for about a minute while Graph answers 404 or "Not a valid
+reference update" (REPLICATION_WAITS), then reports what is still missing (docs/deploy.md,
+"Troubleshooting the deployment").
+
 Then it runs the doctor (`python -m shared doctor`, read-only) and prints its table: every other
 prerequisite of a first bootstrap, each with its fix (`--no-doctor` skips it).
 
@@ -223,6 +228,37 @@ def _graph_refusal(exc: BaseException) -> str | None:
     return f"{getattr(exc, 'response_status_code', '?')} {code}: {getattr(error, 'message', None) or exc}"
 
 
+# Waits between attempts while Entra ID has not replicated the brand-new platform identity (about a minute
+# in all; docs/reference.md "Replication": seconds to minutes).
+REPLICATION_WAITS = (2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def _replicating(exc: BaseException) -> bool:
+    """Whether a Graph refusal looks like a principal not replicated yet: 404, or 400 "Not a valid
+    reference update" (docs/reference.md "Replication", "Admin consent"). Anything else is a real answer."""
+    from kiota_abstractions.api_error import APIError
+
+    if not isinstance(exc, APIError):
+        return False
+    status = getattr(exc, "response_status_code", None)
+    message = str(getattr(getattr(exc, "error", None), "message", None) or "").lower()
+    return status == 404 or (status == 400 and "not a valid reference update" in message)
+
+
+async def _while_replicating(call: Any, what: str, out: Any) -> Any:
+    """`await call()`, again after a wait while Graph answers as for a principal not replicated yet."""
+    for wait in (*REPLICATION_WAITS, None):
+        try:
+            return await call()
+        except Exception as exc:
+            if wait is None or not _replicating(exc):
+                raise
+            print(f"{what}: Entra ID has not replicated the platform identity yet ({_graph_refusal(exc)}); "
+                  f"retrying in {wait:g} s", file=out)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 async def _attempt(write: Any) -> str | None:
     """Run one Graph write; the refusal message instead of an exception when Graph says no."""
     try:
@@ -300,7 +336,7 @@ async def converge(args: argparse.Namespace, table: PermissionTable, credential:
 
 
 async def _converge(graph: GraphGrants, args: argparse.Namespace, table: PermissionTable, out: Any) -> GrantPlan:
-    roles, held = await graph.read()
+    roles, held = await _while_replicating(graph.read, "reading the grants", out)
     plan = plan_grants(table.for_mode(args.mode), roles, held)
     for line in describe(plan, args.mode, will_grant=args.grant, will_revoke=args.revoke_excess):
         print(line, file=out)
@@ -308,7 +344,10 @@ async def _converge(graph: GraphGrants, args: argparse.Namespace, table: Permiss
         return plan
     if args.grant:
         for name, role_id in list(plan.grant):
-            refused = await _attempt(graph.grant(role_id))
+            refused = await _attempt(_while_replicating(lambda role_id=role_id: graph.grant(role_id),
+                                                        f"granting {name}", out))
+            if refused and "already exists" in refused.lower():
+                refused = None  # an earlier attempt that Graph took after all
             print(f"could not grant {name}: {refused}" if refused else f"granted {name}", file=out)
             if not refused:
                 plan.grant.remove((name, role_id))

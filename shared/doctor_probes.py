@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError, HttpResponseError
 
+from shared.adapters.credentials import platform_credential
 from shared.adapters.graph import GraphClient, GraphError, literal
 from shared.adapters.vault import VaultGateway, vault_error
 from shared.core.model import EXCHANGE_RESOURCE_APP_ID, OWNER_TAG, OWNER_TAG_VALUE
@@ -38,7 +39,6 @@ from shared.doctor import (
     summary,
 )
 from shared.errors import ExoAutomationError, SettingsError
-from shared.adapters.credentials import platform_credential
 from shared.runtime.jobs import STORAGE_CONNECTION
 from shared.settings import Settings
 

@@ -38,7 +38,7 @@ class Platform:
     @classmethod
     def create(cls, settings: Settings, *, clock: Clock = utc_now, credential: Any = None) -> Platform:
         credential = credential or platform_credential(settings)
-        graph = GraphClient(settings, credential)
+        graph = GraphClient(settings, credential, clock)
         directory = DirectoryGateway(graph)
         vault = VaultGateway(settings, credential)
         context = PlanContext(

@@ -10,6 +10,7 @@ variables (`IDENTITY_ENDPOINT`, `AZURE_CLIENT_ID`, `AZURE_AUTHORITY_HOST`, `SSL_
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from collections.abc import Mapping
@@ -68,6 +69,11 @@ class Settings:
     notify_webhook_format: str = "json"
     notify_near_expiry_days: int = 14
     instance_name: str = ""
+    # When the platform's permissions were last granted (infra sets the deployment time), and for how
+    # long after it a 403 from Graph is taken for a permission not yet in effect (docs/reference.md:
+    # a managed identity's new permissions can take hours to reach its tokens).
+    platform_deployed_at: dt.datetime | None = None
+    permission_propagation_hours: float = 6.0
 
     @property
     def graph_scope(self) -> str:
@@ -130,6 +136,9 @@ class Settings:
             notify_webhook_format=reader.choice("NOTIFY_WEBHOOK_FORMAT", ("json", "teams", "slack"), default="json"),
             notify_near_expiry_days=reader.integer("NOTIFY_NEAR_EXPIRY_DAYS", default=14, low=1, high=365),
             instance_name=reader.text("PLATFORM_INSTANCE_NAME") or reader.text("WEBSITE_SITE_NAME") or "",
+            platform_deployed_at=reader.optional_time("PLATFORM_DEPLOYED_AT"),
+            permission_propagation_hours=reader.number("PERMISSION_PROPAGATION_HOURS", default=6.0, low=0.0,
+                                                       high=72.0),
         )
         return settings
 
@@ -228,6 +237,23 @@ class _Reader:
         if not low <= number <= high:
             raise self._bad(name, value, f"a whole number from {low} to {high}")
         return number
+
+    def optional_time(self, name: str) -> dt.datetime | None:
+        """An ISO 8601 moment with its offset (e.g. Bicep's utcNow(): 20240502T074112Z), as UTC."""
+        value = self._raw(name)
+        if value is None:
+            return None
+        expected = "an ISO 8601 date and time with its offset, e.g. 2024-05-02T07:41:12Z"
+        text = value.strip()
+        compact = re.fullmatch(r"(\d{8})T(\d{6})Z", text)
+        try:
+            moment = dt.datetime.strptime("".join(compact.groups()), "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC) \
+                if compact else dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise self._bad(name, value, expected) from None
+        if moment.tzinfo is None:
+            raise self._bad(name, value, expected)
+        return moment.astimezone(dt.UTC)
 
     def number(self, name: str, *, default: float, low: float, high: float) -> float:
         value = self._raw(name)

@@ -59,6 +59,10 @@ param notifyWebhookUrl string = ''
 param notifyWebhookFormat string = 'json'
 @description('Notify when a certificate expires in fewer days than this and has not been renewed.')
 param notifyNearExpiryDays int = 14
+@description('Hours after deployedAt during which a 403 from Microsoft Graph is retried as a permission not yet in effect.')
+param permissionPropagationHours int = 6
+@description('When this deployment ran (it grants the platform\'s Graph permissions): utcNow() of main.bicep.')
+param deployedAt string
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   // checkov:skip=CKV_AZURE_225: zone redundancy is a property of the Flex Consumption platform, not of this plan resource
@@ -163,6 +167,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureWebJobsStorage__clientId: identityClientId
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // host.json has telemetryMode OpenTelemetry: the Python worker must then send its logs the same
+    // way, or host-level entries are duplicated (docs/reference.md "Azure Functions").
+    PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
     // The product (shared/settings.py).
     AZURE_CLIENT_ID: identityClientId
     AZURE_TENANT_ID: tenantId
@@ -195,6 +202,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     NOTIFY_WEBHOOK_FORMAT: notifyWebhookFormat
     NOTIFY_NEAR_EXPIRY_DAYS: string(notifyNearExpiryDays)
     PLATFORM_INSTANCE_NAME: name
+    // A 403 from Graph within PERMISSION_PROPAGATION_HOURS of this deployment is retried: the permissions
+    // it granted can take hours to reach the platform identity's tokens (docs/reference.md).
+    PLATFORM_DEPLOYED_AT: deployedAt
+    PERMISSION_PROPAGATION_HOURS: string(permissionPropagationHours)
   }
 }
 

@@ -119,6 +119,18 @@ def _no_backing_application(exc: GraphError) -> bool:
     return exc.status == 400 and "NoBackingApplicationObject" in exc.detail_codes
 
 
+def _application_not_replicated(exc: GraphError) -> bool:
+    """`POST /servicePrincipals` refused because the application has not replicated yet.
+
+    Graph answers either 400 `NoBackingApplicationObject` or 403 `Authorization_RequestDenied` whose
+    message says the backing application "must in the local tenant" (both seen, for tens of seconds;
+    docs/reference.md "Service principals"). The 403's code is the one a missing permission has, so
+    only that message marks it; any other 403 is a refusal.
+    """
+    return _no_backing_application(exc) or (
+        exc.status == 403 and exc.code == "Authorization_RequestDenied" and "local tenant" in exc.message.lower())
+
+
 def _with_owner_tag(tags: list[str] | None) -> list[str]:
     existing = list(tags or [])
     return existing if APP_OWNER_TAG in existing else [*existing, APP_OWNER_TAG]
@@ -290,7 +302,7 @@ class DirectoryGateway:
             try:
                 response = await self.graph.request("POST", "/servicePrincipals", json={"appId": app_id})
             except GraphError as exc:
-                if exc.status in (400, 409) and not _no_backing_application(exc):
+                if exc.status in (400, 409) and not _application_not_replicated(exc):
                     existing = await self.find_service_principal(app_id)
                     if existing is not None:  # created concurrently by another run
                         return existing
@@ -298,7 +310,7 @@ class DirectoryGateway:
             created: dict[str, Any] = response.json()
             return created
 
-        return await retry_while_replicating(create, _no_backing_application)
+        return await retry_while_replicating(create, _application_not_replicated)
 
     async def delete_service_principal(self, sp_id: str) -> None:
         await self._delete(f"/servicePrincipals/{sp_id}")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -37,6 +39,9 @@ class GraphError(Exception):
         self.message = message
         self.details = details or []
         self.retry_after = retry_after
+        # For a 403: when the platform's permissions were granted and until when a refusal is taken for
+        # one not yet in effect (set by GraphClient from its settings and clock; see permission_verdict).
+        self.permission_window: PermissionWindow | None = None
 
     @property
     def detail_codes(self) -> set[str]:
@@ -52,11 +57,46 @@ class GraphError(Exception):
             return Retryable(f"Microsoft Graph is unavailable or throttling ({self.status} {self.code})",
                              reason="GraphUnavailable", retry_after=self.retry_after)
         if self.status == 403:
-            return NeedsOperator(f"Microsoft Graph refused the platform identity: {self.code}: {self.message} "
-                                 "(check the Graph permissions in the README's permission table)",
-                                 reason="GraphPermissionMissing")
+            window = self.permission_window
+            refused = f"Microsoft Graph refused the platform identity ({self.code}: {self.message})"
+            since = f" since {_iso(window.granted_at)}" if window and window.granted_at else ""
+            if window is not None and window.propagating:
+                return Retryable(f"{refused}: permission missing or not yet in effect{since}, when the platform "
+                                 "was deployed; a new permission can take hours to reach the platform's tokens, "
+                                 f"so this is retried until {_iso(window.until)}, then needs an operator",
+                                 reason="PermissionNotYetInEffect", retry_after=PERMISSION_RETRY_AFTER_SECONDS)
+            return NeedsOperator(f"{refused}: permission missing or not yet in effect{since}; check the Graph "
+                                 "permissions in the README's permission table (re-running `azd provision` "
+                                 "grants them again)", reason="GraphPermissionMissing")
         return NeedsOperator(f"Microsoft Graph refused a request: {self.status} {self.code}: {self.message}",
                              reason="GraphRequestRefused")
+
+
+PERMISSION_RETRY_AFTER_SECONDS = 300.0  # what an HTTP caller is told; the sweep backs off on its own
+
+
+@dataclass(frozen=True)
+class PermissionWindow:
+    """Whether a 403 may still be a permission on its way (docs/reference.md "Entra ID tokens": a managed
+    identity's new Graph permission can take hours to show in its tokens)."""
+
+    granted_at: dt.datetime | None
+    until: dt.datetime | None
+    propagating: bool
+
+
+def permission_verdict(now: dt.datetime, granted_at: dt.datetime | None, hours: float) -> PermissionWindow:
+    """Pure: a 403 seen at `now` is taken for a permission not yet in effect while `now` is within `hours`
+    of `granted_at`, the platform's deployment (which grants its permissions); after that, or when the
+    deployment time is unknown, the permission is missing and an operator must act."""
+    if granted_at is None:
+        return PermissionWindow(None, None, False)
+    until = granted_at + dt.timedelta(hours=hours)
+    return PermissionWindow(granted_at, until, now < until)
+
+
+def _iso(moment: dt.datetime | None) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "?"
 
 
 def literal(value: str) -> str:
@@ -65,9 +105,11 @@ def literal(value: str) -> str:
 
 
 class GraphClient:
-    def __init__(self, settings: Settings, credential: Any) -> None:
+    def __init__(self, settings: Settings, credential: Any,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
         self._settings = settings
         self._credential = credential
+        self._clock = clock
         # msgraph-core's transport wrapper does not close what it wraps: keep the real one to close.
         self._transport = httpx.AsyncHTTPTransport(retries=1, trust_env=True)
         self._http = _graph_http(settings, self._transport)
@@ -91,7 +133,11 @@ class GraphClient:
             raise Retryable(f"Microsoft Graph could not be reached: {type(exc).__name__}",
                             reason="GraphUnreachable") from exc
         if response.status_code >= 400:
-            raise _error_from(response, method, path)
+            error = _error_from(response, method, path)
+            if error.status == 403:
+                error.permission_window = permission_verdict(self._clock(), self._settings.platform_deployed_at,
+                                                             self._settings.permission_propagation_hours)
+            raise error
         return response
 
     async def _token(self) -> Any:

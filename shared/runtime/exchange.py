@@ -12,14 +12,28 @@ that is reported by what is missing:
 
     ExchangeError (ExoAutomationError)
     ├── ExchangeConsentMissing   401, token without Exchange.ManageAsApp: admin consent missing (operator)
-    ├── ExchangeRoleMissing      403: no Entra role Exchange accepts, or not one that allows the cmdlet (operator)
+    ├── ExchangeRoleMissing      403 and the token holds no Entra role Exchange accepts (operator)
+    ├── ExchangeCmdletNotPermitted  403 although the token holds such a role: the cmdlet does not exist or
+    │                            the role does not allow it; the message names the roles held (operator)
     ├── ExchangeUnauthorized     other 401: token refused (wrong tenant, organisation) (operator)
     ├── ExchangeSignInFailed     Entra ID refused the certificate (key not on the app, app gone) (operator)
-    ├── ExchangeCmdletError      4xx from the cmdlet, with the server's message (caller)
-    │   ├── ExchangeBadRequest   400: unknown cmdlet, bad parameter name or value
-    │   └── ExchangeNotFound     404: the object named by -Identity does not exist
+    ├── ExchangeCmdletError      4xx from the cmdlet, with the server's reason (caller)
+    │   ├── ExchangeBadRequest   400: bad parameter name or value
+    │   ├── ExchangeNotFound     404: the object named by -Identity does not exist
+    │   └── ExchangeNonTerminatingErrors  200 whose `@adminapi.errors` is not empty (`rows`, `errors`)
     ├── ExchangeThrottled        429 after the retries (Retryable, retry_after)
     └── ExchangeUnavailable      5xx or no answer after the retries (Retryable)
+
+Exchange answers a failed cmdlet with `error.message` "Invalid Operation"; the reason is read from
+`error.innererror.internalexception.message`, else from `error.details[0].message` without its
+leading `|Type|` (docs/reference.md "Exchange Online", seen). A 403 comes with a body of NUL bytes,
+so it cannot tell a typo from a missing right: the token's own `wids` say which roles were held.
+
+A 200 can carry non-terminating errors (`@adminapi.errors`) and warnings (`@adminapi.warnings`)
+beside its rows. Warnings are logged (logger `shared.exchange`, WARNING) and kept on the call's
+`CmdletCall.warnings`. Errors are never dropped: after the last page `invoke`/`pages` raise
+`ExchangeNonTerminatingErrors`, which carries every row returned (`rows`, for `invoke`) and the
+errors (`errors`), so a job that can live with a partial answer catches it and goes on.
 
 The operator errors are also `NeedsOperator`, the last two `Retryable`, so callers that only know
 `shared.errors` treat them right. Tokens are never logged or put into messages.
@@ -35,7 +49,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, EXCHANGE_SUPPORTED_ROLES, role_name
@@ -51,8 +65,10 @@ __all__ = [
     "ExchangeBadRequest",
     "ExchangeClient",
     "ExchangeCmdletError",
+    "ExchangeCmdletNotPermitted",
     "ExchangeConsentMissing",
     "ExchangeError",
+    "ExchangeNonTerminatingErrors",
     "ExchangeNotFound",
     "ExchangeRoleMissing",
     "ExchangeSignInFailed",
@@ -93,6 +109,16 @@ class ExchangeRoleMissing(ExchangeError, NeedsOperator):
     reason = "ExchangeRoleMissing"
 
 
+class ExchangeCmdletNotPermitted(ExchangeError, NeedsOperator):
+    """403 for an identity that holds a role Exchange accepts: unknown cmdlet, or one its roles do not allow."""
+
+    reason = "ExchangeCmdletNotPermitted"
+
+    def __init__(self, message: str, *, cmdlet: str, roles: tuple[str, ...]) -> None:
+        super().__init__(message, status=403, cmdlet=cmdlet)
+        self.roles = roles
+
+
 class ExchangeUnauthorized(ExchangeError, NeedsOperator):
     reason = "ExchangeUnauthorized"
 
@@ -123,6 +149,21 @@ class ExchangeNotFound(ExchangeCmdletError):
     reason = "ExchangeNotFound"
 
 
+class ExchangeNonTerminatingErrors(ExchangeCmdletError):
+    """The cmdlet ran but reported errors for some objects (`@adminapi.errors` of a 200).
+
+    `errors` holds each reported error's reason; `rows` every object the cmdlet did return (filled by
+    `invoke`; with `pages` the caller already has them).
+    """
+
+    reason = "ExchangeNonTerminatingErrors"
+
+    def __init__(self, message: str, *, cmdlet: str, errors: list[str]) -> None:
+        super().__init__(message, status=200, cmdlet=cmdlet, server_message=errors[0] if errors else "")
+        self.errors = errors
+        self.rows: list[dict[str, Any]] = []
+
+
 class ExchangeThrottled(ExchangeError, Retryable):
     reason = "ExchangeThrottled"
 
@@ -149,6 +190,8 @@ class CmdletCall:
     pages: int = 0
     duration_ms: int = 0
     thumbprint: str = ""
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -175,10 +218,17 @@ class ExchangeClient:
         self._sleep = sleep
 
     async def invoke(self, cmdlet: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Every object the cmdlet returns, all pages followed."""
+        """Every object the cmdlet returns, all pages followed.
+
+        Raises ExchangeNonTerminatingErrors, with every row in `rows`, when the cmdlet reported errors.
+        """
         rows: list[dict[str, Any]] = []
-        async for page in self.pages(cmdlet, parameters):
-            rows.extend(page)
+        try:
+            async for page in self.pages(cmdlet, parameters):
+                rows.extend(page)
+        except ExchangeNonTerminatingErrors as exc:
+            exc.rows = rows
+            raise
         return rows
 
     async def pages(self, cmdlet: str, parameters: Mapping[str, Any] | None = None
@@ -198,11 +248,24 @@ class ExchangeClient:
                 rows = [row for row in value if isinstance(row, dict)] if isinstance(value, list) else []
                 call.items += len(rows)
                 call.pages += 1
+                self._note_warnings_and_errors(payload, call, current)
                 next_link = payload.get("@odata.nextLink")
                 url = self._checked_next_link(next_link, current, cmdlet) if next_link else None
                 yield rows
         finally:
             call.duration_ms = int((time.perf_counter() - started) * 1000)
+        if call.errors:
+            count = len(call.errors)
+            raise ExchangeNonTerminatingErrors(
+                f"Exchange Online ran {cmdlet} for {_who(current)} but reported {count} error"
+                f"{'s' if count > 1 else ''} for some objects ({call.items} returned): {'; '.join(call.errors[:3])}"
+                f"{' …' if count > 3 else ''}", cmdlet=cmdlet, errors=list(call.errors))
+
+    def _note_warnings_and_errors(self, payload: dict[str, Any], call: CmdletCall, connection: Connection) -> None:
+        for warning in _texts(payload.get("@adminapi.warnings")):
+            call.warnings.append(warning)
+            logger.warning("Exchange warned on %s for %s: %s", call.cmdlet, connection.identity, warning)
+        call.errors.extend(_texts(payload.get("@adminapi.errors")))
 
     # -- one request, with refresh and retries ----------------------------------------------------
     async def _post(self, url: str, body: dict[str, Any], cmdlet: str, current: Connection
@@ -335,22 +398,68 @@ def _gave_up(status: int, cmdlet: str, attempts: int, retry_after: float | None)
                                cmdlet=cmdlet, status=status)
 
 
+def _field(mapping: Any, name: str) -> Any:
+    """A JSON member by name, case-insensitively (clients in the wild spell `innerError` both ways)."""
+    if not isinstance(mapping, dict):
+        return None
+    return next((value for key, value in mapping.items() if str(key).lower() == name), None)
+
+
+def _short_type(name: str) -> str:
+    return name.strip().rsplit(".", 1)[-1]
+
+
+def _reason(text: str) -> tuple[str, str]:
+    """`|Type|reason` → (Type, reason); other text → ("", text)."""
+    if text.startswith("|"):
+        kind, bar, rest = text[1:].partition("|")
+        if bar:
+            return kind, rest.strip()
+    return "", text.strip()
+
+
+def _texts(value: Any) -> list[str]:
+    """The entries of `@adminapi.warnings` / `@adminapi.errors` as plain reasons (strings or objects)."""
+    if not isinstance(value, list):
+        return []
+    texts = []
+    for item in value:
+        text = item if isinstance(item, str) else _field(item, "message")
+        if isinstance(text, str) and text.strip():
+            texts.append(_reason(text)[1][:500])
+    return texts
+
+
 def _error_fields(response: httpx.Response) -> tuple[str, str, str, str]:
-    """(code, message, target, exception type) of an OData error body, as far as it has them."""
+    """(code, reason, target, exception type) of an InvokeCommand error body, as far as it has them.
+
+    The reason is `error.innererror.internalexception.message`, else `error.details[0].message` without
+    its `|Type|` prefix, else `error.message` (docs/reference.md "Exchange Online", seen).
+    """
     try:
         payload = response.json()
     except ValueError:
-        return "", response.text.strip()[:300], "", ""
-    error = payload.get("error") if isinstance(payload, dict) else None
+        text = response.text.replace("\x00", "").strip()
+        return "", text[:300], "", ""
+    error = _field(payload, "error")
     if not isinstance(error, dict):
         return "", "", "", ""
-    details = error.get("details")
+    details = _field(error, "details")
     first: dict[str, Any] = details[0] if isinstance(details, list) and details and isinstance(details[0], dict) \
         else {}
-    inner_value = error.get("innererror")
-    inner: dict[str, Any] = inner_value if isinstance(inner_value, dict) else {}
-    return (str(error.get("code") or ""), str(error.get("message") or ""), str(first.get("target") or ""),
-            str(inner.get("type") or first.get("code") or ""))
+    inner = _field(error, "innererror")
+    internal = _field(inner, "internalexception")
+    code = str(_field(error, "code") or "")
+    target = str(_field(first, "target") or "")
+    internal_message = _field(internal, "message")
+    if isinstance(internal_message, str) and internal_message.strip():
+        kind = _field(internal, "type") or _field(inner, "type") or ""
+        return code, internal_message.strip(), target, _short_type(str(kind))
+    detail_message = _field(first, "message")
+    if isinstance(detail_message, str) and detail_message.strip():
+        kind, reason = _reason(detail_message)
+        return code, reason, target, _short_type(kind or str(_field(inner, "type") or _field(first, "code") or ""))
+    return code, str(_field(error, "message") or ""), target, _short_type(str(_field(inner, "type") or ""))
 
 
 def token_claims(token: str) -> dict[str, Any]:
@@ -394,11 +503,13 @@ def _refusal(response: httpx.Response, cmdlet: str, connection: Connection, toke
                 f"accepts for app-only access. Assign it the '{EXCHANGE_RECIPIENT_ADMINISTRATOR.name}' role (or "
                 "another role Exchange accepts), or reconcile the identity so the platform repairs it.",
                 status=status, cmdlet=cmdlet)
-        names = ", ".join(f"'{role_name(r)}'" for r in held)
-        return ExchangeRoleMissing(
-            f"Exchange Online refused {cmdlet} for {_who(connection)}: its role {names} does not allow this "
-            f"cmdlet; it needs a role whose Exchange permissions include {cmdlet}{said}",
-            status=status, cmdlet=cmdlet)
+        names = tuple(role_name(r) for r in held)
+        quoted = ", ".join(f"'{name}'" for name in names)
+        return ExchangeCmdletNotPermitted(
+            f"Exchange Online refused {cmdlet} for {_who(connection)}: unknown cmdlet or not permitted for this "
+            f"identity's role (it holds {quoted}). Check the cmdlet's name; if it is right, the identity needs "
+            f"a role whose Exchange permissions include {cmdlet}{said}",
+            cmdlet=cmdlet, roles=names)
     about = f" (parameter {target})" if target and target.lower() != cmdlet.lower() else ""
     text = f"Exchange Online refused {cmdlet}{about}: {message or f'HTTP {status}'}"
     kind = {400: ExchangeBadRequest, 404: ExchangeNotFound}.get(status, ExchangeCmdletError)

@@ -16,9 +16,10 @@ Each run logs exactly one audit line (logger `shared.runtime.jobs`), success or 
 
     job=mailbox_report identity=reports cmdlet=Get-Mailbox items=5 durationMs=412 result=Succeeded thumbprint=AB12…
 
-`result` is `Succeeded` or the failure's reason (`ExchangeRoleMissing`, `ExchangeConsentMissing`,
-`SettingMissing`, …; a `message="…"` field then says what to fix). The failure is re-raised so the
-host marks the invocation failed. Only names, counts and thumbprints are logged: no tokens, no keys.
+`result` is `Succeeded` or the failure's reason (`ExchangeRoleMissing`, `ExchangeCmdletNotPermitted`,
+`ExchangeConsentMissing`, `SettingMissing`, …; a `message="…"` field then says what to fix). The
+failure is re-raised so the host marks the invocation failed. Only names, counts and thumbprints are
+logged: no tokens, no keys.
 
 Job output goes to the Functions storage account (`write_blob`), through the same connection the
 host uses: `AzureWebJobsStorage` (a connection string; `UseDevelopmentStorage=true` with Azurite) or

@@ -67,6 +67,7 @@ pytestmark = [
 ]
 
 RECIPIENT_ADMIN = "31392ffb-586c-42d1-9346-e59415a2cc4e"  # docs/reference.md: Well-known ids
+GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
 SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 T = TypeVar("T")
 
@@ -174,12 +175,15 @@ class Chain:
         return self.job_credential(app_id, pfx).get_token(f"{self.exo_endpoint}/.default").token
 
     def get_mailbox(self, token: str) -> httpx.Response:
+        return self.invoke(token, "Get-Mailbox")
+
+    def invoke(self, token: str, cmdlet: str, **parameters: Any) -> httpx.Response:
         organization = os.environ["EXO_ORGANIZATION"]
         headers = {
             "Authorization": f"Bearer {token}", "Content-Type": "application/json", "X-ResponseFormat": "json",
             "X-AnchorMailbox": f"UPN:{SYSTEM_MAILBOX}@{organization}", "Prefer": "odata.maxpagesize=1000",
         }
-        body = {"CmdletInput": {"CmdletName": "Get-Mailbox", "Parameters": {}}}
+        body = {"CmdletInput": {"CmdletName": cmdlet, "Parameters": parameters}}
         url = f"{self.exo_endpoint}/adminapi/beta/{self.tenant_id}/InvokeCommand"
         return httpx.post(url, json=body, headers=headers, timeout=30)  # trust: SSL_CERT_FILE
 
@@ -270,7 +274,9 @@ class Refusal:
 
     Entra: `code` is the AADSTS number and `detail` the `Reason - …` text; msal keeps the HTTP
     response to itself, so `status` is None. Graph: `detail` is the first `details[].code`.
-    Key Vault: `detail` is `innererror.code`. Exchange: `detail` is None.
+    Key Vault: `detail` is `innererror.code`. Exchange: `code` is `error.code`, or "NUL body" for a
+    403 whose body is NUL bytes; `detail` is the exception type that comes with the reason (`|Type|`
+    of `details[0].message`, or `innererror.type` beside an internal exception).
     """
 
     service: str
@@ -298,7 +304,17 @@ def refusal_of(action: Callable[[], object]) -> Refusal | None:
         body = error.response.json()["error"]
         return Refusal("keyvault", error.status_code, body["code"], (body.get("innererror") or {}).get("code"))
     if isinstance(outcome, httpx.Response) and outcome.status_code >= 400:
-        return Refusal("exchange", outcome.status_code, outcome.json()["error"]["code"])
+        if outcome.content and set(outcome.content) == {0}:
+            return Refusal("exchange", outcome.status_code, "NUL body")
+        error = outcome.json()["error"]
+        if outcome.status_code == 401:
+            return Refusal("exchange", outcome.status_code, error["code"])
+        assert error["message"] == "Invalid Operation"
+        inner = error.get("innererror") or {}
+        if inner.get("internalexception"):
+            return Refusal("exchange", outcome.status_code, error["code"], inner["type"].rsplit(".", 1)[-1])
+        kind = error["details"][0]["message"].split("|")[1] if error.get("details") else None
+        return Refusal("exchange", outcome.status_code, error["code"], kind and kind.rsplit(".", 1)[-1])
     return None
 
 
@@ -333,6 +349,33 @@ def role_missing(chain: Chain) -> Callable[[], object]:
     token = chain.exchange_token(registration.app_id, vault_cert.pfx)
     assert claims_of(token)["roles"] == ["Exchange.ManageAsApp"] and "wids" not in claims_of(token)
     return lambda: chain.get_mailbox(token)
+
+
+def cmdlet_the_role_does_not_allow(chain: Chain) -> Callable[[], object]:
+    vault_cert, registration = registered_job(chain, role=False)
+    chain.graph(lambda client: client.role_management.directory.role_assignments.post(UnifiedRoleAssignment(
+        role_definition_id=GLOBAL_READER, principal_id=registration.sp_id, directory_scope_id="/")))
+    token = chain.exchange_token(registration.app_id, vault_cert.pfx)
+    assert chain.get_mailbox(token).status_code == 200  # the role reads ...
+    return lambda: chain.invoke(token, "Set-Mailbox", Identity="adelev", DisplayName="x")  # ... and may not write
+
+
+def unknown_cmdlet(chain: Chain) -> Callable[[], object]:
+    vault_cert, registration = registered_job(chain)
+    token = chain.exchange_token(registration.app_id, vault_cert.pfx)
+    return lambda: chain.invoke(token, "Get-Mailboxes")
+
+
+def cmdlet_fails_on_an_unknown_object(chain: Chain) -> Callable[[], object]:
+    vault_cert, registration = registered_job(chain)
+    token = chain.exchange_token(registration.app_id, vault_cert.pfx)
+    return lambda: chain.invoke(token, "Get-Mailbox", Identity="nobody")
+
+
+def cmdlet_fails_a_value_check(chain: Chain) -> Callable[[], object]:
+    vault_cert, registration = registered_job(chain)
+    token = chain.exchange_token(registration.app_id, vault_cert.pfx)
+    return lambda: chain.invoke(token, "Set-Mailbox", Identity="adelev", ProhibitSendQuota="500 GB")
 
 
 def owned_by_writes_a_foreign_app(chain: Chain) -> Callable[[], object]:
@@ -408,6 +451,11 @@ def service_principal_before_the_app_replicated(chain: Chain) -> Callable[[], ob
     return lambda: chain.register(vault_cert)
 
 
+def service_principal_before_the_app_replicated_400(chain: Chain) -> Callable[[], object]:
+    chain.stack.world.sp_replication_error = "400"
+    return service_principal_before_the_app_replicated(chain)
+
+
 def backing_secret_without_a_secrets_role(chain: Chain) -> Callable[[], object]:
     with chain.stack.world.lock:
         chain.stack.world.vault_roles[chain.stack.world.platform.object_id] = {"Key Vault Certificates Officer"}
@@ -434,7 +482,18 @@ REFUSALS: list[tuple[str, Callable[[Chain], Callable[[], object]], Refusal]] = [
      Refusal("entra", None, "AADSTS700027", "The key used is expired.")),
     # docs/reference.md "Exchange Online": 401 without consent, 403 with consent but no role (seen).
     ("consent missing", consent_missing, Refusal("exchange", 401, "Unauthorized")),
-    ("role missing", role_missing, Refusal("exchange", 403, "Forbidden")),
+    # ... and that 403, like the one for a cmdlet the role does not allow or that does not exist, has a
+    # body of NUL bytes (seen; the body for "no role at all" is the stand-in's pick).
+    ("role missing", role_missing, Refusal("exchange", 403, "NUL body")),
+    ("cmdlet the role does not allow", cmdlet_the_role_does_not_allow, Refusal("exchange", 403, "NUL body")),
+    ("unknown cmdlet", unknown_cmdlet, Refusal("exchange", 403, "NUL body")),
+    # docs/reference.md "Exchange Online" errors (seen): "Invalid Operation", the reason in
+    # details[0].message after `|Type|` ...
+    ("cmdlet error on an unknown object", cmdlet_fails_on_an_unknown_object,
+     Refusal("exchange", 404, "NotFound", "ManagementObjectNotFoundException")),
+    # ... or in innererror.internalexception.message.
+    ("cmdlet error from a value check", cmdlet_fails_a_value_check,
+     Refusal("exchange", 400, "BadRequest", "DataValidationException")),
     # docs/reference.md "Owners and least privilege": OwnedBy writes only applications it owns.
     ("OwnedBy caller writes an app it does not own", owned_by_writes_a_foreign_app,
      Refusal("graph", 403, "Authorization_RequestDenied")),
@@ -450,8 +509,11 @@ REFUSALS: list[tuple[str, Callable[[Chain], Callable[[], object]], Refusal]] = [
     # docs/reference.md "Directory roles": needs RoleManagement.ReadWrite.Directory.
     ("role assignment without RoleManagement.ReadWrite.Directory", role_without_role_management,
      Refusal("graph", 403, "Authorization_RequestDenied")),
-    # docs/reference.md "Service principals": right after the app, NoBackingApplicationObject (seen).
+    # docs/reference.md "Service principals": right after the app, 403 "must be in the local tenant" or
+    # 400 NoBackingApplicationObject (seen); the stand-in answers the 403 first by default.
     ("service principal before the app replicated", service_principal_before_the_app_replicated,
+     Refusal("graph", 403, "Authorization_RequestDenied")),
+    ("service principal before the app replicated (400 variant)", service_principal_before_the_app_replicated_400,
      Refusal("graph", 400, "Request_BadRequest", "NoBackingApplicationObject")),
     # docs/reference.md "Data-plane roles": Certificates Officer does not read secret values.
     ("backing secret without a secrets role", backing_secret_without_a_secrets_role,

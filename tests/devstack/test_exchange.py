@@ -12,7 +12,7 @@ from azure.identity import CertificateCredential, ManagedIdentityCredential
 
 from devstack import Stack
 
-from .entra_helpers import USER_ADMINISTRATOR, JobApp, exchange_ready_app
+from .entra_helpers import EXCHANGE_RECIPIENT_ADMINISTRATOR, USER_ADMINISTRATOR, JobApp, exchange_ready_app
 
 SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"
 GET_MAILBOX = {"CmdletInput": {"CmdletName": "Get-Mailbox", "Parameters": {}}}
@@ -87,12 +87,19 @@ def test_without_consent_is_401(stack: Stack) -> None:
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+def is_nul_403(response: requests.Response) -> bool:
+    """docs/reference.md "Exchange Online" (seen): a cmdlet the identity may not run, or that does not
+    exist, answers 403 with a body of NUL bytes, not JSON."""
+    return response.status_code == 403 and bool(response.content) and set(response.content) == {0}
+
+
 @pytest.mark.parametrize("role", [None, USER_ADMINISTRATOR])
 def test_consent_without_an_exchange_role_is_403(stack: Stack, role: str | None) -> None:
     token = exchange_token(stack, exchange_ready_app(stack.world, role=role))
     response = invoke(stack, token)
-    assert response.status_code == 403
-    assert response.json()["error"]["code"] == "Forbidden"
+    assert is_nul_403(response), response.content[:50]
+    with pytest.raises(ValueError):
+        response.json()
 
 
 def test_paging_follows_next_links(stack: Stack) -> None:
@@ -140,18 +147,104 @@ def test_tokens_that_are_not_for_this_organization_are_401(stack: Stack) -> None
     assert invoke(stack, token, tenant=str(uuid.uuid4())).status_code == 401
 
 
-@pytest.mark.parametrize(("body", "status", "inner"), [
-    ({"CmdletInput": {"CmdletName": "Remove-Mailbox", "Parameters": {}}}, 400, "CommandNotFoundException"),
-    (get_mailbox(Filter="x"), 400, "ParameterBindingException"),
-    (get_mailbox(ResultSize=0), 400, "ParameterBindingException"),
-    (get_mailbox(RecipientTypeDetails="Toaster"), 400, "ParameterBindingException"),
-    (get_mailbox(Identity="nobody"), 404, "ManagementObjectNotFoundException"),
-    ({"Cmdlet": "Get-Mailbox"}, 400, None),
+def cmdlet(name: str, **parameters: Any) -> dict[str, Any]:
+    return {"CmdletInput": {"CmdletName": name, "Parameters": parameters}}
+
+
+def reason_of(error: dict[str, Any]) -> tuple[str, str]:
+    """(exception type, reason) the way docs/reference.md says to read them: the internal exception's
+    message, else the first detail's message without its leading `|Type|`."""
+    internal = error.get("innererror", {}).get("internalexception")
+    if internal:
+        return error["innererror"]["type"], internal["message"]
+    _, kind, reason = error["details"][0]["message"].split("|", 2)
+    return kind, reason
+
+
+@pytest.mark.parametrize(("body", "status", "kind", "reason"), [
+    (get_mailbox(Filter="x"), 400, "ParameterBindingException",
+     "A parameter cannot be found that matches parameter name 'Filter'."),
+    (get_mailbox(ResultSize=0), 400, "ParameterBindingException", "not a positive number or 'Unlimited'"),
+    (get_mailbox(RecipientTypeDetails="Toaster"), 400, "ParameterBindingException", "'Toaster' is not a valid"),
+    (get_mailbox(Identity="nobody"), 404, "ManagementObjectNotFoundException", "object 'nobody' couldn't be found"),
+    (cmdlet("Set-Mailbox", DisplayName="x"), 400, "ParameterBindingException",
+     "missing mandatory parameters: Identity"),
+    (cmdlet("Set-Mailbox", Identity="adelev", ProhibitSendQuota="200 GB"), 400, "DataValidationException",
+     "must be less than or equal to that of property 'ProhibitSendReceiveQuota'"),
+    (cmdlet("Get-MailboxStatistics", Identity="nobody"), 404, "ManagementObjectNotFoundException",
+     "couldn't be found"),
 ])
-def test_cmdlet_errors(stack: Stack, body: dict[str, Any], status: int, inner: str | None) -> None:
+def test_cmdlet_errors_carry_the_reason_beside_a_generic_message(stack: Stack, body: dict[str, Any], status: int,
+                                                                 kind: str, reason: str) -> None:
+    # docs/reference.md "Exchange Online" (seen): error.message is always "Invalid Operation"; the reason
+    # is in error.innererror.internalexception.message, else in error.details[0].message after `|Type|`.
     token = exchange_token(stack, exchange_ready_app(stack.world))
     response = invoke(stack, token, body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["message"]
-    assert error.get("innererror", {}).get("type") == inner
+    assert error["message"] == "Invalid Operation"
+    found_kind, found_reason = reason_of(error)
+    assert found_kind.endswith(kind) and reason in found_reason
+
+
+def test_a_malformed_body_is_400(stack: Stack) -> None:
+    token = exchange_token(stack, exchange_ready_app(stack.world))
+    response = invoke(stack, token, {"Cmdlet": "Get-Mailbox"})
+    assert response.status_code == 400 and "CmdletInput" in response.json()["error"]["message"]
+
+
+GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
+SECURITY_READER = "5d6b6bb7-de71-4623-b4af-96380a352509"
+EXCHANGE_ADMINISTRATOR = "29232cdf-9323-42fd-ade2-1d097af3e4de"
+SET_DISPLAY_NAME = cmdlet("Set-Mailbox", Identity="alexw", DisplayName="Alex W.")
+
+
+@pytest.mark.parametrize(("role", "may_write"), [
+    (EXCHANGE_RECIPIENT_ADMINISTRATOR, True), (EXCHANGE_ADMINISTRATOR, True),
+    (GLOBAL_READER, False), (SECURITY_READER, False),
+])
+def test_each_role_runs_only_its_cmdlets(stack: Stack, role: str, may_write: bool) -> None:
+    token = exchange_token(stack, exchange_ready_app(stack.world, role=role))
+    for read in (get_mailbox(), cmdlet("Get-Recipient"), cmdlet("Get-MailboxStatistics", Identity="adelev")):
+        assert invoke(stack, token, read).status_code == 200
+    response = invoke(stack, token, SET_DISPLAY_NAME)
+    if may_write:
+        assert response.status_code == 200 and response.json()["value"] == []
+        assert stack.world.mailboxes[1].display_name == "Alex W."
+    else:
+        assert is_nul_403(response)
+        assert stack.world.mailboxes[1].display_name == "Alex Wilber"
+
+
+def test_an_unknown_cmdlet_looks_like_a_forbidden_one(stack: Stack) -> None:
+    token = exchange_token(stack, exchange_ready_app(stack.world))
+    assert is_nul_403(invoke(stack, token, cmdlet("Get-Mailboxx")))
+    assert is_nul_403(invoke(stack, token, cmdlet("Remove-Mailbox", Identity="adelev")))
+
+
+def test_get_recipient_and_statistics(stack: Stack) -> None:
+    token = exchange_token(stack, exchange_ready_app(stack.world))
+    recipients = invoke(stack, token, cmdlet("Get-Recipient", RecipientTypeDetails="SharedMailbox")).json()["value"]
+    assert [(r["Name"], r["RecipientType"]) for r in recipients] == [("Sales", "UserMailbox")]
+    stats = invoke(stack, token, cmdlet("Get-MailboxStatistics", Identity="meganb")).json()
+    assert [row["ItemCount"] for row in stats["value"]] == [4410]
+    assert "@adminapi.warnings" not in stats and "@adminapi.errors" not in stats
+
+
+def test_a_200_can_carry_warnings_and_non_terminating_errors(stack: Stack) -> None:
+    # docs/reference.md "Exchange Online" (seen): @adminapi.warnings / @adminapi.errors beside value.
+    token = exchange_token(stack, exchange_ready_app(stack.world))
+    never_logged_on = invoke(stack, token, cmdlet("Get-MailboxStatistics", Identity="sales")).json()
+    assert never_logged_on["value"] == []
+    assert never_logged_on["@adminapi.warnings"] == [
+        "The user hasn't logged on to mailbox 'Sales', so there is no data to return. After the user logs on, "
+        "this warning will no longer appear."]
+    piped = invoke(stack, token, cmdlet("Get-MailboxStatistics", Identity=["adelev", "nobody", "alexw"])).json()
+    assert [row["DisplayName"] for row in piped["value"]] == ["Adele Vance", "Alex Wilber"]
+    (error,) = piped["@adminapi.errors"]
+    assert "|Microsoft.Exchange.Configuration.Tasks.ManagementObjectNotFoundException|" in error["message"]
+    assert "'nobody'" in error["message"]
+    unchanged = invoke(stack, token, cmdlet("Set-Mailbox", Identity="adelev", DisplayName="Adele Vance")).json()
+    assert unchanged["value"] == []
+    assert unchanged["@adminapi.warnings"] == [
+        "The command completed successfully but no settings of 'Adele Vance' have been modified."]

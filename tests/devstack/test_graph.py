@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import time
 import uuid
 from typing import Any, TypeVar
@@ -339,17 +340,22 @@ def test_add_key_and_remove_key_need_a_proof_from_a_valid_certificate(stack: Sta
 
 def test_service_principal_waits_for_replication_and_is_unique(stack: Stack) -> None:
     async def scenario(client: GraphServiceClient) -> None:
-        stack.world.replication_delay = 1.0
+        stack.world.replication_delay = 3.0
         app = await client.applications.post(Application(display_name="fresh", tags=["exo-automation"]))
         assert app is not None and app.id and app.app_id
         stack.world.replication_delay = 0
         hidden = await refused(client.applications.by_application_id(app.id).get())
         assert hidden.response_status_code == 404 and hidden.error.code == "Request_ResourceNotFound"
+        # docs/reference.md "Service principals" (seen): 403 "... must be in the local tenant" and 400
+        # NoBackingApplicationObject, by default in turn (403 first) for an OwnedBy caller.
         early = await refused(client.service_principals.post(ServicePrincipal(app_id=app.app_id)))
-        assert early.response_status_code == 400 and early.error.code == "Request_BadRequest"
-        assert [d.code for d in early.error.details] == ["NoBackingApplicationObject"]
+        assert early.response_status_code == 403 and early.error.code == "Authorization_RequestDenied"
+        assert "must in the local tenant" in str(early.error.message)
+        later = await refused(client.service_principals.post(ServicePrincipal(app_id=app.app_id)))
+        assert later.response_status_code == 400 and later.error.code == "Request_BadRequest"
+        assert [d.code for d in later.error.details] == ["NoBackingApplicationObject"]
 
-        await asyncio.sleep(1.1)
+        await asyncio.sleep(3.1)
         sp = await client.service_principals.post(ServicePrincipal(app_id=app.app_id))
         assert sp is not None and sp.app_id == app.app_id and sp.display_name == "fresh"
         assert sp.tags == ["exo-automation"] and sp.service_principal_type == "Application"
@@ -362,6 +368,76 @@ def test_service_principal_waits_for_replication_and_is_unique(stack: Stack) -> 
         assert exo is not None and exo.display_name == "Office 365 Exchange Online"
 
     run(scenario, stack)
+
+
+@pytest.mark.parametrize(("mode", "statuses"), [("403", [403, 403]), ("400", [400, 400]), ("mixed", [403, 400])])
+def test_service_principal_replication_refusal_is_a_control_knob(stack: Stack, mode: str,
+                                                                 statuses: list[int]) -> None:
+    import httpx
+
+    control = os.environ["DEVSTACK_CONTROL_URL"]
+    assert httpx.post(f"{control}/control/replication",
+                      json={"delaySeconds": 30, "servicePrincipalError": mode}).status_code == 204
+    assert httpx.post(f"{control}/control/replication",
+                      json={"delaySeconds": 30, "servicePrincipalError": "404"}).status_code == 400
+
+    async def scenario(client: GraphServiceClient) -> list[int]:
+        app = await client.applications.post(Application(display_name="fresh"))
+        assert app is not None and app.app_id
+        seen = []
+        for _ in statuses:
+            error = await refused(client.service_principals.post(ServicePrincipal(app_id=app.app_id)))
+            seen.append(int(error.response_status_code or 0))
+        return seen
+
+    assert run(scenario, stack) == statuses
+
+
+def test_service_principal_replication_refusal_for_an_all_writer_is_400(stack: Stack) -> None:
+    # The 403 names "this permission" (OwnedBy); a caller with Application.ReadWrite.All gets the 400.
+    stack.world.set_platform_graph_roles(["Application.ReadWrite.All"])
+    stack.world.replication_delay = 30
+
+    async def scenario(client: GraphServiceClient) -> int:
+        app = await client.applications.post(Application(display_name="fresh"))
+        assert app is not None and app.app_id
+        error = await refused(client.service_principals.post(ServicePrincipal(app_id=app.app_id)))
+        return int(error.response_status_code or 0)
+
+    assert run(scenario, stack) == 400
+
+
+def test_a_permission_granted_to_the_platform_can_arrive_late(stack: Stack) -> None:
+    # docs/reference.md "Entra ID tokens": a managed identity's new Graph permission can take hours to
+    # reach its tokens. The control API grants with a delay; what it already held stays in effect.
+    import httpx
+    from azure.identity import ManagedIdentityCredential
+
+    control = os.environ["DEVSTACK_CONTROL_URL"]
+    graph = os.environ["GRAPH_ENDPOINT"]
+    assert httpx.post(f"{control}/control/platform/graph-roles",
+                      json={"roles": ["Application.ReadWrite.OwnedBy"]}).status_code == 204
+    assert httpx.post(f"{control}/control/platform/graph-roles", json={
+        "roles": ["Application.ReadWrite.OwnedBy", "Application.Read.All"], "effectiveAfterSeconds": 3}
+    ).status_code == 204
+    assert httpx.post(f"{control}/control/platform/graph-roles",
+                      json={"roles": [], "effectiveAfterSeconds": -1}).status_code == 400
+
+    def roles_now() -> list[str]:
+        token = ManagedIdentityCredential().get_token(f"{graph}/.default").token  # a new credential: no cache
+        return sorted(jwt.decode(token, options={"verify_signature": False}).get("roles", []))
+
+    def list_apps() -> int:
+        token = ManagedIdentityCredential().get_token(f"{graph}/.default").token
+        return httpx.get(f"{graph}/v1.0/servicePrincipals", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    assert roles_now() == ["Application.ReadWrite.OwnedBy"]
+    assert list_apps() == 200  # OwnedBy reads
+    assert httpx.post(f"{control}/control/platform/graph-roles",
+                      json={"roles": ["Application.Read.All"], "effectiveAfterSeconds": 3}).status_code == 204
+    assert roles_now() == [] and list_apps() == 403  # dropped at once, the new grant not in effect yet
+    time.sleep(3.1)
+    assert roles_now() == ["Application.Read.All"] and list_apps() == 200
 
 
 # -- consent and directory roles ---------------------------------------------------------------------------

@@ -32,11 +32,13 @@ HOST_ONLY = {
     "FUNCTIONS_WORKER_RUNTIME": "local only: Flex Consumption takes the runtime from functionAppConfig",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "telemetry target",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Entra-authenticated telemetry (local auth is off)",
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "the Python worker's telemetry with telemetryMode OpenTelemetry",
 }
 # Set by infra/ ahead of the code that reads it (another change brings the reader): allowed in infra/ and
 # the sample, required nowhere. Drop an entry once the code reads the setting (it is then derived above).
 AHEAD_OF_CODE: dict[str, str] = {}  # settings infra/ sets before a release's code reads them (why)
-REQUIRED_IN_INFRA_FROM_HOST = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"}
+REQUIRED_IN_INFRA_FROM_HOST = {"APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+                               "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"}
 REQUIRED_IN_LOCAL_FROM_HOST = {"FUNCTIONS_WORKER_RUNTIME"}
 IDENTITY_CONNECTION_SUFFIXES = ("accountName", "credential", "clientId", "blobServiceUri", "queueServiceUri",
                                 "tableServiceUri", "serviceUri")

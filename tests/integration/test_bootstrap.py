@@ -168,6 +168,20 @@ def test_bootstrap_survives_replication_delay(stack: Stack) -> None:
     assert run_job_get_mailbox(stack, "slow-tenant")
 
 
+@pytest.mark.parametrize("refusal", ["403", "400", "mixed"])
+def test_bootstrap_converges_through_either_service_principal_replication_refusal(stack: Stack,
+                                                                                  refusal: str) -> None:
+    # docs/reference.md "Service principals": 403 "... must be in the local tenant" or 400
+    # NoBackingApplicationObject until the new app has replicated (seen); both are retried.
+    stack.world.sp_replication_error = refusal
+    stack.world.replication_delay = 1.5
+    response = post_identity({"name": f"replicating-{refusal}"})
+    assert response.status == 201, response.body
+    stack.world.replication_delay = 0
+    assert stack.world.sp_replication_refusals >= 1  # the refusal was really met, and survived
+    assert run_job_get_mailbox(stack, f"replicating-{refusal}")
+
+
 def test_status_of_unknown_identity_is_404(stack: Stack) -> None:
     response = get_identity("nobody")
     assert response.status == 404

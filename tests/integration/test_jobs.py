@@ -29,7 +29,13 @@ from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
 from shared.errors import IdentityNotFound, SettingsError
 from shared.functions import sample_jobs
 from shared.runtime.connection import close_connections, close_sync_connections, connection, connection_sync
-from shared.runtime.exchange import ExchangeConsentMissing, ExchangeRoleMissing
+from shared.runtime.exchange import (
+    ExchangeCmdletNotPermitted,
+    ExchangeConsentMissing,
+    ExchangeNotFound,
+    ExchangeRoleMissing,
+)
+from shared.runtime.jobs import JobContext, run_job
 
 from .helpers import post_identity, rotate
 
@@ -318,6 +324,82 @@ def test_job_whose_identity_lost_its_consent_names_the_consent(
     assert "consent" in str(info.value) and "Exchange.ManageAsApp" in str(info.value)
     (line,) = audit_lines(caplog)
     assert audit_field(line, "result") == "ExchangeConsentMissing"
+
+
+GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
+
+
+def swap_role(stack: Stack, name: str, role: str) -> None:
+    sp_id = sp_of(stack, name)["id"]
+    with stack.world.lock:
+        assignments = stack.world.directory.role_assignments.values()
+        for assignment in [a for a in assignments if a["principalId"] == sp_id]:
+            assignment["roleDefinitionId"] = role
+
+
+def run_body(name: str, body: Callable[[JobContext], Awaitable[None]]) -> Any:
+    async def scenario() -> Any:
+        try:
+            return await run_job(name, "MAILBOX_REPORT_IDENTITY", body)
+        finally:
+            await close_connections()
+
+    return asyncio.run(scenario())
+
+
+def test_job_cmdlet_errors_carry_the_server_reason_and_a_typo_is_not_a_missing_role(
+        stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shared.jobs")
+    caplog.set_level(logging.INFO, logger="shared.exchange")
+    bootstrap("report-errors", monkeypatch)
+
+    async def unknown_mailbox(job: JobContext) -> None:
+        await job.exchange.invoke("Get-Mailbox", {"Identity": "nobody"})
+
+    with pytest.raises(ExchangeNotFound) as not_found:
+        run_body("lookup", unknown_mailbox)
+    assert "couldn't be found" in str(not_found.value) and "Invalid Operation" not in str(not_found.value)
+
+    async def typo(job: JobContext) -> None:
+        await job.exchange.invoke("Get-Mailboxx")
+
+    with pytest.raises(ExchangeCmdletNotPermitted) as refused:
+        run_body("typo", typo)
+    assert not isinstance(refused.value, ExchangeRoleMissing)
+    assert "unknown cmdlet or not permitted for this identity's role (it holds 'Exchange Recipient " \
+           "Administrator')" in str(refused.value)
+
+    async def no_change(job: JobContext) -> None:
+        await job.exchange.invoke("Set-Mailbox", {"Identity": "adelev", "DisplayName": "Adele Vance"})
+
+    assert run_body("rename", no_change).calls[0].warnings
+    lookup, typo_line, rename = audit_lines(caplog)
+    assert audit_field(lookup, "result") == "ExchangeNotFound" and "couldn't be found" in lookup
+    assert audit_field(typo_line, "result") == "ExchangeCmdletNotPermitted"
+    assert audit_field(rename, "result") == "Succeeded"
+    assert any("no settings of 'Adele Vance' have been modified" in r.getMessage() for r in caplog.records
+               if r.name == "shared.exchange")
+
+
+def test_job_whose_role_does_not_allow_a_cmdlet_names_the_role_it_holds(
+        stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="shared.jobs")
+    bootstrap("report-reader", monkeypatch)
+    swap_role(stack, "report-reader", GLOBAL_READER)  # an administrator made it read-only
+
+    async def read_then_write(job: JobContext) -> None:
+        assert len(await job.exchange.invoke("Get-Recipient")) == len(SEEDED_UPNS)
+        await job.exchange.invoke("Set-Mailbox", {"Identity": "adelev", "CustomAttribute1": "x"})
+
+    with pytest.raises(ExchangeCmdletNotPermitted) as info:
+        run_body("tagger", read_then_write)
+    assert info.value.roles == ("Global Reader",) and "Set-Mailbox" in str(info.value)
+    assert "report-reader" in str(info.value)
+    (line,) = audit_lines(caplog)
+    assert audit_field(line, "result") == "ExchangeCmdletNotPermitted" and "Global Reader" in line
+    assert stack.world.mailboxes[0].custom_attribute1 == ""
 
 
 def test_job_without_its_identity_setting_names_the_setting(

@@ -16,6 +16,7 @@ import base64
 import datetime as dt
 import io
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -260,3 +261,91 @@ def test_hook_grants_exactly_the_mode_and_the_lifecycle_then_passes(stack: Stack
 
     monkeypatch.setenv("ROLE_MODE", mode)
     assert run_lifecycle(stack, "granted-by-hook", mode) is None
+
+
+# -- a permission granted at deployment that has not reached the platform's tokens yet ----------------------
+WITHOUT_CONSENT_RIGHT = [r for r in DEFAULT_PLATFORM_GRAPH_ROLES if r != "AppRoleAssignment.ReadWrite.All"]
+
+
+def deployed_now(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLATFORM_DEPLOYED_AT", stack.world.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ"))
+    monkeypatch.delenv("PERMISSION_PROPAGATION_HOURS", raising=False)  # the default: 6 hours
+
+
+def test_a_permission_that_arrives_late_converges_without_an_operator(stack: Stack,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/reference.md "Entra ID tokens": a managed identity's new Graph permission can take hours to show.
+    from shared.adapters.graph import PERMISSION_RETRY_AFTER_SECONDS
+    from shared.errors import Retryable
+
+    from .platform_helpers import bootstrap
+
+    deployed_now(stack, monkeypatch)
+    stack.world.set_platform_graph_roles(WITHOUT_CONSENT_RIGHT)
+    stack.world.set_platform_graph_roles(DEFAULT_PLATFORM_GRAPH_ROLES, effective_after=3.0)  # granted, on its way
+    first = bootstrap(stack, "late-grant")
+    assert isinstance(first.error, Retryable), first.error
+    assert first.error.reason == "PermissionNotYetInEffect"
+    assert first.error.retry_after == PERMISSION_RETRY_AFTER_SECONDS
+    assert "permission missing or not yet in effect since " in first.error.message
+    status = get_identity("late-grant").body
+    assert status["lastResult"]["result"] == "PermissionNotYetInEffect"
+    assert "permission missing or not yet in effect since" in status["lastResult"]["error"]
+
+    deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
+    while True:  # later runs (the sweep's retries) pick the permission up once it is in the tokens
+        result = reconcile(stack, "late-grant")
+        if result.error is None or dt.datetime.now(dt.UTC) > deadline:
+            break
+        assert result.error.reason == "PermissionNotYetInEffect"
+        time.sleep(1.0)
+    assert result.error is None
+    assert get_identity("late-grant").body["lastResult"]["result"] == "Succeeded"
+    assert run_job_get_mailbox(stack, "late-grant")
+
+
+def test_a_permission_still_missing_after_the_window_needs_an_operator(stack: Stack,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.errors import NeedsOperator
+
+    from .platform_helpers import bootstrap
+
+    deployed_now(stack, monkeypatch)
+    stack.world.set_platform_graph_roles(WITHOUT_CONSENT_RIGHT)
+    stack.world.clock.advance(6 * 3600 + 60)
+    late = bootstrap(stack, "never-granted")
+    assert isinstance(late.error, NeedsOperator) and late.error.reason == "GraphPermissionMissing"
+    assert "permission missing or not yet in effect since " in late.error.message
+    monkeypatch.delenv("PLATFORM_DEPLOYED_AT")  # no deployment time known: an operator at once
+    unknown = bootstrap(stack, "never-granted")
+    assert isinstance(unknown.error, NeedsOperator) and unknown.error.reason == "GraphPermissionMissing"
+
+
+def hide_platform_identity(stack: Stack, seconds: float) -> None:
+    """As right after the first `azd up`: Graph does not know the brand-new platform identity yet."""
+    with stack.world.lock:
+        stack.world.directory.visible_at[stack.world.platform.object_id] = time.monotonic() + seconds
+        for assignment in stack.world.directory.app_role_assignments.values():
+            if assignment["principalId"] == stack.world.platform.object_id:
+                stack.world.directory.visible_at.setdefault(assignment["id"], time.monotonic())
+
+
+def test_hook_retries_its_own_calls_while_the_new_platform_identity_replicates(stack: Stack,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # docs/reference.md "Replication": 404 on reads, "Not a valid reference update" on grants, for a while.
+    monkeypatch.setattr(HOOK, "REPLICATION_WAITS", (1.0,) * 20)
+    wanted = TABLE.names("assign")
+    stack.world.set_platform_graph_roles([n for n in wanted if n != "RoleManagement.ReadWrite.Directory"])
+    hide_platform_identity(stack, 4.0)
+    code, out = run_hook(stack, "--mode", "assign", "--grant")
+    assert code == 0, out
+    assert "has not replicated the platform identity yet (404 Request_ResourceNotFound" in out
+    assert "granted RoleManagement.ReadWrite.Directory" in out
+    assert held_graph_permissions(stack) == set(wanted)
+
+
+def test_hook_gives_up_on_a_principal_that_never_appears(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(HOOK, "REPLICATION_WAITS", (0.1, 0.1))
+    hide_platform_identity(stack, 3600)
+    with pytest.raises(HOOK.HookError, match="404 Request_ResourceNotFound"):
+        run_hook(stack, "--mode", "assign", "--grant")

@@ -7,6 +7,7 @@ out tokens the Entra stand-in's issuer signed, with or without consent (`roles`)
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,8 +27,11 @@ from shared.core.record import ConnectionRecord
 from shared.runtime.connection import Connection
 from shared.runtime.exchange import (
     ExchangeBadRequest,
+    ExchangeCmdletError,
+    ExchangeCmdletNotPermitted,
     ExchangeConsentMissing,
     ExchangeError,
+    ExchangeNonTerminatingErrors,
     ExchangeNotFound,
     ExchangeRoleMissing,
     ExchangeSignInFailed,
@@ -35,6 +39,7 @@ from shared.runtime.exchange import (
     ExchangeUnauthorized,
     ExchangeUnavailable,
     RetryPolicy,
+    _error_fields,
     _retry_after,
     token_claims,
 )
@@ -232,15 +237,82 @@ def test_bad_parameter_carries_the_server_message(stack: Stack) -> None:
     assert "(parameter Frobnicate)" in str(error)
 
 
-def test_unknown_cmdlet_is_a_bad_request(stack: Stack) -> None:
-    with pytest.raises(ExchangeBadRequest, match="is not recognized"):
-        run(stack, [token(stack)], lambda c: c.invoke("Get-Nothing"))
+def test_a_cmdlet_error_carries_the_server_reason_not_invalid_operation(stack: Stack) -> None:
+    # docs/reference.md "Exchange Online": error.message is always "Invalid Operation"; the reason is in
+    # innererror.internalexception.message (this one) or details[0].message after `|Type|`.
+    with pytest.raises(ExchangeBadRequest) as info:
+        run(stack, [token(stack)], lambda c: c.invoke("Set-Mailbox", {"Identity": "adelev",
+                                                                         "ProhibitSendQuota": "300 GB"}))
+    error = info.value
+    assert "Invalid Operation" not in str(error)
+    assert error.server_message.startswith("The value of property 'ProhibitSendQuota' must be less than")
+    assert error.exception_type == "DataValidationException"
+    assert str(error).startswith("Exchange Online refused Set-Mailbox: The value of property 'ProhibitSendQuota'")
+
+
+@pytest.mark.parametrize("roles", [[ERA], [GLOBAL_READER]], ids=["recipient-admin", "global-reader"])
+def test_unknown_cmdlet_is_not_called_a_missing_role(stack: Stack, roles: list[str]) -> None:
+    with pytest.raises(ExchangeCmdletNotPermitted) as info:
+        run(stack, [token(stack, wids=roles), token(stack, wids=roles)], lambda c: c.invoke("Get-Nothing"))
+    error = info.value
+    assert not isinstance(error, ExchangeRoleMissing) and "role missing" not in str(error).lower()
+    assert "unknown cmdlet or not permitted for this identity's role" in str(error)
+    assert error.status == 403 and error.reason == "ExchangeCmdletNotPermitted"
+
+
+def test_a_cmdlet_the_role_does_not_allow_names_the_roles_held(stack: Stack) -> None:
+    with pytest.raises(ExchangeCmdletNotPermitted) as info:
+        run(stack, [token(stack, wids=[GLOBAL_READER]), token(stack, wids=[GLOBAL_READER])],
+            lambda c: c.invoke("Set-Mailbox", {"Identity": "adelev", "DisplayName": "x"}))
+    assert info.value.roles == ("Global Reader",)
+    assert "(it holds 'Global Reader')" in str(info.value) and "Set-Mailbox" in str(info.value)
+    assert "\x00" not in str(info.value)
+
+
+def test_the_same_cmdlet_runs_for_a_role_that_allows_it(stack: Stack) -> None:
+    rows, _ = run(stack, [token(stack, wids=[ERA])],
+                  lambda c: c.invoke("Set-Mailbox", {"Identity": "adelev", "DisplayName": "Adele V."}))
+    assert rows == [] and stack.world.mailboxes[0].display_name == "Adele V."
 
 
 def test_unknown_object_is_not_found(stack: Stack) -> None:
     with pytest.raises(ExchangeNotFound, match="couldn't be found") as info:
         run(stack, [token(stack)], lambda c: c.invoke("Get-Mailbox", {"Identity": "nobody"}))
     assert info.value.exception_type == "ManagementObjectNotFoundException"
+    assert not info.value.server_message.startswith("|")
+
+
+def test_warnings_are_logged_and_kept_on_the_call(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="shared.exchange")
+    rows, (client, _) = run(stack, [token(stack)],
+                            lambda c: c.invoke("Get-MailboxStatistics", {"Identity": "sales"}))
+    assert rows == []
+    (call,) = client.calls
+    assert call.warnings and "hasn't logged on to mailbox 'Sales'" in call.warnings[0]
+    assert any("hasn't logged on to mailbox 'Sales'" in r.getMessage() for r in caplog.records)
+
+
+def test_non_terminating_errors_are_raised_with_the_rows(stack: Stack) -> None:
+    with pytest.raises(ExchangeNonTerminatingErrors) as info:
+        run(stack, [token(stack)],
+            lambda c: c.invoke("Get-MailboxStatistics", {"Identity": ["adelev", "nobody", "meganb"]}))
+    error = info.value
+    assert [row["DisplayName"] for row in error.rows] == ["Adele Vance", "Megan Bowen"]
+    (reason,) = error.errors
+    assert reason.startswith("The operation couldn't be performed because object 'nobody'")
+    assert "2 returned" in str(error) and isinstance(error, ExchangeCmdletError)
+
+
+def test_error_reasons_are_read_from_either_place() -> None:
+    internal = httpx.Response(400, json={"error": {"code": "BadRequest", "message": "Invalid Operation",
+                                                   "innerError": {"type": "X.Y.SomeException",
+                                                                  "internalException": {"Message": "why"}}}})
+    assert _error_fields(internal) == ("BadRequest", "why", "", "SomeException")
+    detail = httpx.Response(400, json={"error": {"code": "BadRequest", "message": "Invalid Operation", "details": [
+        {"code": "x", "target": "Identity", "message": "|A.B.NotFoundException|the reason"}]}})
+    assert _error_fields(detail) == ("BadRequest", "the reason", "Identity", "NotFoundException")
+    nul = httpx.Response(403, content=b"\x00" * 8)
+    assert _error_fields(nul) == ("", "", "", "")
 
 
 def test_missing_consent_is_named_after_one_refresh(stack: Stack) -> None:
