@@ -225,6 +225,11 @@ class Reconciler:
         if dry_run:
             return result
         if observed.certificate is None:
+            if await self.vault.recover_deleted_identity(spec.names.certificate):
+                # The live identity's certificate was deleted by hand and is back: plan again with it,
+                # so the identity keeps its name, app and published key instead of starting over.
+                return await self.reconcile(spec, force_rotate=force_rotate, dry_run=dry_run, operation=operation,
+                                            caller=caller, correlation_id=correlation_id, prune_roles=prune_roles)
             # A new name: refuse before the first write if a soft-deleted certificate holds it.
             await self.vault.refuse_if_deleted(spec.names.certificate)
         executor = _Executor(self, spec, observed, app_raw)

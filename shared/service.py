@@ -27,10 +27,16 @@ async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False, 
                                                correlation_id=correlation_id, prune_roles=True)
 
 
-async def recorded_spec(platform: Platform, name: str) -> IdentitySpec:
-    """The spec an existing identity was created with (its certificate's tags)."""
+async def recorded_spec(platform: Platform, name: str, *, recover: bool = False) -> IdentitySpec:
+    """The spec an existing identity was created with (its certificate's tags).
+
+    `recover` (mutating runs only): a live identity's certificate deleted by hand is recovered first.
+    """
     validate_name(name)
-    cert = await platform.vault.observe_certificate(IdentityNames(name).certificate)
+    names = IdentityNames(name)
+    cert = await platform.vault.observe_certificate(names.certificate)
+    if cert is None and recover and await platform.vault.recover_deleted_identity(names.certificate):
+        cert = await platform.vault.observe_certificate(names.certificate)
     if cert is None or not cert.owned or "identity" not in cert.tags:
         raise IdentityNotFound(f"no automation identity named {name!r}")
     return registry_spec(cert.tags, name, platform.settings.organization)
@@ -39,7 +45,7 @@ async def recorded_spec(platform: Platform, name: str) -> IdentitySpec:
 async def reconcile(platform: Platform, name: str, *, force_rotate: bool = False, dry_run: bool = False,
                     operation: str = "reconcile", caller: str = "system",
                     correlation_id: str | None = None) -> RunResult:
-    spec = await recorded_spec(platform, name)
+    spec = await recorded_spec(platform, name, recover=not dry_run)
     return await platform.reconciler.reconcile(spec, force_rotate=force_rotate, dry_run=dry_run,
                                                operation=operation, caller=caller, correlation_id=correlation_id)
 

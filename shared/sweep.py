@@ -38,7 +38,7 @@ from shared.core.model import (
 )
 from shared.core.planner import DECOMMISSIONING_TAG, DECOMMISSIONING_VALUE, PlanContext
 from shared.core.record import format_time, parse_time
-from shared.core.registry import LastRun
+from shared.core.registry import LastRun, started_by_us
 from shared.core.renewal import jittered_renewal_time, next_attempt_after_failure
 from shared.core.spec import IdentityNames, IdentitySpec, registry_spec
 from shared.errors import NeedsOperator
@@ -256,9 +256,27 @@ async def sweep(platform: Platform) -> SweepResult:
             result.due[entry.name] = reasons
     log.info("sweep=%s identities=%d due=%d skipped=%d", result.sweep_id, result.identities, len(result.due),
              len(result.skipped))
+    for name in await read_deleted_identities(platform):
+        if name not in result.due and name not in {e.name for e in entries}:
+            result.due[name] = ["CertificateDeleted"]  # deleted by hand: the reconcile recovers it
     if expiring:
         await notify_near_expiry(platform.settings, expiring)
     return result
+
+
+async def read_deleted_identities(platform: Platform) -> list[str]:
+    """Live identities whose certificate was deleted by hand (one paged listing of deleted
+    certificates): ours by our create tags and not being decommissioned, so the queue's reconcile
+    recovers them instead of nobody noticing until their jobs fail."""
+    names = []
+    try:
+        async for deleted in platform.vault.certificates.list_deleted_certificates(max_page_size=25):
+            tags = deleted.properties.tags if deleted.properties else None
+            if deleted.name and tags and started_by_us(tags, deleted.name) and tags.get("state") != "decommissioning":
+                names.append(tags["identity"])
+    except AzureError as exc:
+        raise vault_error(exc, "listing deleted certificates") from exc
+    return sorted(names)
 
 
 def parse_message(body: str) -> dict[str, Any]:

@@ -46,9 +46,7 @@ def vault_error(exc: AzureError, what: str) -> ExoAutomationError:
     if not isinstance(exc, HttpResponseError):
         return Retryable(f"Key Vault did not answer while {what} ({type(exc).__name__})", reason="VaultUnreachable")
     status = exc.status_code or 0
-    inner = ""
-    if exc.error is not None and getattr(exc.error, "innererror", None):
-        inner = str(exc.error.innererror.get("code", "")) if isinstance(exc.error.innererror, dict) else ""
+    inner = _inner_code(exc)
     code = exc.error.code if exc.error is not None else ""
     if status == 429 or status >= 500 or status == 0:
         return Retryable(f"Key Vault is unavailable or throttling while {what} ({status})", reason="VaultUnavailable")
@@ -57,9 +55,15 @@ def vault_error(exc: AzureError, what: str) -> ExoAutomationError:
                              + " (it needs Key Vault Certificates Officer and Secrets Officer)",
                              reason="VaultPermissionMissing")
     if status == 409 and inner == "ObjectIsDeletedButRecoverable":
-        return NeedsOperator(f"a soft-deleted Key Vault object blocks {what}. " + _PURGE_ADVICE,
+        return NeedsOperator(f"a soft-deleted Key Vault object blocks {what}. " + _DELETED_ADVICE,
                              reason="DeletedButRecoverable")
     return NeedsOperator(f"Key Vault refused {what}: {status} {code} {inner}".strip(), reason="VaultRequestRefused")
+
+
+def _inner_code(exc: HttpResponseError) -> str:
+    if exc.error is not None and isinstance(getattr(exc.error, "innererror", None), dict):
+        return str(exc.error.innererror.get("code", ""))
+    return ""
 
 
 def _first_line(exc: Exception) -> str:
@@ -67,14 +71,18 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-_PURGE_ADVICE = ("The name was decommissioned (or deleted by hand) and Key Vault keeps deleted objects for "
-                 "their retention period. To reuse the name, purge both objects, e.g. `az keyvault certificate "
-                 "purge --vault-name <vault> --name exo-<name>-cert` and `az keyvault secret purge --vault-name "
-                 "<vault> --name exo-<name>-connection`, or choose another name.")
+# Never "purge": our vault has purge protection (nobody can purge), and a purge of a live identity's
+# certificate would destroy it. Recovering, or choosing another name, always works.
+_DELETED_ADVICE = ("Key Vault keeps deleted objects for their retention period (90 days by default). To use the "
+                   "name again, recover the deleted objects (`az keyvault certificate recover --vault-name <vault> "
+                   "--name exo-<name>-cert` and `az keyvault secret recover --vault-name <vault> --name "
+                   "exo-<name>-connection`: a recovered decommissioned identity can then be bootstrapped again), "
+                   "or choose another name.")
 
 
 def deleted_name_message(certificate_name: str) -> str:
-    return f"the certificate {certificate_name} is soft-deleted, so its name cannot be used yet. " + _PURGE_ADVICE
+    return (f"the certificate {certificate_name} belongs to a decommissioned identity and is soft-deleted, so its "
+            "name cannot be used yet. " + _DELETED_ADVICE)
 
 
 def version_from_properties(props: Any, der: bytes | None = None) -> CertificateVersion:
@@ -175,17 +183,34 @@ class VaultGateway:
             return ObservedCertificate(owned=False, tags={}, current=None, pending=True)
         return None
 
-    async def refuse_if_deleted(self, name: str) -> None:
-        """A soft-deleted certificate blocks its name (409 on create): say so before anything is written."""
+    async def _deleted_certificate_tags(self, name: str) -> dict[str, str] | None:
+        """The tags of a soft-deleted certificate of this name, or None if there is none (or we may not look)."""
         try:
-            await self.certificates.get_deleted_certificate(name)
+            deleted = await self.certificates.get_deleted_certificate(name)
         except ResourceNotFoundError:
-            return
+            return None
         except AzureError as exc:
             if isinstance(exc, HttpResponseError) and exc.status_code == 403:
-                return  # without list/get on deleted objects the create's own 409 will tell
+                return None  # without list/get on deleted objects the create's own 409 will tell
             raise vault_error(exc, f"checking for a deleted certificate {name}") from exc
-        raise NeedsOperator(deleted_name_message(name), reason="DeletedButRecoverable")
+        return dict((deleted.properties.tags if deleted.properties else None) or {})
+
+    async def recover_deleted_identity(self, name: str) -> bool:
+        """Recover a live identity's certificate that was deleted by hand (ours by our create tags, not
+        being decommissioned); True if it did. A decommissioned identity's certificate stays deleted."""
+        tags = await self._deleted_certificate_tags(name)
+        if tags is None or not started_by_us(tags, name) or tags.get("state") == "decommissioning":
+            return False
+        try:
+            await self.certificates.recover_deleted_certificate(name)  # returns once it is recovered
+        except AzureError as exc:
+            raise vault_error(exc, f"recovering the deleted certificate {name}") from exc
+        return True
+
+    async def refuse_if_deleted(self, name: str) -> None:
+        """A soft-deleted certificate blocks its name (409 on create): say so before anything is written."""
+        if await self._deleted_certificate_tags(name) is not None:
+            raise NeedsOperator(deleted_name_message(name), reason="DeletedButRecoverable")
 
     async def certificate_versions(self, name: str) -> tuple[CertificateVersion, ...]:
         try:
@@ -285,11 +310,26 @@ class VaultGateway:
     async def publish_record(self, name: str, record: ConnectionRecord) -> None:
         tags = {OWNER_TAG: OWNER_TAG_VALUE, "identity": record.identity, "thumbprint": record.thumbprint,
                 "certificateVersion": record.certificate_version}
+        for attempt in (1, 2):
+            try:
+                await self.secrets.set_secret(name, record.dumps(), content_type=CONTENT_TYPE, tags=tags,
+                                              not_before=None, expires_on=None)
+                return
+            except HttpResponseError as exc:
+                if attempt == 1 and exc.status_code == 409 and _inner_code(exc) == "ObjectIsDeletedButRecoverable":
+                    # Someone deleted the live identity's record: bring it (and its versions) back, then
+                    # publish over it. Secrets Officer may recover; purge protection forbids purging.
+                    await self._recover_secret(name)
+                    continue
+                raise vault_error(exc, f"publishing connection secret {name}") from exc
+            except AzureError as exc:
+                raise vault_error(exc, f"publishing connection secret {name}") from exc
+
+    async def _recover_secret(self, name: str) -> None:
         try:
-            await self.secrets.set_secret(name, record.dumps(), content_type=CONTENT_TYPE, tags=tags,
-                                          not_before=None, expires_on=None)
+            await self.secrets.recover_deleted_secret(name)  # returns once it is recovered
         except AzureError as exc:
-            raise vault_error(exc, f"publishing connection secret {name}") from exc
+            raise vault_error(exc, f"recovering the deleted connection secret {name}") from exc
 
     async def delete_secret(self, name: str) -> None:
         try:

@@ -150,7 +150,8 @@ def test_a_soft_deleted_certificate_blocks_the_name_with_a_clear_conflict(stack:
     assert blocked.content_type == "application/problem+json"
     assert blocked.status == 409, blocked.body
     assert blocked.body["reason"] == "DeletedButRecoverable"
-    assert "purge" in blocked.body["detail"] and "exo-phoenix-cert" in blocked.body["detail"]
+    assert "recover" in blocked.body["detail"] and "exo-phoenix-cert" in blocked.body["detail"]
+    assert "purge" not in blocked.body["detail"], "never advice that purge protection forbids"
 
 
 @pytest.mark.parametrize("fault", [c[1] for c in CRASH_POINTS], ids=[c[0] for c in CRASH_POINTS])

@@ -128,8 +128,30 @@ def test_deleted_connection_secret_is_found_by_the_listing(stack: Stack) -> None
     due = sweep(stack).due
     assert due == {"soft-deleted": ["RecordDeleted"]}
     outcome = reconcile(stack, "soft-deleted")
-    # A soft-deleted name cannot be written until it is recovered or purged: an operator decides.
-    assert outcome.error is not None and outcome.error.reason == "DeletedButRecoverable"
+    # The live identity's record is recovered (purge protection forbids purging) and republished.
+    assert outcome.error is None, outcome.error
+    assert [o.action.kind for o in outcome.executed] == ["VerifySignIn", "PublishConnectionRecord"]
+    assert sweep(stack).due == {}
+    assert run_job_get_mailbox(stack, "soft-deleted")
+
+
+def test_a_certificate_deleted_by_hand_is_recovered_not_replaced(stack: Stack) -> None:
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.certificates import CertificateClient
+
+    assert bootstrap(stack, "undeleted").error is None
+    before = record_of(stack, "undeleted")
+    with ManagedIdentityCredential() as credential:
+        client = CertificateClient(stack.settings()["KEY_VAULT_URL"], credential)
+        client.begin_delete_certificate("exo-undeleted-cert", _polling_interval=0).wait()
+        client.close()
+    assert sweep(stack).due == {"undeleted": ["CertificateDeleted"]}
+    outcome = reconcile(stack, "undeleted")
+    assert outcome.error is None, outcome.error
+    assert not [o for o in outcome.executed if o.action.kind == "CreateCertificateVersion"]
+    after = record_of(stack, "undeleted")
+    assert after["thumbprint"] == before["thumbprint"] and after["appId"] == before["appId"]
+    assert run_job_get_mailbox(stack, "undeleted")
 
 
 def test_renewal_rotates_keeps_the_old_key_through_the_grace_period_then_retires_it(
