@@ -41,6 +41,8 @@ param allowedRoles string = 'Exchange Recipient Administrator'
 @minValue(1)
 @maxValue(24)
 param certificateValidityMonths int = 12
+@description('Key Vault issuer of new certificates: Self, or an issuer configured in the vault for a CA the tenant trusts (CERTIFICATE_ISSUER).')
+param certificateIssuer string = 'Self'
 param renewBeforeDays string = ''
 param renewBeforeFraction string = ''
 @minValue(0)
@@ -277,6 +279,7 @@ module functionApp 'modules/function-app.bicep' = {
     allowedRoles: allowedRoles
     roleMode: roleMode
     certificateValidityMonths: certificateValidityMonths
+    certificateIssuer: certificateIssuer
     renewBeforeDays: renewBeforeDays
     renewBeforeFraction: renewBeforeFraction
     rotationGraceHours: rotationGraceHours

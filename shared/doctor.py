@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.adapters.directory import capped_validity_months, key_lifetime_limit
+from shared.adapters.directory import capped_validity_months, key_lifetime_limit, trusted_ca_problem
 from shared.core.model import EXCHANGE_MANAGE_AS_APP_ROLE_ID, EXCHANGE_RESOURCE_APP_ID
 from shared.core.permission_table import PermissionTable, plan_grants
 from shared.core.roles import EXCHANGE_SUPPORTED_ROLES, PRIVILEGED_ROLES, role_name
@@ -63,7 +63,6 @@ STORAGE_ROLE_FOR = {"queue": "Storage Queue Data Contributor", "blob": "Storage 
 # What ALLOWED_ROLES may name: roles Exchange honours that are not on the never-grant list.
 GRANTABLE_ROLES = ",".join(r.name for r in EXCHANGE_SUPPORTED_ROLES if r not in PRIVILEGED_ROLES)
 # The issuer every certificate is created with today (shared/adapters/vault.py certificate_policy_body).
-SELF_ISSUER = "Self"
 
 
 @dataclass(frozen=True)
@@ -368,28 +367,8 @@ def allowed_roles_check(facts: Facts) -> Check:
 
 # -- the tenant's app management policy --------------------------------------------------------------
 def configured_issuer(settings: Settings) -> str:
-    """The Key Vault issuer new certificates get. Always Key Vault's self-issuer today; an issuer
-    setting (a CA-backed Key Vault issuer) would be read here."""
-    return SELF_ISSUER
-
-
-def trusted_ca_problem(restrictions: Sequence[Mapping[str, Any]], issuer: str) -> str | None:
-    """Why the tenant's certificate-authority restrictions refuse certificates of `issuer`, or None.
-
-    A `trustedCertificateAuthority` restriction lets only certificates chaining to the tenant's trusted
-    CAs onto apps; a self-issued certificate never does. Whether a CA-backed issuer chains to one of
-    them cannot be read from here, so only the self-issuer is judged.
-    """
-    for restriction in restrictions:
-        if restriction.get("restrictionType") != "trustedCertificateAuthority":
-            continue
-        if (restriction.get("state") or "enabled") != "enabled":
-            continue
-        if issuer == SELF_ISSUER:
-            ids = ", ".join(restriction.get("certificateBasedApplicationConfigurationIds") or []) or "none listed"
-            return ("the policy only accepts certificates from trusted certificate authorities "
-                    f"(configurations {ids}), and certificates are issued by Key Vault's issuer {issuer!r}")
-    return None
+    """The Key Vault issuer new certificates get (CERTIFICATE_ISSUER; default Key Vault's self-issuer)."""
+    return settings.certificate_issuer
 
 
 def policy_check(facts: Facts) -> Check:

@@ -480,6 +480,13 @@ class _Executor:
         refuses a longer key credential (400 CredentialInvalidLifetimeAsPerAppPolicy), so the
         certificate is made short enough instead; Key Vault's validity is in whole months.
         """
+        refused = await self.r.directory.certificate_authority_problem(self.r.vault.issuer)
+        if refused is not None:
+            raise NeedsOperator(
+                f"the tenant's app management policy refuses this product's certificates: {refused}. Configure a "
+                "certificate issuer in the vault for a CA the tenant trusts (Key Vault's integrated CAs, or your "
+                "private CA) and name it in CERTIFICATE_ISSUER, or exempt this product's applications",
+                reason="CertificateIssuerNotTrusted")
         limit = await self.r.directory.key_lifetime_limit()
         if limit is None:
             return spec, ""

@@ -48,6 +48,10 @@ class Settings:
     allowed_roles: frozenset[str] = field(
         default_factory=lambda: frozenset({EXCHANGE_RECIPIENT_ADMINISTRATOR.template_id}))
     default_validity_months: int = 12
+    # The Key Vault issuer of new certificates: "Self" (self-signed), or the name of an issuer
+    # configured in the vault (a CA Key Vault integrates with, or a private CA), for tenants whose
+    # app management policy accepts only certificates from trusted certificate authorities.
+    certificate_issuer: str = "Self"
     renew_before_days: int | None = None
     renew_before_fraction: float | None = None
     rotation_grace_hours: float = 24.0
@@ -116,6 +120,7 @@ class Settings:
             verify_challenge_resource=reader.boolean("KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", default=True),
             allowed_roles=reader.allowed_roles("ALLOWED_ROLES"),
             default_validity_months=reader.integer("CERTIFICATE_VALIDITY_MONTHS", default=12, low=1, high=24),
+            certificate_issuer=reader.issuer_name("CERTIFICATE_ISSUER", default="Self"),
             renew_before_days=reader.optional_integer("RENEW_BEFORE_DAYS", low=1, high=365),
             renew_before_fraction=reader.optional_fraction("RENEW_BEFORE_FRACTION"),
             rotation_grace_hours=reader.number("ROTATION_GRACE_HOURS", default=24.0, low=0.0, high=24.0 * 30),
@@ -278,6 +283,13 @@ class _Reader:
         if not 0.0 < number < 1.0:
             raise self._bad(name, value, "a fraction of the lifetime between 0 and 1, e.g. 0.33")
         return number
+
+    def issuer_name(self, name: str, *, default: str) -> str:
+        value = self._raw(name) or default
+        if not re.fullmatch(r"[0-9A-Za-z-]{1,127}", value):
+            raise self._bad(name, value, "the name of a Key Vault certificate issuer (letters, digits, hyphens), "
+                                         "or Self")
+        return "Self" if value.lower() == "self" else value
 
     def audiences(self, name: str) -> tuple[str, ...]:
         value = self._raw(name)

@@ -34,6 +34,7 @@ param allowedRoles string
 @allowed(['assign', 'verify'])
 param roleMode string
 param certificateValidityMonths int
+param certificateIssuer string
 @description('Whole days before expiry to renew; empty: use the fraction or the default (a third of the lifetime).')
 param renewBeforeDays string
 @description('Fraction of the lifetime before expiry to renew, e.g. 0.33; empty: the default.')
@@ -182,6 +183,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     ALLOWED_ROLES: allowedRoles
     ROLE_MODE: roleMode
     CERTIFICATE_VALIDITY_MONTHS: string(certificateValidityMonths)
+    CERTIFICATE_ISSUER: certificateIssuer
     RENEW_BEFORE_DAYS: renewBeforeDays
     RENEW_BEFORE_FRACTION: renewBeforeFraction
     ROTATION_GRACE_HOURS: string(rotationGraceHours)

@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,25 @@ def key_lifetime_limit(policy: dict[str, Any] | None) -> KeyLifetimeLimit | None
             continue
         limits.append(KeyLifetimeLimit(str(text), duration, str(policy.get("id") or "")))
     return min(limits, key=lambda limit: limit.max_lifetime) if limits else None
+
+
+def trusted_ca_problem(restrictions: Sequence[Mapping[str, Any]], issuer: str) -> str | None:
+    """Why the tenant's certificate-authority restrictions refuse certificates of `issuer`, or None.
+
+    A `trustedCertificateAuthority` restriction lets only certificates chaining to the tenant's trusted
+    CAs onto apps; a self-issued certificate never does. Whether a CA-backed issuer chains to one of
+    them cannot be read from here, so only the self-issuer is judged.
+    """
+    for restriction in restrictions:
+        if restriction.get("restrictionType") != "trustedCertificateAuthority":
+            continue
+        if (restriction.get("state") or "enabled") != "enabled":
+            continue
+        if issuer == SELF_ISSUER:
+            ids = ", ".join(restriction.get("certificateBasedApplicationConfigurationIds") or []) or "none listed"
+            return ("the policy only accepts certificates from trusted certificate authorities "
+                    f"(configurations {ids}), and certificates are issued by Key Vault's issuer {issuer!r}")
+    return None
 
 
 def capped_validity_months(requested: int, max_lifetime: dt.timedelta | None) -> int:
@@ -186,6 +205,10 @@ def key_credential_entry(identity: str, version: CertificateVersion, der: bytes)
     }
 
 
+SELF_ISSUER = "Self"  # Key Vault's own issuer: self-signed certificates
+# Graph returns members of evolvable enums newer than v1.0's (restrictionType trustedCertificateAuthority)
+# only when asked; otherwise they read as unknownFutureValue (docs/reference.md).
+INCLUDE_NEW_ENUM_MEMBERS = {"Prefer": "include-unknown-enum-members"}
 _NO_POLICY = object()
 
 
@@ -193,7 +216,7 @@ class DirectoryGateway:
     def __init__(self, graph: GraphClient) -> None:
         self.graph = graph
         self._exchange_sp_id: str | None = None
-        self._key_lifetime: object = _NO_POLICY  # not read yet
+        self._policy: object = _NO_POLICY  # not read yet
 
     # -- tenant policy ----------------------------------------------------------------------------
     async def key_lifetime_limit(self) -> KeyLifetimeLimit | None:
@@ -202,19 +225,32 @@ class DirectoryGateway:
         Reading it needs Policy.Read.All, which is optional: without it (403) the product works as
         before, uncapped, and says so once in the log.
         """
-        if self._key_lifetime is _NO_POLICY:
+        policy = await self._app_management_policy()
+        return key_lifetime_limit(policy)
+
+    async def certificate_authority_problem(self, issuer: str) -> str | None:
+        """Why the tenant's policy refuses certificates of Key Vault issuer `issuer` on apps, or None."""
+        policy = await self._app_management_policy()
+        if not policy or not policy.get("isEnabled"):
+            return None
+        return trusted_ca_problem((policy.get("applicationRestrictions") or {}).get("keyCredentials") or [], issuer)
+
+    async def _app_management_policy(self) -> dict[str, Any] | None:
+        """The tenant's default app management policy, read once per gateway (per Platform)."""
+        if self._policy is _NO_POLICY:
             try:
-                policy = await self.graph.get_optional("/policies/defaultAppManagementPolicy")
+                response = await self.graph.request("GET", "/policies/defaultAppManagementPolicy",
+                                                    headers=INCLUDE_NEW_ENUM_MEMBERS)
+                policy: dict[str, Any] | None = response.json()
             except GraphError as exc:
-                if exc.status != 403:
+                if exc.status not in (403, 404):
                     raise
                 log.warning("cannot read the tenant's app management policy (%s): certificate validity is not "
                             "capped to a maximum key credential lifetime; grant the optional Graph permission "
                             "Policy.Read.All to the platform identity", exc.code)
                 policy = None
-            self._key_lifetime = key_lifetime_limit(policy)
-        limit = self._key_lifetime
-        return limit if isinstance(limit, KeyLifetimeLimit) else None
+            self._policy = policy
+        return self._policy if isinstance(self._policy, dict) else None
 
     async def exchange_service_principal_id(self) -> str:
         if self._exchange_sp_id is None:

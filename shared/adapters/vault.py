@@ -57,7 +57,9 @@ def vault_error(exc: AzureError, what: str) -> ExoAutomationError:
     if status == 409 and inner == "ObjectIsDeletedButRecoverable":
         return NeedsOperator(f"a soft-deleted Key Vault object blocks {what}. " + _DELETED_ADVICE,
                              reason="DeletedButRecoverable")
-    return NeedsOperator(f"Key Vault refused {what}: {status} {code} {inner}".strip(), reason="VaultRequestRefused")
+    said = (exc.error.message or "") if exc.error is not None else ""
+    return NeedsOperator(f"Key Vault refused {what}: {status} {code} {inner}".strip()
+                         + (f": {said[:300]}" if said else ""), reason="VaultRequestRefused")
 
 
 def _inner_code(exc: HttpResponseError) -> str:
@@ -96,7 +98,7 @@ def version_from_properties(props: Any, der: bytes | None = None) -> Certificate
     )
 
 
-def certificate_policy_body(spec: IdentitySpec) -> dict[str, Any]:
+def certificate_policy_body(spec: IdentitySpec, issuer: str = "Self") -> dict[str, Any]:
     return {
         "key_props": {"exportable": True, "kty": "RSA", "key_size": spec.key_size, "reuse_key": False},
         # PKCS#12 so a Windows job host can import it (with a CSP key) for Connect-ExchangeOnline.
@@ -107,7 +109,7 @@ def certificate_policy_body(spec: IdentitySpec) -> dict[str, Any]:
             "key_usage": ["digitalSignature", "keyEncipherment"],
             "validity_months": spec.validity_months,
         },
-        "issuer": {"name": "Self"},
+        "issuer": {"name": issuer},
         # Renewal is the product's job (it must add the key to the app before publishing), so the
         # vault only e-mails contacts near expiry as a last line of defence.
         "lifetime_actions": [{"trigger": {"days_before_expiry": 7}, "action": {"action_type": "EmailContacts"}}],
@@ -121,6 +123,7 @@ class VaultGateway:
 
         options = {"verify_challenge_resource": settings.verify_challenge_resource}
         self.vault_url = settings.key_vault_url
+        self.issuer = settings.certificate_issuer
         self.certificates = CertificateClient(settings.key_vault_url, credential, **options)
         self.secrets = SecretClient(settings.key_vault_url, credential, **options)
 
@@ -222,7 +225,8 @@ class VaultGateway:
 
     async def create_certificate_version(self, name: str, spec: IdentitySpec,
                                          tags: Mapping[str, str]) -> CertificateVersion:
-        body = {"policy": certificate_policy_body(spec), "attributes": {"enabled": True}, "tags": dict(tags)}
+        body = {"policy": certificate_policy_body(spec, self.issuer), "attributes": {"enabled": True},
+                "tags": dict(tags)}
         request = HttpRequest("POST", f"{self.vault_url}certificates/{name}/create",
                               params={"api-version": self.certificates.api_version}, json=body)
         response = await self.certificates.send_request(request)

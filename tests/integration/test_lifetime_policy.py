@@ -110,3 +110,31 @@ def test_without_policy_read_all_an_enforced_policy_is_graphs_refusal(stack: Sta
     assert "CredentialInvalidLifetimeAsPerAppPolicy" in response.body["detail"]
     failed = next(e for e in response.body["run"]["executed"] if e["result"] != "Succeeded")
     assert failed["action"] == "AddKeyCredential"
+
+
+# -- trusted certificate authorities (issue: survive a real tenant, item 8) ---------------------------------
+def test_a_policy_that_refuses_self_signed_certificates_is_named_before_anything_is_created(stack: Stack) -> None:
+    stack.world.set_trusted_ca_restriction(["9f0c8d2e-0000-4000-8000-00000000ca01"])
+    stack.world.counter.reset()
+    answer = post_identity({"name": "trusted-only"})
+    assert answer.status == 502, answer.body
+    assert answer.body["reason"] == "CertificateIssuerNotTrusted"
+    assert "CERTIFICATE_ISSUER" in answer.body["detail"] and "trusted certificate authorities" in answer.body["detail"]
+    assert not certificate_exists(stack, "trusted-only")
+    assert the_app(stack, "trusted-only") is None
+    writes = [r for r in stack.world.counter.snapshot()
+              if r["service"] in ("graph", "keyvault") and r["method"] in ("POST", "PUT", "PATCH", "DELETE")]
+    assert writes == []
+
+
+def test_a_configured_issuer_is_the_one_key_vault_is_asked_for(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a CA-backed issuer named, the policy of new certificates names it; the stand-in vault has no
+    issuer providers, so it refuses the create as a real vault without that issuer would, and the run
+    says so (no half-made identity: nothing else was created)."""
+    monkeypatch.setenv("CERTIFICATE_ISSUER", "contoso-private-ca")
+    answer = post_identity({"name": "ca-issued"})
+    assert answer.status == 502, answer.body
+    assert "contoso-private-ca" in answer.body["detail"]
+    assert the_app(stack, "ca-issued") is None
+    monkeypatch.setenv("CERTIFICATE_ISSUER", "self")
+    assert post_identity({"name": "ca-issued"}).status == 201

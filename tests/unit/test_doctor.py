@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared import doctor
+from shared.adapters import directory
 from shared.core.permission_table import load_table
 from shared.doctor import Deployment, Facts, Failure, RegistryEntry, SettingProblem
 from shared.doctor_probes import load_settings
@@ -88,7 +89,7 @@ def test_an_unreadable_policy_only_warns() -> None:
 
 def test_trusted_ca_is_judged_against_the_configured_issuer() -> None:
     restriction = [{"restrictionType": "trustedCertificateAuthority", "state": "enabled"}]
-    assert doctor.trusted_ca_problem(restriction, doctor.SELF_ISSUER) is not None
+    assert directory.trusted_ca_problem(restriction, directory.SELF_ISSUER) is not None
     assert doctor.trusted_ca_problem(restriction, "DigiCert-issuer") is None  # a CA-backed issuer: not judged here
 
 

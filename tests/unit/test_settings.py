@@ -75,3 +75,17 @@ def test_settings_are_parsed_once_per_process_until_a_setting_changes(monkeypatc
     assert changed is not first and changed.rotation_grace_hours == 12.0
     monkeypatch.setenv("SOMETHING_UNRELATED", "x")
     assert Settings.current() is changed
+
+
+@pytest.mark.parametrize(("value", "expected"), [("Self", "Self"), ("self", "Self"), ("contoso-ca", "contoso-ca")])
+def test_the_certificate_issuer_is_a_key_vault_issuer_name(value: str, expected: str) -> None:
+    env = {"KEY_VAULT_URL": "https://kv.vault.azure.net", "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+           "EXO_ORGANIZATION": "contoso.onmicrosoft.com", "CERTIFICATE_ISSUER": value}
+    assert Settings.from_environment(env).certificate_issuer == expected
+
+
+def test_a_malformed_certificate_issuer_names_the_setting() -> None:
+    env = {"KEY_VAULT_URL": "https://kv.vault.azure.net", "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+           "EXO_ORGANIZATION": "contoso.onmicrosoft.com", "CERTIFICATE_ISSUER": "my issuer/1"}
+    with pytest.raises(SettingsError, match="CERTIFICATE_ISSUER"):
+        Settings.from_environment(env)
