@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import progress
 from shared.adapters.directory import (
     DirectoryGateway,
     application_from_graph,
@@ -280,6 +281,7 @@ class Reconciler:
     async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
         for action in actions:
             before = executor.snapshot()
+            await progress.step(action)
             try:
                 try:
                     detail = await executor.execute(action)
@@ -287,6 +289,7 @@ class Reconciler:
                     raise graph_error.classified() from graph_error
             except ExoAutomationError as exc:
                 result.executed.append(ActionOutcome(action, exc.reason, exc.message))
+                await progress.step(action, result.executed[-1])
                 result.error = exc
                 result.repeat = result.previous.repeats(exc.reason, self.clock())
                 log.warning("identity=%s action=%s result=%s detail=%s", result.name, action.kind, exc.reason,
@@ -296,6 +299,7 @@ class Reconciler:
                                             retryable=isinstance(exc, Retryable), repeat=result.repeat))
                 return
             result.executed.append(ActionOutcome(action, "Succeeded", detail))
+            await progress.step(action, result.executed[-1])
             log.info("identity=%s action=%s result=Succeeded detail=%s", result.name, action.kind, detail)
             if action.mutating:
                 await emit(_audit_event(result, action, "Succeeded", detail, before, executor.snapshot()))

@@ -68,6 +68,10 @@ class Settings:
     notify_webhook_format: str = "json"
     notify_near_expiry_days: int = 14
     instance_name: str = ""
+    # How long a write request runs before it answers 202 and continues through the queue.
+    http_inline_budget_seconds: float = 20.0
+    # The blob lease that makes one run at a time the writer of an identity (Blob leases: 15-60 s).
+    identity_lease_seconds: int = 30
 
     @property
     def graph_scope(self) -> str:
@@ -130,6 +134,9 @@ class Settings:
             notify_webhook_format=reader.choice("NOTIFY_WEBHOOK_FORMAT", ("json", "teams", "slack"), default="json"),
             notify_near_expiry_days=reader.integer("NOTIFY_NEAR_EXPIRY_DAYS", default=14, low=1, high=365),
             instance_name=reader.text("PLATFORM_INSTANCE_NAME") or reader.text("WEBSITE_SITE_NAME") or "",
+            http_inline_budget_seconds=reader.number("HTTP_INLINE_BUDGET_SECONDS", default=20.0, low=0.0,
+                                                     high=120.0),
+            identity_lease_seconds=reader.integer("IDENTITY_LEASE_SECONDS", default=30, low=15, high=60),
         )
         return settings
 
