@@ -18,6 +18,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpRes
 from azure.core.rest import HttpRequest
 
 from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
+from shared.core.operation import MAX_RETRY_AFTER_SECONDS
 from shared.core.record import CONTENT_TYPE, ConnectionRecord
 from shared.core.registry import started_by_us
 from shared.core.spec import IdentitySpec
@@ -106,12 +107,25 @@ def certificate_policy_body(spec: IdentitySpec) -> dict[str, Any]:
     }
 
 
+def _capped_retry_policy() -> Any:
+    """azure-core's retry policy, but no single wait on a Retry-After longer than MAX_RETRY_AFTER_SECONDS."""
+    from azure.core.pipeline.policies import AsyncRetryPolicy
+
+    class CappedRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
+        def get_retry_after(self, response: Any) -> float | None:
+            retry_after = super().get_retry_after(response)
+            return None if retry_after is None else min(retry_after, MAX_RETRY_AFTER_SECONDS)
+
+    return CappedRetryPolicy()
+
+
 class VaultGateway:
     def __init__(self, settings: Settings, credential: Any) -> None:
         from azure.keyvault.certificates.aio import CertificateClient
         from azure.keyvault.secrets.aio import SecretClient
 
-        options = {"verify_challenge_resource": settings.verify_challenge_resource}
+        options = {"verify_challenge_resource": settings.verify_challenge_resource,
+                   "retry_policy": _capped_retry_policy()}
         self.vault_url = settings.key_vault_url
         self.certificates = CertificateClient(settings.key_vault_url, credential, **options)
         self.secrets = SecretClient(settings.key_vault_url, credential, **options)
