@@ -70,9 +70,13 @@ class ControlService(Service):
 
     def set_replication(self, request: Request) -> Response:
         try:
-            self.world.replication_delay = float(self._body(request)["delaySeconds"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HttpError(400, "BadRequest", "Expected {\"delaySeconds\": <number>}.") from exc
+            body = self._body(request)
+            self.world.replication_delay = float(body["delaySeconds"])
+            key_delay = body.get("keyDelaySeconds")
+            self.world.key_replication_delay = None if key_delay is None else float(key_delay)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise HttpError(400, "BadRequest",
+                            "Expected {\"delaySeconds\": <number>, \"keyDelaySeconds\": <number, optional>}.") from exc
         return Response.empty()
 
     def set_graph_roles(self, request: Request) -> Response:

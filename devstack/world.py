@@ -189,6 +189,8 @@ class World:
         self.counter = RequestCounter()
         self.issuer = TokenIssuer(self.tenant_id)
         self.replication_delay = 0.0  # seconds of real time before new directory objects show
+        # Seconds before a new key credential is accepted at sign-in; None: replication_delay.
+        self.key_replication_delay: float | None = None
         self.directory = Directory()
         self.platform = PlatformIdentity(new_id(), new_id(), uuid.uuid4().hex)
         # principal object id -> Key Vault data-plane role names
@@ -296,6 +298,11 @@ class World:
         if self.replication_delay > 0:
             self.directory.visible_at[object_id] = time.monotonic() + self.replication_delay
 
+    def mark_key_created(self, key_id: str) -> None:
+        delay = self.replication_delay if self.key_replication_delay is None else self.key_replication_delay
+        if delay > 0:
+            self.directory.visible_at[key_id] = time.monotonic() + delay
+
     def is_visible(self, object_id: str) -> bool:
         moment = self.directory.visible_at.get(object_id)
         return moment is None or time.monotonic() >= moment
@@ -307,6 +314,7 @@ class World:
             self.faults.clear()
             self.counter.reset()
             self.replication_delay = 0.0
+            self.key_replication_delay = None
             self.directory = Directory()
             self.vault_roles.clear()
             self._seed()

@@ -245,11 +245,12 @@ async def rotate_identity(req: func.HttpRequest) -> func.HttpResponse:
 
     async def rotate(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
         from shared.operations import submit
-        from shared.service import reconcile
+        from shared.service import reconcile, recorded_spec
 
         if _dry_run(req):
             return _run_response(await reconcile(platform, name, force_rotate=True, dry_run=True,
                                                  operation="rotate", **who))
+        await recorded_spec(platform, name)  # an unknown name is answered at once (404), never queued
         return _submitted(await submit(platform, "rotate", name, force_rotate=True, **who))
 
     return await _handle(req, True, rotate)
