@@ -51,7 +51,7 @@ class LeaseStore:
         """Hold the lease on `name` for the body; wait up to `wait_seconds` for another holder."""
         from azure.core.exceptions import AzureError
 
-        service, credential = storage_client("blob", self.settings, self.env)
+        service, credential = storage_client("blob", self.settings, self.env, quick=True)
         try:
             async with service:
                 lease = await self._acquire(service, name, wait_seconds, on_wait)

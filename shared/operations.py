@@ -63,7 +63,7 @@ class OperationStore:
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 
         data = json.dumps(document, indent=2).encode("utf-8")
-        service, credential = storage_client("blob", self.settings, self.env)
+        service, credential = storage_client("blob", self.settings, self.env, quick=True)
         try:
             async with service:
                 blob = service.get_blob_client(OPERATIONS_CONTAINER, f"{document['id']}.json")
@@ -83,7 +83,7 @@ class OperationStore:
     async def load(self, operation_id: str) -> dict[str, Any] | None:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-        service, credential = storage_client("blob", self.settings, self.env)
+        service, credential = storage_client("blob", self.settings, self.env, quick=True)
         try:
             async with service:
                 blob = service.get_blob_client(OPERATIONS_CONTAINER, f"{operation_id}.json")
@@ -105,7 +105,7 @@ class OperationStore:
 
         # The Functions host reads queue messages base64-encoded (host.json messageEncoding).
         content = base64.b64encode(json.dumps(message, sort_keys=True).encode("utf-8")).decode("ascii")
-        service, credential = storage_client("queue", self.settings, self.env)
+        service, credential = storage_client("queue", self.settings, self.env, quick=True)
         try:
             async with service:
                 queue = service.get_queue_client(self.settings.reconcile_queue)

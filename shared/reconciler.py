@@ -71,6 +71,7 @@ log = logging.getLogger("exo_automation.reconciler")
 
 Clock = Callable[[], dt.datetime]
 MAX_TAG = 256
+PROBE_MAX_INTERVAL_SECONDS = 2.0
 
 
 def utc_now() -> dt.datetime:
@@ -125,7 +126,7 @@ class SignInProbe:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget_seconds
-        delay = 1.0
+        delay = 0.5
         while True:
             credential = CertificateCredential(
                 self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
@@ -144,7 +145,8 @@ class SignInProbe:
                 raise Retryable(f"the token service is unavailable ({_first_line(str(exc))})",
                                 reason="TokenServiceUnavailable") from exc
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 15.0)
+            # Short: a job can use the key as soon as Entra accepts it, and a token request is cheap.
+            delay = min(delay * 2, PROBE_MAX_INTERVAL_SECONDS)
 
 
 def _first_line(text: str) -> str:
@@ -225,8 +227,9 @@ class Reconciler:
             return result
         if dry_run:
             return result
-        if observed.certificate is None:
-            # A new name: refuse before the first write if a soft-deleted certificate holds it.
+        if observed.certificate is None and plan.actions and not isinstance(plan.actions[0], CreateCertificateVersion):
+            # A new name: refuse before the first write if a soft-deleted certificate holds it. When the
+            # first write is the certificate's create, its own 409 (ObjectIsDeletedButRecoverable) says so.
             await self.vault.refuse_if_deleted(spec.names.certificate)
         executor = _Executor(self, spec, observed, app_raw)
         await self._run(executor, plan.actions, result)

@@ -119,6 +119,30 @@ def _capped_retry_policy() -> Any:
     return CappedRetryPolicy()
 
 
+def _share_challenge(vault_url: str) -> bool:
+    """Give the secrets client the vault's challenge the certificates client learned; True if it has one.
+
+    Key Vault's challenge authentication learns a vault's challenge from one unauthenticated request
+    (answered 401), cached per process, but each SDK package keeps its own cache: a fresh process
+    would pay that request twice for one vault. The SDK still checks the challenge's resource against
+    the vault's URL on every request (`verify_challenge_resource`). If the SDK's layout changes this
+    does nothing, and the secrets client learns the challenge itself as before.
+    """
+    try:
+        from azure.keyvault.certificates._shared import http_challenge_cache as certificates_cache
+        from azure.keyvault.secrets._shared import http_challenge_cache as secrets_cache
+
+        if secrets_cache.get_challenge_for_url(vault_url) is not None:
+            return True
+        challenge = certificates_cache.get_challenge_for_url(vault_url)
+        if challenge is None:
+            return False
+        secrets_cache.set_challenge_for_url(vault_url, challenge)  # type: ignore[arg-type]  # same class, copied per package
+        return True
+    except (ImportError, AttributeError, ValueError):
+        return False
+
+
 class VaultGateway:
     def __init__(self, settings: Settings, credential: Any) -> None:
         from azure.keyvault.certificates.aio import CertificateClient
@@ -129,6 +153,7 @@ class VaultGateway:
         self.vault_url = settings.key_vault_url
         self.certificates = CertificateClient(settings.key_vault_url, credential, **options)
         self.secrets = SecretClient(settings.key_vault_url, credential, **options)
+        self._challenge_learned: asyncio.Event | None = None
 
     async def aclose(self) -> None:
         await self.certificates.close()
@@ -136,12 +161,18 @@ class VaultGateway:
 
     # -- certificates -----------------------------------------------------------------------------
     async def observe_certificate(self, name: str, *, reread: bool = True) -> ObservedCertificate | None:
+        learning = self._challenge_learned is None and not _share_challenge(self.vault_url)
+        if learning:
+            self._challenge_learned = asyncio.Event()
         try:
             cert = await self.certificates.get_certificate(name)
         except ResourceNotFoundError:
             return await self._pending_only(name, reread=reread)
         except AzureError as exc:
             raise vault_error(exc, f"reading certificate {name}") from exc
+        finally:
+            if learning and self._challenge_learned is not None:
+                self._challenge_learned.set()
         assert cert.properties is not None
         tags = dict(cert.properties.tags or {})
         if not cert.properties.x509_thumbprint:
@@ -284,6 +315,10 @@ class VaultGateway:
     # -- connection secret ------------------------------------------------------------------------
     async def read_record(self, name: str) -> tuple[ConnectionRecord | None, bool, bool]:
         """(record, unreadable, owned) of the connection secret `name`."""
+        if self._challenge_learned is not None and not _share_challenge(self.vault_url):
+            # A certificate request is learning the vault's challenge: reuse it instead of learning it again.
+            await self._challenge_learned.wait()
+            _share_challenge(self.vault_url)
         try:
             secret = await self.secrets.get_secret(name)
         except ResourceNotFoundError:
