@@ -153,7 +153,9 @@ async def _run(platform: Platform, document: dict[str, Any], lease_wait: float,
                on_wait: Callable[[str], None] | None = None) -> RunResult:
     from shared import service
 
-    who = {"caller": document.get("caller", "system"), "correlation_id": document["id"],
+    # Audit events carry the caller's correlation id when it sent one, else the operation's id.
+    who = {"caller": document.get("caller", "system"),
+           "correlation_id": document.get("correlationId") or document["id"],
            "lease_wait": lease_wait, "on_wait": on_wait}
     kind = document["operation"]
     if kind == "bootstrap":
