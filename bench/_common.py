@@ -156,7 +156,8 @@ def in_process_stack(stack: Stack | None = None) -> Iterator[Stack]:
     """The stand-ins in this process, with os.environ pointing the product and SDKs at them.
 
     With `stack` (e.g. the test suite's session stack), that one is used as it is: its world is not
-    reset here. Otherwise a new stack starts (on the process CA) and is stopped on exit.
+    reset here (nor AzureWebJobsStorage set: the suite's `stack` fixture points it at Azurite).
+    Otherwise a new stack and an Azurite start (on the process CA) and are stopped on exit.
     """
     if stack is not None:
         with patched_environ(stack.settings()):
@@ -164,13 +165,17 @@ def in_process_stack(stack: Stack | None = None) -> Iterator[Stack]:
         return
     ca, _ = trust_process_ca()
     from devstack import Stack
+    from devstack.azurite import Azurite
 
     with tempfile.TemporaryDirectory(prefix="bench-devstack-") as state_dir:
         started = Stack.start(Path(state_dir), ca=ca)
+        # The Functions storage account: every mutating run holds its identity's lease there.
+        storage = Azurite.start(Path(state_dir) / "azurite")
         try:
-            with patched_environ(started.settings()):
+            with patched_environ({**started.settings(), "AzureWebJobsStorage": storage.connection_string}):
                 yield started
         finally:
+            storage.stop()
             started.stop()
 
 

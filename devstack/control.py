@@ -75,10 +75,14 @@ class ControlService(Service):
             raise HttpError(400, "BadRequest", 'servicePrincipalError must be "mixed", "400" or "403".')
         try:
             delay = float(body["delaySeconds"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise HttpError(400, "BadRequest", "Expected {\"delaySeconds\": <number>}.") from exc
+            key_delay = body.get("keyDelaySeconds")
+            key_replication_delay = None if key_delay is None else float(key_delay)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise HttpError(400, "BadRequest",
+                            "Expected {\"delaySeconds\": <number>, \"keyDelaySeconds\": <number, optional>}.") from exc
         with self.world.lock:
             self.world.replication_delay = delay
+            self.world.key_replication_delay = key_replication_delay
             self.world.sp_replication_error = refusal
         return Response.empty()
 

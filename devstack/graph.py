@@ -766,7 +766,7 @@ class GraphService(Service):
         d.owners[app["id"]] = [caller.object_id] if caller_becomes_owner else []
         self.world.mark_created(app["id"])
         for key_id in new_keys:
-            self.world.mark_created(key_id)
+            self.world.mark_key_created(key_id)
         return app
 
     def update_application(self, request: Request) -> Response:
@@ -793,7 +793,7 @@ class GraphService(Service):
         app.clear()
         app.update(updated)
         for key_id in new_keys:
-            self.world.mark_created(key_id)
+            self.world.mark_key_created(key_id)
         return Response.empty(204)
 
     def _apply_app_changes(self, app: dict[str, Any], body: dict[str, Any]) -> list[str]:
@@ -1119,7 +1119,7 @@ class GraphService(Service):
         stored = self._key_credential(credential, "Application")
         self._check_key_lifetime(app, stored)
         app["keyCredentials"].append(stored)
-        self.world.mark_created(stored["keyId"])
+        self.world.mark_key_created(stored["keyId"])
         body_out = {"@odata.context": f"{self.base_url}{PREFIX}/$metadata#microsoft.graph.keyCredential",
                     **stored, "key": None}
         return Response.json(200, body_out)
@@ -1213,7 +1213,7 @@ class GraphService(Service):
         d.owners[sp["id"]] = [caller.object_id]
         self.world.mark_created(sp["id"])
         for key_id in new_keys:
-            self.world.mark_created(key_id)
+            self.world.mark_key_created(key_id)
         return self._single(request, sp, "servicePrincipals", "servicePrincipal", status=201)
 
     def _apply_sp_changes(self, sp: dict[str, Any], body: dict[str, Any]) -> list[str]:
@@ -1257,7 +1257,7 @@ class GraphService(Service):
         sp.clear()
         sp.update(updated)
         for key_id in new_keys:
-            self.world.mark_created(key_id)
+            self.world.mark_key_created(key_id)
         return Response.empty(204)
 
     def delete_service_principal(self, request: Request) -> Response:

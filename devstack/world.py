@@ -209,6 +209,8 @@ class World:
         # 400 in turn, 403 first. The default is "mixed", so a client must survive both.
         self.sp_replication_error = "mixed"
         self.sp_replication_refusals = 0  # refusals answered so far, for "mixed"
+        # Seconds before a new key credential is accepted at sign-in; None: replication_delay.
+        self.key_replication_delay: float | None = None
         self.directory = Directory()
         self.platform = PlatformIdentity(new_id(), new_id(), uuid.uuid4().hex)
         # principal object id -> Key Vault data-plane role names
@@ -367,6 +369,10 @@ class World:
         if mode == "403":
             return 403
         return 403 if turn % 2 == 0 else 400
+    def mark_key_created(self, key_id: str) -> None:
+        delay = self.replication_delay if self.key_replication_delay is None else self.key_replication_delay
+        if delay > 0:
+            self.directory.visible_at[key_id] = time.monotonic() + delay
 
     def is_visible(self, object_id: str) -> bool:
         moment = self.directory.visible_at.get(object_id)
@@ -381,6 +387,7 @@ class World:
             self.replication_delay = 0.0
             self.sp_replication_error = "mixed"
             self.sp_replication_refusals = 0
+            self.key_replication_delay = None
             self.directory = Directory()
             self.vault_roles.clear()
             self._seed()

@@ -4,6 +4,9 @@
 
 Settings come from the environment (or --env-file, e.g. the stand-ins' .devstack/devstack.env);
 the platform identity is whatever DefaultAzureCredential finds (az login for an admin).
+bootstrap, rotate and decommission hold the identity's lease (waiting for another run of it, and
+saying so), print a line per step on stderr, and with --json print the operation document;
+--no-wait queues the operation for the function app instead (it needs AzureWebJobsStorage).
 Exit codes: 0 done, 1 failed (see the message: retry later or fix what it names), 2 bad input,
 3 no such identity, 4 blocked by an object this product does not own. `doctor` exits 0 when every
 check is ok or only warns, 1 when one fails.
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--contact", action="append", dest="contacts")
     boot.add_argument("--description")
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    _wait_option(boot)
 
     sub.add_parser("list", help="list identities (one Key Vault listing)")
     for command, text in (("status", "show an identity's facets and dates"),
@@ -64,18 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     rotate = sub.add_parser("rotate", help="rotate the certificate now")
     rotate.add_argument("name")
     rotate.add_argument("--dry-run", action="store_true")
+    _wait_option(rotate)
     reconcile = sub.add_parser("reconcile", help="repair drift and rotate if due")
     reconcile.add_argument("name")
     decommission = sub.add_parser("decommission", help="remove the identity's roles, grant, app and vault objects")
     decommission.add_argument("name")
     decommission.add_argument("--dry-run", action="store_true")
     decommission.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _wait_option(decommission)
     doctor = sub.add_parser("doctor", help="check every prerequisite, read-only, and say how to fix each")
     doctor.add_argument("--principal-id", help="object id of the platform identity whose Graph permissions to "
                                                "check (default: the identity signed in)")
     doctor.add_argument("--app-name", help="the Function App's name, for the fix commands")
     doctor.add_argument("--resource-group", help="its resource group, for the fix commands")
     return parser
+
+
+def _wait_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-wait", action="store_true",
+                        help="queue the operation for the function app and return at once (prints the operation)")
 
 
 def spec_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,6 +98,38 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
+# An admin at a terminal can wait for another run of the identity longer than an HTTP caller.
+CLI_LEASE_WAIT_SECONDS = 600.0
+OPERATIONS = {"bootstrap": "bootstrap", "rotate": "rotate", "decommission": "decommission"}
+
+
+def _progress_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def run_operation(platform: Any, args: argparse.Namespace, caller: str) -> tuple[int, Any]:
+    """bootstrap / rotate / decommission: in this process with a line per step, or queued (--no-wait)."""
+    from shared import operations
+    from shared.core.spec import parse_spec
+    from shared.service import run_document
+
+    kind = OPERATIONS[args.command]
+    spec = spec_body(args) if kind == "bootstrap" else None
+    name = parse_spec(spec, platform.settings).name if spec is not None else args.name
+    document = operations.new_document(platform, kind, name, caller=caller, spec=spec,
+                                       force_rotate=kind == "rotate")
+    if args.no_wait:
+        store = operations.OperationStore(platform.settings)
+        await store.save(document)
+        await store.enqueue({"name": name, "operationId": document["id"]})
+        return EXIT_OK, document
+    _progress_line(f"{kind} {name}: operation {document['id']}")
+    result, document = await operations.run_and_track(platform, document, lease_wait=CLI_LEASE_WAIT_SECONDS,
+                                                      printer=_progress_line)
+    output = document if args.json else run_document(result)
+    return (_exit_code(result.error) if result.error is not None else EXIT_OK), output
+
+
 async def run(args: argparse.Namespace) -> tuple[int, Any]:
     import shared.service as service
     from shared.platform import Platform
@@ -95,6 +138,8 @@ async def run(args: argparse.Namespace) -> tuple[int, Any]:
     platform = Platform.create(Settings.from_environment())
     who: dict[str, Any] = {"caller": f"cli:{getpass.getuser()}"}
     try:
+        if args.command in OPERATIONS and not args.dry_run:
+            return await run_operation(platform, args, who["caller"])
         if args.command == "bootstrap":
             result = await service.bootstrap(platform, spec_body(args), dry_run=args.dry_run, **who)
         elif args.command == "list":
@@ -107,7 +152,8 @@ async def run(args: argparse.Namespace) -> tuple[int, Any]:
             result = await service.reconcile(platform, args.name, force_rotate=True, dry_run=args.dry_run, **who,
                                              operation="rotate")
         elif args.command == "reconcile":
-            result = await service.reconcile(platform, args.name, **who)
+            result = await service.reconcile(platform, args.name, lease_wait=CLI_LEASE_WAIT_SECONDS,
+                                             on_wait=_progress_line, **who)
         else:
             result = await service.decommission(platform, args.name, dry_run=args.dry_run, **who)
         document = service.run_document(result)
@@ -137,6 +183,12 @@ def render(document: Any) -> str:
         lines = [f"{'NAME':<28} {'APP ID':<38} {'NOT AFTER':<22} LAST RESULT"]
         lines += [f"{r['name']:<28} {r.get('appId') or '-':<38} {r.get('notAfter') or '-':<22} "
                   f"{r.get('lastResult') or '-'}" for r in rows]
+        return "\n".join(lines)
+    if isinstance(document, dict) and "steps" in document and "status" in document:  # an operation
+        lines = [f"{document['operation']} {document['name']}: {document['status']} (operation {document['id']})"]
+        lines += [f"  - {step['action']}: {step['result']} {step['detail']}".rstrip() for step in document["steps"]]
+        if document["status"] not in ("Succeeded", "Failed"):
+            lines.append(f"  follow it: GET /api/operations/{document['id']}")
         return "\n".join(lines)
     if isinstance(document, dict) and "operation" in document:
         lines = [f"{document['operation']} {document['name']}: {document['result']}"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared import progress
 from shared.adapters.directory import (
     DirectoryGateway,
     application_from_graph,
@@ -70,6 +71,7 @@ log = logging.getLogger("exo_automation.reconciler")
 
 Clock = Callable[[], dt.datetime]
 MAX_TAG = 256
+PROBE_MAX_INTERVAL_SECONDS = 2.0
 
 
 def utc_now() -> dt.datetime:
@@ -124,7 +126,7 @@ class SignInProbe:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.budget_seconds
-        delay = 1.0
+        delay = 0.5
         while True:
             credential = CertificateCredential(
                 self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
@@ -143,7 +145,8 @@ class SignInProbe:
                 raise Retryable(f"the token service is unavailable ({_first_line(str(exc))})",
                                 reason="TokenServiceUnavailable") from exc
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 15.0)
+            # Short: a job can use the key as soon as Entra accepts it, and a token request is cheap.
+            delay = min(delay * 2, PROBE_MAX_INTERVAL_SECONDS)
 
 
 def _first_line(text: str) -> str:
@@ -224,13 +227,9 @@ class Reconciler:
             return result
         if dry_run:
             return result
-        if observed.certificate is None:
-            if await self.vault.recover_deleted_identity(spec.names.certificate):
-                # The live identity's certificate was deleted by hand and is back: plan again with it,
-                # so the identity keeps its name, app and published key instead of starting over.
-                return await self.reconcile(spec, force_rotate=force_rotate, dry_run=dry_run, operation=operation,
-                                            caller=caller, correlation_id=correlation_id, prune_roles=prune_roles)
-            # A new name: refuse before the first write if a soft-deleted certificate holds it.
+        if observed.certificate is None and plan.actions and not isinstance(plan.actions[0], CreateCertificateVersion):
+            # A new name: refuse before the first write if a soft-deleted certificate holds it. When the
+            # first write is the certificate's create, its own 409 (ObjectIsDeletedButRecoverable) says so.
             await self.vault.refuse_if_deleted(spec.names.certificate)
         executor = _Executor(self, spec, observed, app_raw)
         await self._run(executor, plan.actions, result)
@@ -285,6 +284,7 @@ class Reconciler:
     async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
         for action in actions:
             before = executor.snapshot()
+            await progress.step(action)
             try:
                 try:
                     detail = await executor.execute(action)
@@ -292,6 +292,7 @@ class Reconciler:
                     raise graph_error.classified() from graph_error
             except ExoAutomationError as exc:
                 result.executed.append(ActionOutcome(action, exc.reason, exc.message))
+                await progress.step(action, result.executed[-1])
                 result.error = exc
                 result.repeat = result.previous.repeats(exc.reason, self.clock())
                 log.warning("identity=%s action=%s result=%s detail=%s", result.name, action.kind, exc.reason,
@@ -301,6 +302,7 @@ class Reconciler:
                                             retryable=isinstance(exc, Retryable), repeat=result.repeat))
                 return
             result.executed.append(ActionOutcome(action, "Succeeded", detail))
+            await progress.step(action, result.executed[-1])
             log.info("identity=%s action=%s result=Succeeded detail=%s", result.name, action.kind, detail)
             if action.mutating:
                 await emit(_audit_event(result, action, "Succeeded", detail, before, executor.snapshot()))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from azure.core.exceptions import AzureError
@@ -14,17 +16,36 @@ from shared.core.record import ConnectionRecord, format_time
 from shared.core.renewal import jittered_renewal_time
 from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from shared.errors import IdentityNotFound
+from shared.lease import LeaseStore
 from shared.platform import Platform
 from shared.reconciler import RunResult
 
+# How long a run waits for another run of the same identity by default (HTTP passes what is left
+# of its inline budget, the queue a few seconds, the CLI longer).
+DEFAULT_LEASE_WAIT_SECONDS = 60.0
+
+
+@contextlib.asynccontextmanager
+async def writer(platform: Platform, name: str, *, dry_run: bool, lease_wait: float,
+                 on_wait: Callable[[str], None] | None = None) -> AsyncIterator[None]:
+    """The one-writer rule (`shared.lease`): a mutating run holds the identity's lease; a dry run
+    only reads and takes none."""
+    if dry_run:
+        yield
+        return
+    async with LeaseStore(platform.settings).hold(name, wait_seconds=lease_wait, on_wait=on_wait):
+        yield
+
 
 async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False, caller: str = "system",
-                    correlation_id: str | None = None) -> RunResult:
+                    correlation_id: str | None = None, lease_wait: float = DEFAULT_LEASE_WAIT_SECONDS,
+                    on_wait: Callable[[str], None] | None = None) -> RunResult:
     spec = parse_spec(body, platform.settings)
     # A bootstrap request is the operator's explicit word on the roles: it also removes role
     # assignments that today's allow-list no longer permits (other runs only report them).
-    return await platform.reconciler.reconcile(spec, dry_run=dry_run, operation="bootstrap", caller=caller,
-                                               correlation_id=correlation_id, prune_roles=True)
+    async with writer(platform, spec.name, dry_run=dry_run, lease_wait=lease_wait, on_wait=on_wait):
+        return await platform.reconciler.reconcile(spec, dry_run=dry_run, operation="bootstrap", caller=caller,
+                                                   correlation_id=correlation_id, prune_roles=True)
 
 
 async def recorded_spec(platform: Platform, name: str, *, recover: bool = False) -> IdentitySpec:
@@ -44,17 +65,24 @@ async def recorded_spec(platform: Platform, name: str, *, recover: bool = False)
 
 async def reconcile(platform: Platform, name: str, *, force_rotate: bool = False, dry_run: bool = False,
                     operation: str = "reconcile", caller: str = "system",
-                    correlation_id: str | None = None) -> RunResult:
-    spec = await recorded_spec(platform, name, recover=not dry_run)
-    return await platform.reconciler.reconcile(spec, force_rotate=force_rotate, dry_run=dry_run,
-                                               operation=operation, caller=caller, correlation_id=correlation_id)
+                    correlation_id: str | None = None, lease_wait: float = DEFAULT_LEASE_WAIT_SECONDS,
+                    on_wait: Callable[[str], None] | None = None) -> RunResult:
+    validate_name(name)
+    async with writer(platform, name, dry_run=dry_run, lease_wait=lease_wait, on_wait=on_wait):
+        # Inside the lease: recovering a certificate deleted by hand is a write too.
+        spec = await recorded_spec(platform, name, recover=not dry_run)
+        return await platform.reconciler.reconcile(spec, force_rotate=force_rotate, dry_run=dry_run,
+                                                   operation=operation, caller=caller,
+                                                   correlation_id=correlation_id)
 
 
 async def decommission(platform: Platform, name: str, *, dry_run: bool = False, caller: str = "system",
-                       correlation_id: str | None = None) -> RunResult:
+                       correlation_id: str | None = None, lease_wait: float = DEFAULT_LEASE_WAIT_SECONDS,
+                       on_wait: Callable[[str], None] | None = None) -> RunResult:
     validate_name(name)
-    return await platform.reconciler.decommission(name, dry_run=dry_run, caller=caller,
-                                                  correlation_id=correlation_id)
+    async with writer(platform, name, dry_run=dry_run, lease_wait=lease_wait, on_wait=on_wait):
+        return await platform.reconciler.decommission(name, dry_run=dry_run, caller=caller,
+                                                      correlation_id=correlation_id)
 
 
 async def status(platform: Platform, name: str) -> dict[str, Any]:

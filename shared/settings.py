@@ -78,6 +78,10 @@ class Settings:
     # a managed identity's new permissions can take hours to reach its tokens).
     platform_deployed_at: dt.datetime | None = None
     permission_propagation_hours: float = 6.0
+    # How long a write request runs before it answers 202 and continues through the queue.
+    http_inline_budget_seconds: float = 20.0
+    # The blob lease that makes one run at a time the writer of an identity (Blob leases: 15-60 s).
+    identity_lease_seconds: int = 30
 
     @property
     def graph_scope(self) -> str:
@@ -144,6 +148,9 @@ class Settings:
             platform_deployed_at=reader.optional_time("PLATFORM_DEPLOYED_AT"),
             permission_propagation_hours=reader.number("PERMISSION_PROPAGATION_HOURS", default=6.0, low=0.0,
                                                        high=72.0),
+            http_inline_budget_seconds=reader.number("HTTP_INLINE_BUDGET_SECONDS", default=20.0, low=0.0,
+                                                     high=120.0),
+            identity_lease_seconds=reader.integer("IDENTITY_LEASE_SECONDS", default=30, low=15, high=60),
         )
         return settings
 

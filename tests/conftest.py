@@ -52,11 +52,16 @@ def _session_stack() -> Iterator[Stack]:
 
 
 @pytest.fixture()
-def stack(_session_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Stack:
-    """The stand-ins, reset, with the environment pointing every SDK at them."""
+def stack(_session_stack: Stack, azurite: str, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """The stand-ins, reset, with the environment pointing every SDK at them, and the Functions
+    storage account (identity leases, operations, the reconcile queue) at the session's Azurite."""
     _session_stack.world.reset()
     for name, value in _session_stack.settings().items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AzureWebJobsStorage", azurite)
+    for name in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri",
+                 "AzureWebJobsStorage__accountName"):
+        monkeypatch.delenv(name, raising=False)
     return _session_stack
 
 

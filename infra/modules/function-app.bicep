@@ -189,6 +189,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     ROTATION_GRACE_HOURS: string(rotationGraceHours)
     VERIFY_SIGN_IN: verifySignIn ? 'true' : 'false'
     VERIFY_SIGN_IN_TIMEOUT_SECONDS: string(verifySignInTimeoutSeconds)
+    // Long operations (docs/architecture.md): inline budget of write requests, per-identity lease.
+    HTTP_INLINE_BUDGET_SECONDS: '20'
+    IDENTITY_LEASE_SECONDS: '30'
     AUTH_REQUIRE_APP_ROLES: requireAppRoles ? 'true' : 'false'
     AUTH_AUDIENCE: authAudience
     RECONCILE_QUEUE: reconcileQueueName

@@ -21,11 +21,18 @@ from urllib.parse import quote
 
 import httpx
 
+from shared.core.operation import MAX_RETRY_AFTER_SECONDS
 from shared.errors import ExoAutomationError, NeedsOperator, Retryable
 from shared.settings import Settings
 
 T = TypeVar("T")
 REQUEST_OPTIONS_KEY = "kiota_request_options"  # msgraph_core.middleware.async_graph_transport
+
+
+# Graph's codes for losing a race with a concurrent write: an alternate key (uniqueName) taken by
+# a create that is still replicating, or an object changed between read and write.
+RACE_CODES = frozenset({"Request_MultipleObjectsWithSameKeyValue", "ObjectConflict", "Request_PreconditionFailed",
+                        "ConcurrencyViolation"})
 
 
 class GraphError(Exception):
@@ -51,11 +58,20 @@ class GraphError(Exception):
     def retryable(self) -> bool:
         return self.status == 429 or self.status >= 500
 
+    @property
+    def race(self) -> bool:
+        """A conflict with a concurrent write (often one not yet replicated): the next run settles it."""
+        return self.status in (409, 412) and bool({self.code, *self.detail_codes} & RACE_CODES)
+
     def classified(self) -> ExoAutomationError:
         """As one of the product's errors: retryable, or needs an operator."""
         if self.retryable:
             return Retryable(f"Microsoft Graph is unavailable or throttling ({self.status} {self.code})",
                              reason="GraphUnavailable", retry_after=self.retry_after)
+        if self.race:
+            return Retryable(f"Microsoft Graph reported a concurrent change ({self.status} {self.code}); the next "
+                             "run reads the result and continues", reason="DirectoryConflict",
+                             retry_after=self.retry_after or 10)
         if self.status == 403:
             window = self.permission_window
             refused = f"Microsoft Graph refused the platform identity ({self.code}: {self.message})"
@@ -203,12 +219,34 @@ class GraphClient:
 
 
 def _graph_http(settings: Settings, transport: httpx.AsyncHTTPTransport) -> httpx.AsyncClient:
+    from kiota_http.kiota_client_factory import KiotaClientFactory
+    from kiota_http.middleware import RetryHandler
     from msgraph_core import GraphClientFactory
+    from msgraph_core.middleware import GraphTelemetryHandler
 
     client = httpx.AsyncClient(base_url=f"{settings.graph_endpoint}/v1.0", timeout=httpx.Timeout(60.0),
                                transport=transport, trust_env=True)
-    result: httpx.AsyncClient = GraphClientFactory.create_with_default_middleware(client=client)
+    # msgraph-core's default pipeline, with a retry handler that never sleeps on a long Retry-After.
+    middleware = [_capped_retry_handler() if isinstance(m, RetryHandler) else m
+                  for m in KiotaClientFactory.get_default_middleware(None)]
+    middleware.append(GraphTelemetryHandler())
+    result: httpx.AsyncClient = GraphClientFactory.create_with_custom_middleware(middleware, client=client)
     return result
+
+
+def _capped_retry_handler() -> Any:
+    from kiota_http.middleware import RetryHandler
+    from kiota_http.middleware.options import RetryHandlerOption
+
+    class CappedRetryHandler(RetryHandler):
+        """Sleeps on a Retry-After of at most MAX_RETRY_AFTER_SECONDS; a longer one is not waited out
+        in the request: the error goes back (as Retryable, with its Retry-After) so the run answers."""
+
+        def get_delay_time(self, *args: Any, **kwargs: Any) -> float:
+            delay: float = super().get_delay_time(*args, **kwargs)
+            return delay if delay <= MAX_RETRY_AFTER_SECONDS else RetryHandlerOption.MAX_DELAY
+
+    return CappedRetryHandler()
 
 
 def _error_from(response: httpx.Response, method: str, path: str) -> GraphError:

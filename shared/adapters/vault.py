@@ -18,6 +18,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpRes
 from azure.core.rest import HttpRequest
 
 from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, ObservedCertificate
+from shared.core.operation import MAX_RETRY_AFTER_SECONDS
 from shared.core.record import CONTENT_TYPE, ConnectionRecord
 from shared.core.registry import started_by_us
 from shared.core.spec import IdentitySpec
@@ -116,16 +117,54 @@ def certificate_policy_body(spec: IdentitySpec, issuer: str = "Self") -> dict[st
     }
 
 
+def _capped_retry_policy() -> Any:
+    """azure-core's retry policy, but no single wait on a Retry-After longer than MAX_RETRY_AFTER_SECONDS."""
+    from azure.core.pipeline.policies import AsyncRetryPolicy
+
+    class CappedRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
+        def get_retry_after(self, response: Any) -> float | None:
+            retry_after = super().get_retry_after(response)
+            return None if retry_after is None else min(retry_after, MAX_RETRY_AFTER_SECONDS)
+
+    return CappedRetryPolicy()
+
+
+def _share_challenge(vault_url: str) -> bool:
+    """Give the secrets client the vault's challenge the certificates client learned; True if it has one.
+
+    Key Vault's challenge authentication learns a vault's challenge from one unauthenticated request
+    (answered 401), cached per process, but each SDK package keeps its own cache: a fresh process
+    would pay that request twice for one vault. The SDK still checks the challenge's resource against
+    the vault's URL on every request (`verify_challenge_resource`). If the SDK's layout changes this
+    does nothing, and the secrets client learns the challenge itself as before.
+    """
+    try:
+        from azure.keyvault.certificates._shared import http_challenge_cache as certificates_cache
+        from azure.keyvault.secrets._shared import http_challenge_cache as secrets_cache
+
+        if secrets_cache.get_challenge_for_url(vault_url) is not None:
+            return True
+        challenge = certificates_cache.get_challenge_for_url(vault_url)
+        if challenge is None:
+            return False
+        secrets_cache.set_challenge_for_url(vault_url, challenge)  # type: ignore[arg-type]  # same class, copied per package
+        return True
+    except (ImportError, AttributeError, ValueError):
+        return False
+
+
 class VaultGateway:
     def __init__(self, settings: Settings, credential: Any) -> None:
         from azure.keyvault.certificates.aio import CertificateClient
         from azure.keyvault.secrets.aio import SecretClient
 
-        options = {"verify_challenge_resource": settings.verify_challenge_resource}
+        options = {"verify_challenge_resource": settings.verify_challenge_resource,
+                   "retry_policy": _capped_retry_policy()}
         self.vault_url = settings.key_vault_url
         self.issuer = settings.certificate_issuer
         self.certificates = CertificateClient(settings.key_vault_url, credential, **options)
         self.secrets = SecretClient(settings.key_vault_url, credential, **options)
+        self._challenge_learned: asyncio.Event | None = None
 
     async def aclose(self) -> None:
         await self.certificates.close()
@@ -133,12 +172,18 @@ class VaultGateway:
 
     # -- certificates -----------------------------------------------------------------------------
     async def observe_certificate(self, name: str, *, reread: bool = True) -> ObservedCertificate | None:
+        learning = self._challenge_learned is None and not _share_challenge(self.vault_url)
+        if learning:
+            self._challenge_learned = asyncio.Event()
         try:
             cert = await self.certificates.get_certificate(name)
         except ResourceNotFoundError:
             return await self._pending_only(name, reread=reread)
         except AzureError as exc:
             raise vault_error(exc, f"reading certificate {name}") from exc
+        finally:
+            if learning and self._challenge_learned is not None:
+                self._challenge_learned.set()
         assert cert.properties is not None
         tags = dict(cert.properties.tags or {})
         if not cert.properties.x509_thumbprint:
@@ -234,6 +279,11 @@ class VaultGateway:
             # Another create is in progress for this name (a concurrent run): wait for it instead;
             # await_pending adopts the result only if that create carried our tags.
             return await self.await_pending(name)
+        if response.status_code == 409 and await self.recover_deleted_identity(name):
+            # A live identity's certificate deleted by hand: recovered, its current version serves.
+            cert = await self.certificates.get_certificate(name)
+            assert cert.properties is not None
+            return version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None)
         if response.status_code >= 400:
             await response.read()
             raise vault_error(HttpResponseError(response=response), f"creating certificate {name}")
@@ -299,6 +349,10 @@ class VaultGateway:
     # -- connection secret ------------------------------------------------------------------------
     async def read_record(self, name: str) -> tuple[ConnectionRecord | None, bool, bool]:
         """(record, unreadable, owned) of the connection secret `name`."""
+        if self._challenge_learned is not None and not _share_challenge(self.vault_url):
+            # A certificate request is learning the vault's challenge: reuse it instead of learning it again.
+            await self._challenge_learned.wait()
+            _share_challenge(self.vault_url)
         try:
             secret = await self.secrets.get_secret(name)
         except ResourceNotFoundError:

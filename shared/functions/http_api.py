@@ -6,12 +6,17 @@ Routes (function auth level; see README "HTTP API" and openapi.yaml):
     GET    /api/identities/{name}          status
     POST   /api/identities/{name}/rotate   rotate now; ?dryRun=true
     DELETE /api/identities/{name}          decommission; ?dryRun=true
+    GET    /api/operations/{operationId}   progress of a write that answered 202 Accepted
+
+Writes run inline for up to HTTP_INLINE_BUDGET_SECONDS, then answer 202 with `Location` (the
+operation) and `Retry-After`, and continue from the queue (shared/operations.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +33,7 @@ log = logging.getLogger("exo_automation.http")
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
 MAX_BODY_BYTES = 16 * 1024
+OPERATION_ID = re.compile(r"[0-9a-f]{32}")
 READ_ROLE = "ExoIdentities.Read"
 WRITE_ROLE = "ExoIdentities.ReadWrite"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -169,6 +175,18 @@ def _run_response(result: Any, created_status: int = 200) -> func.HttpResponse:
     return _json(created_status if result.changed else 200, document)
 
 
+def _submitted(submitted: Any, created_status: int = 200) -> func.HttpResponse:
+    """The inline run's answer, or 202 Accepted pointing at the operation that goes on from the queue."""
+    from shared.core.operation import retry_after_seconds
+    from shared.operations import operation_location
+
+    if not submitted.accepted:
+        return _run_response(submitted.result, created_status)
+    document = submitted.document
+    return _json(202, document, headers={"Location": operation_location(document["id"]),
+                                         "Retry-After": str(retry_after_seconds(document))})
+
+
 @bp.route(route="identities", methods=ALL_METHODS, auth_level=func.AuthLevel.FUNCTION)
 async def identities(req: func.HttpRequest) -> func.HttpResponse:
     if req.method == "GET":
@@ -180,11 +198,17 @@ async def identities(req: func.HttpRequest) -> func.HttpResponse:
         return await _handle(req, False, list_all)
     if req.method == "POST":
         async def create(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
+            from shared.operations import submit
             from shared.service import bootstrap
 
             dry_run = _dry_run(req)
-            return _run_response(await bootstrap(platform, _body(req), dry_run=dry_run, **who),
-                                 created_status=201)
+            body = _body(req)
+            if dry_run:
+                return _run_response(await bootstrap(platform, body, dry_run=True, **who), created_status=201)
+            from shared.core.spec import parse_spec
+
+            spec = parse_spec(body, platform.settings)  # a bad request is answered at once, never queued
+            return _submitted(await submit(platform, "bootstrap", spec.name, spec=body, **who), created_status=201)
 
         return await _handle(req, True, create)
     return _method_not_allowed(req, ["GET", "POST"])
@@ -202,9 +226,12 @@ async def identity(req: func.HttpRequest) -> func.HttpResponse:
         return await _handle(req, False, show)
     if req.method == "DELETE":
         async def remove(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
+            from shared.operations import submit
             from shared.service import decommission
 
-            return _run_response(await decommission(platform, name, dry_run=_dry_run(req), **who))
+            if _dry_run(req):
+                return _run_response(await decommission(platform, name, dry_run=True, **who))
+            return _submitted(await submit(platform, "decommission", name, **who))
 
         return await _handle(req, True, remove)
     return _method_not_allowed(req, ["GET", "DELETE"])
@@ -217,10 +244,36 @@ async def rotate_identity(req: func.HttpRequest) -> func.HttpResponse:
         return _method_not_allowed(req, ["POST"])
 
     async def rotate(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
-        from shared.service import reconcile
+        from shared.operations import submit
+        from shared.service import reconcile, recorded_spec
 
-        result = await reconcile(platform, name, force_rotate=True, dry_run=_dry_run(req), operation="rotate",
-                                 **who)
-        return _run_response(result)
+        if _dry_run(req):
+            return _run_response(await reconcile(platform, name, force_rotate=True, dry_run=True,
+                                                 operation="rotate", **who))
+        await recorded_spec(platform, name)  # an unknown name is answered at once (404), never queued
+        return _submitted(await submit(platform, "rotate", name, force_rotate=True, **who))
 
     return await _handle(req, True, rotate)
+
+
+@bp.route(route="operations/{operationId}", methods=ALL_METHODS, auth_level=func.AuthLevel.FUNCTION)
+async def operation_status(req: func.HttpRequest) -> func.HttpResponse:
+    """The progress of a write that answered 202 (shared/operations.py)."""
+    operation_id = req.route_params.get("operationId", "")
+    if req.method != "GET":
+        return _method_not_allowed(req, ["GET"])
+
+    async def show(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
+        from shared.core.operation import TERMINAL, retry_after_seconds
+        from shared.operations import OperationStore
+
+        if not OPERATION_ID.fullmatch(operation_id):
+            return _problem(404, "OperationNotFound", "no operation with that id")
+        document = await OperationStore(platform.settings).load(operation_id)
+        if document is None:
+            return _problem(404, "OperationNotFound", "no operation with that id (operations are kept for "
+                            "as long as the storage account's lifecycle policy keeps them)")
+        headers = {} if document["status"] in TERMINAL else {"Retry-After": str(retry_after_seconds(document))}
+        return _json(200, document, headers=headers)
+
+    return await _handle(req, False, show)

@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+from shared.core.operation import capped_retry_after
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -50,7 +51,8 @@ def problem_for(error: ExoAutomationError, **extensions: Any) -> tuple[int, dict
     status = status_for(error)
     headers: dict[str, str] = {}
     if isinstance(error, Retryable):
-        headers["Retry-After"] = str(int(error.retry_after or 30))
+        # Capped: a service asking for minutes is no reason to tell a caller to go away for long.
+        headers["Retry-After"] = str(int(capped_retry_after(error.retry_after, default=30)))
     errors = error.errors if isinstance(error, InvalidSpec) and error.errors else None
     return status, problem(status, error.reason, error.message, errors=errors, **extensions), headers
 

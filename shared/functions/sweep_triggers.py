@@ -4,7 +4,9 @@ Retries and poison messages come from the Functions host (host.json `queues.maxD
 not from loops here: a retryable failure raises so the host redelivers; a failure that needs an
 operator is recorded in the identity's tags and the message completes, since redelivery cannot
 fix it. A message that still fails after the last delivery lands in `<queue>-poison`, whose
-trigger records it in the identity's status.
+trigger records it in the identity's status. A message for an identity another run holds (its
+lease, shared/lease.py) is queued again for later rather than failed. A message with an
+`operationId` carries on a write that answered 202 (shared/operations.py).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ async def sweep_identities(timer: func.TimerRequest, reconcile: func.Out[list[st
 
 @bp.queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%", connection="AzureWebJobsStorage")
 async def reconcile_identity(message: func.QueueMessage) -> None:
+    from shared import operations
     from shared.errors import IdentityNotFound, InvalidSpec, Retryable
+    from shared.lease import IdentityBusy
     from shared.platform import current_platform
     from shared.service import reconcile
     from shared.sweep import parse_message
@@ -43,12 +47,19 @@ async def reconcile_identity(message: func.QueueMessage) -> None:
         log.error("discarding a malformed reconcile message %s: %s", message.id, exc)
         return
     name = body["name"]
+    if isinstance(body.get("operationId"), str):  # a write that answered 202 goes on here
+        await operations.resume(current_platform(), body["operationId"], name)
+        return
     sweep_id = body.get("sweepId") if isinstance(body.get("sweepId"), str) else None
     try:
         result = await reconcile(current_platform(), name, operation="reconcile", caller="sweep",
-                                 correlation_id=sweep_id)
+                                 correlation_id=sweep_id, lease_wait=operations.QUEUE_LEASE_WAIT_SECONDS)
     except (IdentityNotFound, InvalidSpec) as exc:
         log.warning("identity=%s skipped: %s", name, exc.message)  # decommissioned since the sweep
+        return
+    except IdentityBusy as busy:
+        # Another run holds the identity: deliver this later, without counting towards the poison queue.
+        await operations.requeue_busy(current_platform(), body, busy)
         return
     if isinstance(result.error, Retryable):
         # Raising hands the message back to the host, which redelivers it with its own back-off.
@@ -64,10 +75,15 @@ async def record_poisoned_reconcile(message: func.QueueMessage) -> None:
     from shared.sweep import parse_message
 
     try:
-        name = parse_message(message.get_body().decode("utf-8"))["name"]
+        body = parse_message(message.get_body().decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         log.error("poison queue: unreadable message %s", message.id)
         return
+    name = body["name"]
+    if isinstance(body.get("operationId"), str):
+        from shared.operations import record_poison as record_operation_poison
+
+        await record_operation_poison(current_platform(), body["operationId"])
     log.error("identity=%s reconcile failed after every redelivery (dequeueCount=%s)", name,
               message.dequeue_count)
     await record_poison(current_platform(), name)

@@ -30,7 +30,6 @@ the identity-based form `AzureWebJobsStorage__blobServiceUri` / `AzureWebJobsSto
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -42,6 +41,7 @@ from typing import Any
 
 import azure.functions as func
 
+from shared.adapters.storage import STORAGE_CONNECTION as STORAGE_CONNECTION
 from shared.core.spec import NAME_PATTERN
 from shared.errors import ExoAutomationError, SettingsError
 from shared.runtime.connection import Connection
@@ -53,7 +53,6 @@ __all__ = ["JobContext", "JobRun", "audit_line", "exchange_job", "run_job", "wri
 # The logger keeps its name from before the runtime moved into a sub-package: log queries rely on it.
 logger = logging.getLogger("shared.jobs")
 
-STORAGE_CONNECTION = "AzureWebJobsStorage"
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FUNCTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,127}$")
 
@@ -203,25 +202,6 @@ async def write_blob(settings: Settings, container: str, blob_name: str, data: b
 
 def _blob_service(settings: Settings, env: Mapping[str, str]) -> tuple[Any, Any]:
     """(BlobServiceClient, credential it owns or None) from the host's AzureWebJobsStorage settings."""
-    from azure.storage.blob.aio import BlobServiceClient
+    from shared.adapters.storage import storage_client
 
-    connection_string = (env.get(STORAGE_CONNECTION) or "").strip()
-    if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string), None
-    uri = (env.get(f"{STORAGE_CONNECTION}__blobServiceUri") or "").strip()
-    account = (env.get(f"{STORAGE_CONNECTION}__accountName") or "").strip()
-    if not uri and account:
-        uri = f"https://{account}.blob.core.windows.net"
-    if not uri:
-        raise SettingsError(f"setting {STORAGE_CONNECTION} is missing: expected a storage connection string, or "
-                            f"{STORAGE_CONNECTION}__blobServiceUri (or __accountName) for an identity-based "
-                            "connection", reason="SettingMissing")
-    if not uri.startswith("https://"):
-        raise SettingsError(f"setting {STORAGE_CONNECTION}__blobServiceUri is malformed ({uri!r}): expected an "
-                            "https:// URL")
-    from shared.adapters.credentials import platform_credential
-
-    client_id = (env.get(f"{STORAGE_CONNECTION}__clientId") or "").strip()
-    storage_settings = dataclasses.replace(settings, managed_identity_client_id=client_id) if client_id else settings
-    credential = platform_credential(storage_settings)
-    return BlobServiceClient(uri, credential=credential), credential
+    return storage_client("blob", settings, env)

@@ -184,6 +184,33 @@ def test_successful_calls_conform(stack: Stack, document: dict[str, Any]) -> Non
     check("GET", "/api/identities", call("identities", "GET", "http://localhost/api/identities"), 200)
 
 
+def test_long_operation_calls_conform(stack: Stack, azurite: str, document: dict[str, Any],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from .queue_helpers import drain, operation, use_fresh_queue
+
+    queue = use_fresh_queue(monkeypatch)
+    one = "/api/identities/{name}"
+    ops = "/api/operations/{operationId}"
+    monkeypatch.setenv("HTTP_INLINE_BUDGET_SECONDS", "0")
+    answers = [("POST", "/api/identities", post_identity({"name": "doc-async"}))]
+    drain(azurite, queue)
+    answers += [("POST", one + "/rotate", rotate("doc-async"))]
+    drain(azurite, queue)
+    answers += [("DELETE", one, delete_identity("doc-async"))]
+    for method, template, answer in answers:
+        assert answer.status == 202, answer.body
+        conforms(document, method, template, answer)
+    conforms(document, "GET", ops, operation(answers[-1][2].headers["Location"]))  # still running
+    drain(azurite, queue)
+    for _, _, answer in answers:
+        done = operation(answer.headers["Location"])
+        assert done.body["status"] == "Succeeded", done.body
+        conforms(document, "GET", ops, done)
+    missing = operation("/api/operations/" + "0" * 32)
+    assert missing.status == 404
+    conforms(document, "GET", ops, missing)
+
+
 def _set(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)

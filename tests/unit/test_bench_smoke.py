@@ -41,7 +41,7 @@ def test_helpers_split_requests_as_the_targets_count_them() -> None:
 
 
 def test_bootstrap_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
-    result = bootstrap.main(iterations=1, results_dir=tmp_path, stack=stack, echo=False)
+    result = bootstrap.main(iterations=1, results_dir=tmp_path, stack=stack, echo=False, realistic=False)
     written = json.loads((tmp_path / "bootstrap.json").read_text())
     assert written["benchmark"] == "bootstrap"
     assert {"timestamp", "machine", "targets", "bootstrap", "repeat"} <= set(written)

@@ -35,6 +35,7 @@ FUNCTIONS: dict[str, list[dict[str, Any]]] = {
     "identities": http("identities"),
     "identity": http("identities/{name}"),
     "rotate_identity": http("identities/{name}/rotate"),
+    "operation_status": http("operations/{operationId}"),
     "status_page": http("status"),
     "health": http("health"),
     "sweep_identities": [

@@ -1,0 +1,132 @@
+"""One writer per identity: a blob lease in the Functions storage account.
+
+Every mutating run (HTTP bootstrap / rotate / DELETE, a queued reconcile, the CLI) holds the lease
+on blob `identity-leases/<name>` while it runs (`shared.service`); read-only paths (status, list,
+dry runs, the sweep's listing) take none. The lease lasts `IDENTITY_LEASE_SECONDS` (15-60 s, Blob
+storage's range), is renewed in the background at a third of that, released at the end, and
+expires by itself if the process dies, so a killed run blocks the identity for one lease period
+at most. A run that finds the lease held polls for it within its wait budget, then gives up with
+`IdentityBusy` (retryable): HTTP answers 202 and queues the work, the queue re-enqueues the
+message for later, the CLI says what it waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from shared.adapters.storage import storage_client
+from shared.core.operation import lease_poll_delay
+from shared.errors import Retryable
+from shared.settings import Settings
+
+log = logging.getLogger("exo_automation.lease")
+
+LEASE_CONTAINER = "identity-leases"
+
+
+class IdentityBusy(Retryable):
+    reason = "IdentityBusy"
+
+
+class StorageUnavailable(Retryable):
+    reason = "StorageUnavailable"
+
+
+class LeaseStore:
+    """Blob leases on identities, through the host's storage connection (AzureWebJobsStorage)."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.env = os.environ if environ is None else environ
+        self.duration = settings.identity_lease_seconds
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str, *, wait_seconds: float,
+                   on_wait: Callable[[str], None] | None = None) -> AsyncIterator[None]:
+        """Hold the lease on `name` for the body; wait up to `wait_seconds` for another holder."""
+        from azure.core.exceptions import AzureError
+
+        service, credential = storage_client("blob", self.settings, self.env, quick=True)
+        try:
+            async with service:
+                lease = await self._acquire(service, name, wait_seconds, on_wait)
+                renewer = asyncio.create_task(self._renew(lease, name))
+                try:
+                    yield
+                finally:
+                    renewer.cancel()
+                    await asyncio.gather(renewer, return_exceptions=True)
+                    try:
+                        # Shielded: a cancelled run still hands the identity on at once.
+                        await asyncio.shield(lease.release())
+                    except (AzureError, asyncio.CancelledError) as exc:
+                        log.warning("identity=%s lease not released (%s); it expires in %d s", name,
+                                    type(exc).__name__, self.duration)
+        finally:
+            if credential is not None:
+                await credential.close()
+
+    async def _acquire(self, service: Any, name: str, wait_seconds: float,
+                       on_wait: Callable[[str], None] | None) -> Any:
+        from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
+        blob = service.get_blob_client(LEASE_CONTAINER, name)
+        attempt = 0
+        told = False
+        while True:
+            try:
+                return await blob.acquire_lease(lease_duration=self.duration)
+            except ResourceNotFoundError:
+                await self._create(service, name)
+                continue
+            except HttpResponseError as exc:
+                if exc.status_code != 409:
+                    raise StorageUnavailable(f"the Functions storage account refused the identity lease "
+                                             f"({exc.status_code} {getattr(exc, 'error_code', None)})") from exc
+            except AzureError as exc:
+                raise StorageUnavailable(f"the Functions storage account is unreachable ({type(exc).__name__})",
+                                         retry_after=10) from exc
+            delay = lease_poll_delay(attempt, deadline - loop.time())
+            if delay is None:
+                raise IdentityBusy(f"another run is changing identity {name!r}; it continues once that run ends",
+                                   retry_after=min(self.duration, 15))
+            if on_wait is not None and not told:
+                on_wait(f"waiting for another run of {name} to finish (its lease is held)")
+                told = True
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _create(self, service: Any, name: str) -> None:
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+
+        blob = service.get_blob_client(LEASE_CONTAINER, name)
+        try:
+            try:
+                await blob.upload_blob(b"", overwrite=False)
+            except ResourceNotFoundError:
+                with contextlib.suppress(ResourceExistsError):  # created concurrently
+                    await service.create_container(LEASE_CONTAINER)
+                await blob.upload_blob(b"", overwrite=False)
+        except ResourceExistsError:
+            pass  # another run created it first: leasing it is what matters
+        except AzureError as exc:
+            raise StorageUnavailable(f"the identity lease blob could not be created ({type(exc).__name__})",
+                                     retry_after=10) from exc
+
+    async def _renew(self, lease: Any, name: str) -> None:
+        from azure.core.exceptions import AzureError
+
+        while True:
+            await asyncio.sleep(self.duration / 3)
+            try:
+                await lease.renew()
+            except AzureError as exc:
+                # Two more tries before the lease lapses; the run's steps are idempotent either way.
+                log.warning("identity=%s lease renewal failed (%s)", name, type(exc).__name__)
