@@ -25,18 +25,20 @@ from shared.adapters.directory import (
 from shared.adapters.graph import GraphError
 from shared.adapters.vault import VaultGateway
 from shared.audit import AuditEvent, emit
-from shared.core.checks import Facet, desired_certificate_tags
+from shared.core.checks import Facet, allowed_trusts, desired_certificate_tags
 from shared.core.model import (
     CertificateVersion,
     KeyCredential,
     Observed,
     ObservedCertificate,
+    ObservedFederatedCredential,
     key_id_for,
 )
 from shared.core.planner import (
     DECOMMISSIONING_TAG,
     DECOMMISSIONING_VALUE,
     Action,
+    AddFederatedCredential,
     AddKeyCredential,
     AssignRole,
     AwaitCertificate,
@@ -51,6 +53,7 @@ from shared.core.planner import (
     Plan,
     PlanContext,
     PublishConnectionRecord,
+    RemoveFederatedCredential,
     RemoveRoleAssignment,
     RetireKeyCredential,
     RevokeConsent,
@@ -160,18 +163,20 @@ class Reconciler:
         self.clock = clock
 
     # -- observation -----------------------------------------------------------------------------
-    async def observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
+    async def observe(self, names: IdentityNames, *, federated: bool = False) -> tuple[Observed, dict[str, Any] | None]:
+        """`federated`: the spec trusts workloads, so the app's federated credentials are listed (also
+        when the registry records trusts, so that ones the spec dropped are found)."""
         try:
-            return await self._observe(names)
+            return await self._observe(names, federated)
         except GraphError as exc:
             raise exc.classified() from exc
 
-    async def _observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
+    async def _observe(self, names: IdentityNames, federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         # Key Vault and Graph are read side by side; if Graph fails, the vault reads must not outlive the run.
         cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
         record_task = asyncio.create_task(self.vault.read_record(names.connection_secret))
         try:
-            return await self._observe_with(names, cert_task, record_task)
+            return await self._observe_with(names, cert_task, record_task, federated)
         except BaseException:
             for task in (cert_task, record_task):
                 task.cancel()
@@ -180,7 +185,7 @@ class Reconciler:
 
     async def _observe_with(self, names: IdentityNames, cert_task: asyncio.Task[ObservedCertificate | None],
                             record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool]],
-                            ) -> tuple[Observed, dict[str, Any] | None]:
+                            federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         app_raw = await self.directory.find_application(names.unique_name)
         cert = await cert_task
         observed = Observed()
@@ -204,13 +209,19 @@ class Reconciler:
             cert = dataclasses.replace(cert, versions=await self.vault.certificate_versions(names.certificate))
         observed = dataclasses.replace(observed, certificate=cert, record=record, record_unreadable=unreadable,
                                        record_owned=record_owned)
+        recorded = cert is not None and '"f":' in cert.tags.get("credentials", "")
+        if (federated or recorded) and observed.application is not None and observed.application.owned:
+            observed = dataclasses.replace(observed, federated_credentials=await self.directory.federated_credentials(
+                observed.application.object_id))
+        elif federated:
+            observed = dataclasses.replace(observed, federated_credentials=())  # no app yet: none of them
         return observed, app_raw
 
     # -- operations -------------------------------------------------------------------------------
     async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
                         operation: str = "reconcile", caller: str = "system",
                         correlation_id: str | None = None, prune_roles: bool = False) -> RunResult:
-        observed, app_raw = await self.observe(spec.names)
+        observed, app_raw = await self.observe(spec.names, federated=bool(spec.federated))
         plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate,
                             prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
@@ -328,6 +339,7 @@ class _Executor:
             "servicePrincipalId": o.service_principal_id,
             "consentAssignmentId": o.consent_assignment_id,
             "roleAssignments": dict(sorted(o.role_assignments.items())),
+            "federatedCredentials": sorted(c.name for c in o.federated_credentials or ()),
             "publishedThumbprint": o.record.thumbprint if o.record else None,
             "previousThumbprint": o.record.previous_thumbprint if o.record else None,
         }
@@ -410,6 +422,18 @@ class _Executor:
                     self._forget(application=dataclasses.replace(
                         registered, key_credentials=(*registered.key_credentials, key)))
                 return detail
+            case AddFederatedCredential(name=name, issuer=issuer, subject=subject, audience=audience):
+                object_id, _ = self._app()
+                credential_id = await directory.add_federated_credential(object_id, name, issuer, subject, audience)
+                added = ObservedFederatedCredential(credential_id, name, issuer, subject, (audience,))
+                self._forget(federated_credentials=(*(self.observed.federated_credentials or ()), added))
+                return f"federatedIdentityCredential {name}"
+            case RemoveFederatedCredential(credential_id=credential_id, name=name):
+                object_id, _ = self._app()
+                await directory.remove_federated_credential(object_id, credential_id)
+                self._forget(federated_credentials=tuple(
+                    c for c in self.observed.federated_credentials or () if c.credential_id != credential_id))
+                return f"removed {name}"
             case AssignRole(role_id=role_id, role_name=role_name):
                 assignment = await directory.assign_role(self._sp(), role_id, fresh_principal=self.fresh_principal)
                 roles = {**self.observed.role_assignments, role_id: assignment}
@@ -546,7 +570,7 @@ class _Executor:
             certificate_name=names.certificate, certificate_version=version.version,
             thumbprint=version.thumbprint, not_before=version.not_before, not_after=version.not_after,
             previous_thumbprint=previous_thumbprint, previous_certificate_version=previous_version,
-            updated_at=self.r.clock(),
+            updated_at=self.r.clock(), federated=allowed_trusts(self.spec, self.r.context),
         )
 
     async def record_outcome(self, result: RunResult) -> None:
@@ -608,6 +632,7 @@ FACET_KEYS: dict[str, tuple[str, ...]] = {
     "consent": ("consentAssignmentId",),
     "keyCredential": ("keyIds",),
     "roles": ("roleAssignments",),
+    "federatedCredentials": ("federatedCredentials",),
     "connectionRecord": ("publishedThumbprint", "previousThumbprint"),
 }
 

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from shared.core.spec import CERTIFICATE, TOKEN_EXCHANGE_AUDIENCE, FederatedTrust
+
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/vnd.exo-automation.connection+json; version=1"
 
@@ -38,6 +40,10 @@ class ConnectionRecord:
     previous_thumbprint: str | None
     previous_certificate_version: str | None
     updated_at: dt.datetime
+    # Added by issue #16 (fields only added): how jobs sign in, and the workloads the app trusts
+    # (the issuer, subject and audience a job's assertion must carry exactly).
+    credential_type: str = CERTIFICATE
+    federated: tuple[FederatedTrust, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +61,9 @@ class ConnectionRecord:
             "previousThumbprint": self.previous_thumbprint,
             "previousCertificateVersion": self.previous_certificate_version,
             "updatedAt": format_time(self.updated_at),
+            "credentialType": self.credential_type,
+            **({"federatedCredentials": [{"issuer": t.issuer, "subject": t.subject, "audience": t.audience}
+                                         for t in self.federated]} if self.federated else {}),
         }
 
     def dumps(self) -> str:
@@ -75,8 +84,12 @@ class ConnectionRecord:
                 not_after=parse_time(data["notAfter"]), previous_thumbprint=data.get("previousThumbprint"),
                 previous_certificate_version=data.get("previousCertificateVersion"),
                 updated_at=parse_time(data["updatedAt"]),
+                credential_type=str(data.get("credentialType") or CERTIFICATE),
+                federated=tuple(FederatedTrust(str(f["issuer"]), str(f["subject"]),
+                                               str(f.get("audience") or TOKEN_EXCHANGE_AUDIENCE))
+                                for f in data.get("federatedCredentials") or ()),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"connection record is missing a field: {exc}") from exc
 
     def same_publication(self, other: ConnectionRecord) -> bool:

@@ -1,0 +1,171 @@
+"""Issue #16: identities whose jobs sign in without a certificate — federated identity credentials.
+
+End to end through the stand-ins: the platform bootstraps an identity whose app trusts a workload (a
+managed identity, or a GitHub-like OIDC issuer); the job's `connection()` signs in with the workload's
+own token as the client assertion and runs Get-Mailbox. Drift repair restores a removed federated
+credential and leaves a foreign one alone; decommission leaves nothing of ours; refusals write nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from devstack import Stack
+from shared.runtime.connection import close_connections, connection
+from shared.runtime.exchange import exchange_client
+
+from .helpers import delete_identity, get_identity, post_identity, write_count
+
+AUDIENCE = "api://AzureADTokenExchange"
+
+
+def entra_issuer(stack: Stack) -> str:
+    return f"{stack.settings()['AZURE_AUTHORITY_HOST']}/{stack.world.tenant_id}/v2.0"
+
+
+def trusting_platform(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A federated credential trusting the stand-ins' managed identity (the job's own)."""
+    monkeypatch.setenv("ALLOWED_MANAGED_IDENTITIES", stack.world.platform.object_id)
+    return {"type": "federated", "issuer": entra_issuer(stack), "subject": stack.world.platform.object_id}
+
+
+def app_of(stack: Stack, name: str) -> dict[str, Any]:
+    return next(a for a in stack.world.directory.applications.values() if a.get("uniqueName") == f"exo-automation-{name}")
+
+
+def federated_of(stack: Stack, name: str) -> list[dict[str, Any]]:
+    return stack.world.directory.federated_credentials.get(app_of(stack, name)["id"], [])
+
+
+def read_record(stack: Stack, name: str) -> dict[str, Any]:
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    with ManagedIdentityCredential() as credential, \
+            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
+        return dict(json.loads(secrets.get_secret(f"exo-{name}-connection").value or ""))
+
+
+def job_get_mailbox(name: str) -> tuple[list[dict[str, Any]], str]:
+    async def run() -> tuple[list[dict[str, Any]], str]:
+        try:
+            found = await connection(name)
+            mailboxes = await exchange_client(name).invoke("Get-Mailbox", {"ResultSize": "Unlimited"})
+            return mailboxes, found.thumbprint
+        finally:
+            await close_connections()
+
+    return asyncio.run(run())
+
+
+def test_a_job_signs_in_with_its_managed_identity_token_and_runs_get_mailbox(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    trust = trusting_platform(stack, monkeypatch)
+    answer = post_identity({"name": "cloud-job", "credentials": [{"type": "certificate"}, trust]})
+    assert answer.status == 201, answer.body
+    credentials = federated_of(stack, "cloud-job")
+    assert [(c["issuer"], c["subject"], c["audiences"]) for c in credentials] == \
+        [(trust["issuer"], trust["subject"], [AUDIENCE])]
+    assert credentials[0]["name"].startswith("exo-automation-cloud-job-")
+
+    status = get_identity("cloud-job").body
+    assert status["facets"]["federatedCredentials"]["state"] == "ok", status["facets"]
+    record = read_record(stack, "cloud-job")
+    assert record["credentialType"] == "certificate"
+    assert record["federatedCredentials"] == [{"issuer": trust["issuer"], "subject": trust["subject"],
+                                               "audience": AUDIENCE}]
+
+    monkeypatch.setenv("CONNECTION_CREDENTIAL", "federated")
+    before = stack.world.counter.snapshot()
+    mailboxes, thumbprint = job_get_mailbox("cloud-job")
+    assert len(mailboxes) == 5
+    assert thumbprint == ""  # no certificate was read or used
+    after = stack.world.counter.snapshot()
+    pfx_reads = [r for r in after if r["service"] == "keyvault" and "certificate" in r["route"].lower()
+                 and r not in before]
+    assert not pfx_reads
+
+
+def test_drift_repair_restores_ours_and_leaves_a_foreign_federated_credential(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    trust = trusting_platform(stack, monkeypatch)
+    assert post_identity({"name": "drifty", "credentials": [{"type": "certificate"}, trust]}).status == 201
+    ours = federated_of(stack, "drifty")
+    foreign = {"id": str(uuid.uuid4()), "name": "someone-elses", "issuer": "https://token.actions.githubusercontent.com",
+               "subject": "repo:contoso/other:environment:prod", "audiences": [AUDIENCE], "description": None}
+    with stack.world.lock:
+        ours.clear()
+        ours.append(foreign)
+
+    answer = post_identity({"name": "drifty", "credentials": [{"type": "certificate"}, trust]})
+    assert answer.status in (200, 201), answer.body
+    names = sorted(c["name"] for c in federated_of(stack, "drifty"))
+    assert "someone-elses" in names and len(names) == 2
+    assert foreign in federated_of(stack, "drifty")
+
+    # Dropping the trust removes ours only.
+    assert post_identity({"name": "drifty"}).status in (200, 201)
+    assert federated_of(stack, "drifty") == [foreign]
+
+    app_id = app_of(stack, "drifty")["id"]
+    assert delete_identity("drifty").status in (200, 204)
+    assert app_id not in stack.world.directory.applications
+
+
+@pytest.mark.parametrize(("subject_of", "setting", "reason"), [
+    (lambda stack: str(uuid.uuid4()), "ALLOWED_MANAGED_IDENTITIES", "ManagedIdentityNotAllowed"),
+])
+def test_a_managed_identity_not_on_the_allow_list_is_refused_before_any_write(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, subject_of: Any, setting: str, reason: str) -> None:
+    monkeypatch.setenv("ALLOWED_MANAGED_IDENTITIES", stack.world.platform.object_id)
+    writes = write_count(stack)
+    answer = post_identity({"name": "refused", "credentials": [
+        {"type": "certificate"}, {"type": "federated", "issuer": entra_issuer(stack), "subject": subject_of(stack)}]})
+    assert answer.status == 400, answer.body
+    assert answer.body["reason"] == reason
+    assert setting in json.dumps(answer.body)
+    assert write_count(stack) == writes
+
+
+def test_an_issuer_not_on_the_allow_list_is_refused_before_any_write(stack: Stack) -> None:
+    writes = write_count(stack)
+    answer = post_identity({"name": "refused", "credentials": [
+        {"type": "certificate"},
+        {"type": "federated", "issuer": "https://token.actions.githubusercontent.com", "subject": "repo:a/b:ref:x"}]})
+    assert answer.status == 400, answer.body
+    assert answer.body["reason"] == "IssuerNotAllowed"
+    assert "ALLOWED_FEDERATION_ISSUERS" in json.dumps(answer.body)
+    assert write_count(stack) == writes
+
+
+def test_the_token_endpoint_refuses_a_wrong_subject_or_audience(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    trust = trusting_platform(stack, monkeypatch)
+    assert post_identity({"name": "strict", "credentials": [{"type": "certificate"}, trust]}).status == 201
+    app = app_of(stack, "strict")
+    settings = stack.settings()
+    token_url = f"{settings['AZURE_AUTHORITY_HOST']}/{stack.world.tenant_id}/oauth2/v2.0/token"
+
+    def exchange(assertion: str) -> httpx.Response:
+        return httpx.post(token_url, data={
+            "grant_type": "client_credentials", "client_id": app["appId"], "scope": f"{settings['EXO_ENDPOINT']}/.default",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion})
+
+    issuer = entra_issuer(stack)
+    good, _ = stack.world.issuer.issue(audience=AUDIENCE, object_id=stack.world.platform.object_id,
+                                       app_id=stack.world.platform.app_id, roles=[], wids=[], issuer=issuer)
+    assert exchange(good).status_code == 200
+    other_subject, _ = stack.world.issuer.issue(audience=AUDIENCE, object_id=str(uuid.uuid4()),
+                                                app_id=stack.world.platform.app_id, roles=[], wids=[], issuer=issuer)
+    other_audience, _ = stack.world.issuer.issue(audience="api://SomethingElse", object_id=stack.world.platform.object_id,
+                                                 app_id=stack.world.platform.app_id, roles=[], wids=[], issuer=issuer)
+    for assertion in (other_subject, other_audience):
+        refused = exchange(assertion)
+        assert refused.status_code == 400
+        assert "AADSTS70021" in refused.json()["error_description"]
