@@ -425,8 +425,8 @@ class EntraService(Service):
             unverified = jwt.decode(assertion, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise OAuthError(401, "invalid_client", 50027, "JWT token is invalid or malformed.") from exc
-        if unverified.get("iss") != client_id:
-            # Not signed by the app itself: a workload's token, trusted only through a federated
+        if unverified.get("iss") != client_id and "x5t" not in header and "x5t#S256" not in header:
+            # Not signed with a certificate of the app: a workload's token, trusted only through a federated
             # identity credential whose issuer, subject and audience it matches exactly.
             self._authenticate_federated(assertion, algorithm, header, unverified, tid, federated)
             return

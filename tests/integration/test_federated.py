@@ -36,7 +36,8 @@ def trusting_platform(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> dict[str
 
 
 def app_of(stack: Stack, name: str) -> dict[str, Any]:
-    return next(a for a in stack.world.directory.applications.values() if a.get("uniqueName") == f"exo-automation-{name}")
+    return next(a for a in stack.world.directory.applications.values()
+                if a.get("uniqueName") == f"exo-automation-{name}")
 
 
 def federated_of(stack: Stack, name: str) -> list[dict[str, Any]]:
@@ -153,7 +154,8 @@ def test_the_token_endpoint_refuses_a_wrong_subject_or_audience(stack: Stack, mo
 
     def exchange(assertion: str) -> httpx.Response:
         return httpx.post(token_url, data={
-            "grant_type": "client_credentials", "client_id": app["appId"], "scope": f"{settings['EXO_ENDPOINT']}/.default",
+            "grant_type": "client_credentials", "client_id": app["appId"],
+            "scope": f"{settings['EXO_ENDPOINT']}/.default",
             "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
             "client_assertion": assertion})
 
@@ -163,9 +165,38 @@ def test_the_token_endpoint_refuses_a_wrong_subject_or_audience(stack: Stack, mo
     assert exchange(good).status_code == 200
     other_subject, _ = stack.world.issuer.issue(audience=AUDIENCE, object_id=str(uuid.uuid4()),
                                                 app_id=stack.world.platform.app_id, roles=[], wids=[], issuer=issuer)
-    other_audience, _ = stack.world.issuer.issue(audience="api://SomethingElse", object_id=stack.world.platform.object_id,
+    other_audience, _ = stack.world.issuer.issue(audience="api://SomethingElse",
+                                                 object_id=stack.world.platform.object_id,
                                                  app_id=stack.world.platform.app_id, roles=[], wids=[], issuer=issuer)
     for assertion in (other_subject, other_audience):
         refused = exchange(assertion)
         assert refused.status_code == 400
         assert "AADSTS70021" in refused.json()["error_description"]
+
+
+def test_a_github_like_workload_signs_in_with_its_token_file_and_runs_get_mailbox(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    oidc = stack.world.services["oidc"]
+    subject = "repo:contoso/exo-jobs:environment:production"
+    monkeypatch.setenv("ALLOWED_FEDERATION_ISSUERS", oidc.issuer)
+    answer = post_identity({"name": "gh-job", "credentials": [
+        {"type": "certificate"}, {"type": "federated", "issuer": oidc.issuer, "subject": subject}]})
+    assert answer.status == 201, answer.body
+
+    # As a workflow step does: ask the runner's token service for a token with Entra's audience.
+    url, request_token = oidc.workload(subject)
+    token = httpx.get(f"{url}&audience={AUDIENCE}",
+                      headers={"Authorization": f"bearer {request_token}"}).json()["value"]
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("CONNECTION_CREDENTIAL", "federated")
+    mailboxes, thumbprint = job_get_mailbox("gh-job")
+    assert len(mailboxes) == 5 and thumbprint == ""
+
+    # Another repository's token is refused by the token endpoint.
+    other_url, other_request = oidc.workload("repo:contoso/other:environment:production")
+    token_file.write_text(httpx.get(f"{other_url}&audience={AUDIENCE}",
+                                    headers={"Authorization": f"bearer {other_request}"}).json()["value"])
+    with pytest.raises(Exception, match="AADSTS70021"):
+        job_get_mailbox("gh-job")
