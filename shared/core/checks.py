@@ -344,8 +344,9 @@ def allowed_trusts(spec: IdentitySpec, context: CheckContext) -> tuple[Federated
 
 def federated_diff(view: IdentityView, context: CheckContext) -> FederatedDiff | None:
     """None: nothing to judge (no trust wanted or seen, or the source cannot see the credentials)."""
-    if view.federated is None or (not view.spec.federated and not view.federated):
-        return None
+    if view.federated is None or (not view.spec.federated
+                                  and not any(ours(c, view.spec.name) for c in view.federated)):
+        return None  # foreign credentials on the app are not ours to judge
     allowed, refused = [], []
     for trust in view.spec.federated:
         refusal = federation_refusal(trust, context.federation_issuers, context.allowed_managed_identities,
