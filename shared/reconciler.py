@@ -252,6 +252,16 @@ class Reconciler:
                 detail=refusal.message, repeat=result.repeat,
                 before={"roleAssignments": dict(sorted(observed.role_assignments.items()))},
                 after={"roleAssignments": dict(sorted(executor.observed.role_assignments.items()))}))
+        for refusal in (f for f in plan.needs_operator if f.facet is Facet.FEDERATED_CREDENTIALS):
+            # A refused trust, like a refused role: nothing written for it, and an operator must see it.
+            result.repeat = result.previous.repeats(refusal.reason, self.clock())
+            names = executor.snapshot()["federatedCredentials"]
+            await emit(AuditEvent(
+                correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
+                identity=result.name, action="AddFederatedCredential", facet=refusal.facet.value,
+                result=refusal.reason, detail=refusal.message, repeat=result.repeat,
+                before={"federatedCredentials": sorted(c.name for c in observed.federated_credentials or ())},
+                after={"federatedCredentials": names}))
         if result.error is None and result.previous.failed and result.previous.notified_at is not None:
             # The failure operators were told about is over: say so once.
             await emit(AuditEvent(

@@ -200,3 +200,39 @@ def test_a_github_like_workload_signs_in_with_its_token_file_and_runs_get_mailbo
                                     headers={"Authorization": f"bearer {other_request}"}).json()["value"])
     with pytest.raises(Exception, match="AADSTS70021"):
         job_get_mailbox("gh-job")
+
+
+def test_a_trust_written_into_the_tags_is_judged_by_todays_allow_lists(stack: Stack) -> None:
+    """A Key Vault certificate writer cannot make the app trust their own workload by editing tags."""
+    from tests.integration.attackers import vault_certificate_writer
+
+    from .platform_helpers import reconcile
+
+    assert post_identity({"name": "tagged"}).status == 201
+    forged = json.dumps({"c": 1, "f": [["https://token.actions.githubusercontent.com", "repo:evil/x:ref:main"]]})
+    vault_certificate_writer(stack).set_certificate_tags("exo-tagged-cert", credentials=forged)
+    stack.world.counter.reset()
+    outcome = reconcile(stack, "tagged")
+    assert outcome.error is not None and outcome.error.reason == "FederationRefused", outcome.error
+    assert federated_of(stack, "tagged") == []
+    graph_writes = [r for r in stack.world.counter.snapshot() if r["service"] == "graph"
+                    and r["method"] in ("POST", "PATCH", "DELETE")]
+    assert not graph_writes, graph_writes  # Key Vault: only the outcome in the registry tags
+
+
+def test_decommission_leaves_a_foreign_app_trusting_the_same_workload(stack: Stack,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.devstack.entra_helpers import create_app
+
+    trust = trusting_platform(stack, monkeypatch)
+    foreign = create_app(stack.world, "someone-elses-app")
+    foreign_credential = {"id": str(uuid.uuid4()), "name": "theirs", "issuer": trust["issuer"],
+                          "subject": trust["subject"], "audiences": [AUDIENCE], "description": None}
+    with stack.world.lock:
+        stack.world.directory.federated_credentials[foreign.app["id"]] = [foreign_credential]
+    assert post_identity({"name": "leaving", "credentials": [{"type": "certificate"}, trust]}).status == 201
+    assert delete_identity("leaving").status == 200
+    assert not any(a.get("uniqueName") == "exo-automation-leaving"
+                   for a in stack.world.directory.applications.values())
+    assert stack.world.directory.federated_credentials[foreign.app["id"]] == [foreign_credential]
+    assert stack.world.platform.object_id in stack.world.directory.service_principals
