@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ from shared.adapters.vault import VaultGateway
 from shared.audit import AuditEvent, emit
 from shared.core.checks import Facet, allowed_trusts, desired_certificate_tags
 from shared.core.model import (
+    OWNER_TAG,
+    OWNER_TAG_VALUE,
     CertificateVersion,
     KeyCredential,
     Observed,
@@ -65,7 +67,7 @@ from shared.core.planner import (
 )
 from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import LastRun
-from shared.core.spec import IdentityNames, IdentitySpec
+from shared.core.spec import FEDERATED, IdentityNames, IdentitySpec, registry_spec
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from shared.notify import CLEARED
 
@@ -174,7 +176,7 @@ class Reconciler:
     async def _observe(self, names: IdentityNames, federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         # Key Vault and Graph are read side by side; if Graph fails, the vault reads must not outlive the run.
         cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
-        record_task = asyncio.create_task(self.vault.read_record(names.connection_secret))
+        record_task = asyncio.create_task(self.vault.read_record_entry(names.connection_secret))
         try:
             return await self._observe_with(names, cert_task, record_task, federated)
         except BaseException:
@@ -184,7 +186,7 @@ class Reconciler:
             raise
 
     async def _observe_with(self, names: IdentityNames, cert_task: asyncio.Task[ObservedCertificate | None],
-                            record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool]],
+                            record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool, dict[str, str]]],
                             federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         app_raw = await self.directory.find_application(names.unique_name)
         cert = await cert_task
@@ -202,14 +204,14 @@ class Reconciler:
                                                           self.directory.role_assignments(sp_id))
                     observed = dataclasses.replace(observed, service_principal_id=sp_id,
                                                    consent_assignment_id=consent, role_assignments=roles)
-        record, unreadable, record_owned = await record_task
+        record, unreadable, record_owned, record_tags = await record_task
         if cert is not None and cert.owned and observed.application is not None \
                 and len(observed.application.key_credentials) > 1:
             # Retirement needs to know which older keys are ours: only worth a listing when there are several.
             cert = dataclasses.replace(cert, versions=await self.vault.certificate_versions(names.certificate))
         observed = dataclasses.replace(observed, certificate=cert, record=record, record_unreadable=unreadable,
-                                       record_owned=record_owned)
-        recorded = cert is not None and '"f":' in cert.tags.get("credentials", "")
+                                       record_owned=record_owned, registry_tags=record_tags)
+        recorded = '"f":' in (cert.tags if cert is not None else record_tags).get("credentials", "")
         if (federated or recorded) and observed.application is not None and observed.application.owned:
             observed = dataclasses.replace(observed, federated_credentials=await self.directory.federated_credentials(
                 observed.application.object_id))
@@ -226,8 +228,8 @@ class Reconciler:
                             prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex,
-                           previous=LastRun.from_tags(observed.certificate.tags) if observed.certificate
-                           else LastRun(None, None))
+                           previous=LastRun.from_tags(observed.certificate.tags if observed.certificate
+                                                      else observed.registry_tags))
         if plan.blocked:
             first = plan.blocked[0]
             result.error = ForeignObject(first.message) if first.reason == "ForeignObject" else \
@@ -235,7 +237,7 @@ class Reconciler:
             return result
         if dry_run:
             return result
-        if observed.certificate is None:
+        if observed.certificate is None and spec.certificate:
             # A new name: refuse before the first write if a soft-deleted certificate holds it.
             await self.vault.refuse_if_deleted(spec.names.certificate)
         executor = _Executor(self, spec, observed, app_raw)
@@ -283,7 +285,9 @@ class Reconciler:
             and not observed.record_unreadable
         if nothing_there:
             raise IdentityNotFound(f"no automation identity named {name!r}")
-        spec = cert.spec if cert is not None else None
+        # Decommission removes only what ownership proves ours; the recorded spec only names our roles.
+        spec = cert.spec if cert is not None else recorded_spec_without_certificate(
+            observed.registry_tags, name, observed.registry_tags.get("organization", ""))
         plan = plan_decommission(observed, spec, assign_roles=self.context.assign_roles)
         result = RunResult(name, "decommission", plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex)
@@ -458,7 +462,10 @@ class _Executor:
                 return f"{version.thumbprint} obtained an Exchange token"
             case PublishConnectionRecord(clear_previous=clear_previous):
                 record = self._record(clear_previous)
-                await vault.publish_record(names.connection_secret, record)
+                assert self.spec is not None
+                # Without a certificate the record's secret also carries the registry entry.
+                registry = None if self.spec.certificate else desired_certificate_tags(self.spec)
+                await vault.publish_record(names.connection_secret, record, registry)
                 self.observed = dataclasses.replace(self.observed, record=record)
                 return f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}"
             case RetireKeyCredential(key_id=key_id, thumbprint=thumbprint):
@@ -565,12 +572,20 @@ class _Executor:
     def _record(self, clear_previous: bool) -> ConnectionRecord:
         names = self.names
         assert names is not None and self.spec is not None
+        if not self.spec.certificate:
+            _, app_id = self._app()
+            return ConnectionRecord(
+                identity=self.spec.name, app_id=app_id, tenant_id=self.r.context.tenant_id,
+                organization=self.spec.organization, key_vault_url=self.r.context.key_vault_url,
+                certificate_name="", certificate_version="", thumbprint="", not_before=None, not_after=None,
+                previous_thumbprint=None, previous_certificate_version=None, updated_at=self.r.clock(),
+                credential_type=FEDERATED, federated=allowed_trusts(self.spec, self.r.context))
         version = self.current
         _, app_id = self._app()
         old = self.observed.record
         previous_thumbprint = previous_version = None
         if not clear_previous and old is not None:
-            if old.thumbprint != version.thumbprint and old.not_after > self.r.clock():
+            if old.thumbprint != version.thumbprint and old.not_after is not None and old.not_after > self.r.clock():
                 previous_thumbprint, previous_version = old.thumbprint, old.certificate_version
             elif old.thumbprint == version.thumbprint:
                 previous_thumbprint, previous_version = old.previous_thumbprint, old.previous_certificate_version
@@ -590,6 +605,9 @@ class _Executor:
         the sweep, so it can judge most drift without a read per identity.
         """
         cert = self.observed.certificate
+        if self.spec is not None and not self.spec.certificate and self.observed.record is not None:
+            await self._record_outcome_without_certificate(result)
+            return
         if cert is None or cert.current is None or self.spec is None:
             return
         record = self.observed.record
@@ -620,6 +638,36 @@ class _Executor:
         except ExoAutomationError as exc:
             # The outcome is also in the logs; failing the run for a tag would hide the real result.
             log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
+
+    async def _record_outcome_without_certificate(self, result: RunResult) -> None:
+        """The registry entry of an identity without a certificate: its connection secret's tags."""
+        assert self.spec is not None and self.names is not None
+        app = self.observed.application
+        now = self.r.clock()
+        streak = result.previous.next_streak(result.error.reason, now, notified=not result.repeat) \
+            if result.error else ""
+        optional = {
+            "appId": app.app_id if app else "",
+            "servicePrincipalId": self.observed.service_principal_id or "",
+            "failures": streak,
+            "lastError": result.error.message[:MAX_TAG] if result.error else "",
+        }
+        tags = {**desired_certificate_tags(self.spec), **{k: v for k, v in optional.items() if v},
+                "identity": self.spec.name, "lastRun": format_time(now),
+                "lastResult": "Succeeded" if result.error is None else result.error.reason}
+        try:
+            await self.r.vault.update_record_tags(self.names.connection_secret, tags)
+        except ExoAutomationError as exc:
+            log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
+
+
+def recorded_spec_without_certificate(tags: Mapping[str, str], name: str, organization: str) -> IdentitySpec | None:
+    """The spec in a connection secret's tags, for an identity without a certificate (None: not one).
+    Checked like certificate tags (`registry_spec`): they are as editable as those."""
+    if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "credentials" not in tags:
+        return None
+    spec = registry_spec(tags, name, organization)
+    return spec if not spec.certificate else None
 
 
 def _audit_event(result: RunResult, action: Action, outcome: str, detail: str, before: dict[str, Any],

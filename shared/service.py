@@ -15,7 +15,7 @@ from shared.core.renewal import jittered_renewal_time
 from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from shared.errors import IdentityNotFound
 from shared.platform import Platform
-from shared.reconciler import RunResult
+from shared.reconciler import RunResult, recorded_spec_without_certificate
 
 
 async def bootstrap(platform: Platform, body: object, *, dry_run: bool = False, caller: str = "system",
@@ -31,6 +31,12 @@ async def recorded_spec(platform: Platform, name: str) -> IdentitySpec:
     """The spec an existing identity was created with (its certificate's tags)."""
     validate_name(name)
     cert = await platform.vault.observe_certificate(IdentityNames(name).certificate)
+    if cert is None:
+        # An identity without a certificate keeps its registry entry on its connection secret.
+        _, _, owned, tags = await platform.vault.read_record_entry(IdentityNames(name).connection_secret)
+        spec = recorded_spec_without_certificate(tags, name, platform.settings.organization) if owned else None
+        if spec is not None:
+            return spec
     if cert is None or not cert.owned or "identity" not in cert.tags:
         raise IdentityNotFound(f"no automation identity named {name!r}")
     return registry_spec(cert.tags, name, platform.settings.organization)

@@ -32,7 +32,7 @@ from shared.core.model import (
 )
 from shared.core.renewal import RenewalPolicy, jittered_renewal_time, renewal_due
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, DirectoryRole, policy_refusal, role_name
-from shared.core.spec import FederatedTrust, IdentitySpec, federation_refusal
+from shared.core.spec import FEDERATED, FederatedTrust, IdentitySpec, federation_refusal
 
 
 class Facet(StrEnum):
@@ -156,6 +156,7 @@ class IdentityView:
     # them, so they are judged by the deep check only), and whether the record names the spec's.
     federated: tuple[ObservedFederatedCredential, ...] | None = None
     record_federated_match: bool | None = None
+    record_credential_type: str | None = None
 
 
 def desired_certificate_tags(spec: IdentitySpec) -> dict[str, str]:
@@ -181,6 +182,7 @@ def view_of_observed(spec: IdentitySpec, observed: Observed, context: CheckConte
         else None,
         federated=observed.federated_credentials,
         record_federated_match=record.federated == allowed_trusts(spec, context) if record is not None else None,
+        record_credential_type=record.credential_type if record is not None else None,
     )
 
 
@@ -376,6 +378,21 @@ def check_federated(view: IdentityView, context: CheckContext) -> Finding | None
                    f"{len(view.spec.federated)} workload(s) trusted")
 
 
+def check_record_without_certificate(view: IdentityView) -> Finding:
+    """The record of an identity without a certificate: its kind, ids and trusts (no thumbprint to publish)."""
+    stale = "jobs do not see the current connection parameters"
+    if view.record_deleted:
+        return Finding(Facet.CONNECTION_RECORD, State.MISSING, Reason.RECORD_DELETED,
+                       "the connection record was deleted (it is recoverable)")
+    if not view.record_present:
+        reason = Reason.RECORD_UNREADABLE if view.record_unreadable else Reason.RECORD_MISSING
+        return Finding(Facet.CONNECTION_RECORD, State.MISSING, reason, stale)
+    if view.record_credential_type not in (None, FEDERATED) or view.record_ids_match is False \
+            or view.record_federated_match is False:
+        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, stale)
+    return Finding(Facet.CONNECTION_RECORD, State.OK, Reason.RECORD_CURRENT, "published (federated)")
+
+
 def check_retirement(view: IdentityView, now: dt.datetime) -> Finding | None:
     """The previous key's overlap is over (None: nothing to retire, or not yet)."""
     if view.retire_after is not None and now >= view.retire_after:
@@ -405,6 +422,12 @@ class CheckResult:
 
 def run_checks(view: IdentityView, now: dt.datetime, context: CheckContext, *,
                force_rotate: bool = False) -> CheckResult:
+    if not view.spec.certificate:
+        # No certificate to judge, key to register or retire: the app, its grants, trusts and record.
+        chain = [check_application(view), check_service_principal(view), check_consent(view),
+                 check_federated(view, context), check_role_policy(view, context), check_roles(view, context),
+                 check_record_without_certificate(view)]
+        return CheckResult(tuple(f for f in chain if f is not None), False, None)
     certificate = check_certificate(view, now, context, force_rotate=force_rotate)
     creates_version = certificate.state is not State.OK
     target = None if creates_version else view.current

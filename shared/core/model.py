@@ -108,3 +108,5 @@ class Observed:
     # The app's federated identity credentials; None: not listed (the spec trusts no workload and
     # the registry records none, so there is nothing of ours to look for).
     federated_credentials: tuple[ObservedFederatedCredential, ...] | None = None
+    # The connection secret's tags: the registry entry of an identity without a certificate.
+    registry_tags: Mapping[str, str] = field(default_factory=dict)

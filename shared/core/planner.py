@@ -296,7 +296,7 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
                     | Reason.RECORD_DRIFT:
                 publishes_new_thumbprint = target_thumbprint is None or observed.record is None \
                     or observed.record.thumbprint != target_thumbprint
-                if context.verify_sign_in and publishes_new_thumbprint:
+                if context.verify_sign_in and publishes_new_thumbprint and spec.certificate:
                     actions.append(VerifySignIn(target_thumbprint))
                 actions.append(PublishConnectionRecord(finding.reason))
             case Reason.RETIREMENT_DUE:

@@ -65,10 +65,17 @@ def job_get_mailbox(name: str) -> tuple[list[dict[str, Any]], str]:
     return asyncio.run(run())
 
 
+def no_certificate_anywhere(stack: Stack, name: str) -> None:
+    assert not app_of(stack, name).get("keyCredentials")
+    listed = [r for r in stack.world.counter.snapshot() if r["service"] == "keyvault"
+              and r["method"] == "POST" and "certificates" in r["route"]]
+    assert not listed, listed  # no certificate was ever created
+
+
 def test_a_job_signs_in_with_its_managed_identity_token_and_runs_get_mailbox(
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     trust = trusting_platform(stack, monkeypatch)
-    answer = post_identity({"name": "cloud-job", "credentials": [{"type": "certificate"}, trust]})
+    answer = post_identity({"name": "cloud-job", "credentials": [trust]})
     assert answer.status == 201, answer.body
     credentials = federated_of(stack, "cloud-job")
     assert [(c["issuer"], c["subject"], c["audiences"]) for c in credentials] == \
@@ -77,20 +84,34 @@ def test_a_job_signs_in_with_its_managed_identity_token_and_runs_get_mailbox(
 
     status = get_identity("cloud-job").body
     assert status["facets"]["federatedCredentials"]["state"] == "ok", status["facets"]
+    no_certificate_anywhere(stack, "cloud-job")
     record = read_record(stack, "cloud-job")
-    assert record["credentialType"] == "certificate"
+    assert record["credentialType"] == "federated" and record["thumbprint"] is None
     assert record["federatedCredentials"] == [{"issuer": trust["issuer"], "subject": trust["subject"],
                                                "audience": AUDIENCE}]
 
-    monkeypatch.setenv("CONNECTION_CREDENTIAL", "federated")
     before = stack.world.counter.snapshot()
-    mailboxes, thumbprint = job_get_mailbox("cloud-job")
+    mailboxes, thumbprint = job_get_mailbox("cloud-job")  # CONNECTION_CREDENTIAL=auto: the record decides
     assert len(mailboxes) == 5
     assert thumbprint == ""  # no certificate was read or used
     after = stack.world.counter.snapshot()
     pfx_reads = [r for r in after if r["service"] == "keyvault" and "certificate" in r["route"].lower()
                  and r not in before]
     assert not pfx_reads
+
+    # Drift repair through the queue path (the spec read back from the record secret's tags).
+    from .platform_helpers import reconcile
+
+    with stack.world.lock:
+        federated_of(stack, "cloud-job").clear()
+    assert reconcile(stack, "cloud-job").error is None
+    assert len(federated_of(stack, "cloud-job")) == 1
+    assert reconcile(stack, "cloud-job").executed == []  # in sync now
+
+    app_id = app_of(stack, "cloud-job")["id"]
+    assert delete_identity("cloud-job").status == 200
+    assert app_id not in stack.world.directory.applications
+    assert get_identity("cloud-job").status == 404
 
 
 def test_drift_repair_restores_ours_and_leaves_a_foreign_federated_credential(
@@ -180,8 +201,9 @@ def test_a_github_like_workload_signs_in_with_its_token_file_and_runs_get_mailbo
     subject = "repo:contoso/exo-jobs:environment:production"
     monkeypatch.setenv("ALLOWED_FEDERATION_ISSUERS", oidc.issuer)
     answer = post_identity({"name": "gh-job", "credentials": [
-        {"type": "certificate"}, {"type": "federated", "issuer": oidc.issuer, "subject": subject}]})
+        {"type": "federated", "issuer": oidc.issuer, "subject": subject}]})
     assert answer.status == 201, answer.body
+    no_certificate_anywhere(stack, "gh-job")
 
     # As a workflow step does: ask the runner's token service for a token with Entra's audience.
     url, request_token = oidc.workload(subject)
@@ -190,7 +212,6 @@ def test_a_github_like_workload_signs_in_with_its_token_file_and_runs_get_mailbo
     token_file = tmp_path / "token"
     token_file.write_text(token)
     monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
-    monkeypatch.setenv("CONNECTION_CREDENTIAL", "federated")
     mailboxes, thumbprint = job_get_mailbox("gh-job")
     assert len(mailboxes) == 5 and thumbprint == ""
 

@@ -161,3 +161,20 @@ def test_the_record_names_the_trusts_and_old_readers_fields_stay() -> None:
     legacy = {k: v for k, v in data.items() if k not in ("credentialType", "federatedCredentials")}
     import json
     assert ConnectionRecord.loads(json.dumps(legacy)).credential_type == "certificate"
+
+
+def test_an_identity_without_a_certificate_is_judged_without_certificate_facets() -> None:
+    spec = federated([{"type": "federated", "issuer": ENTRA, "subject": MI}])
+    assert not spec.certificate and registry_spec(spec.to_tags(), "cloud-job", spec.organization) == spec
+    base = ready()
+    record = dataclasses.replace(base.record, credential_type="federated", federated=(TRUST,),  # type: ignore[arg-type]
+                                 certificate_name="", certificate_version="", thumbprint="", not_before=None,
+                                 not_after=None, identity="cloud-job")
+    observed = dataclasses.replace(base, certificate=None, record=record, federated_credentials=(
+        ObservedFederatedCredential("fic-1", TRUST.credential_name("cloud-job"), ENTRA, MI, (TRUST.audience,)),),
+        application=dataclasses.replace(base.application, key_credentials=()))  # type: ignore[arg-type]
+    plan = plan_actions(spec, observed, NOW, FEDERATED_CONTEXT)
+    assert plan.in_sync, plan.findings
+    assert {f.facet for f in plan.findings}.isdisjoint({Facet.CERTIFICATE, Facet.KEY_CREDENTIAL})
+    assert ConnectionRecord.loads(record.dumps()) == record
+    assert record.to_json()["thumbprint"] is None and record.to_json()["credentialType"] == "federated"
