@@ -303,20 +303,29 @@ def check_roles(view: IdentityView, context: CheckContext) -> Finding:
     return Finding(Facet.ROLES, State.OK, Reason.ROLES_ASSIGNED, ", ".join(r.name for r in grantable))
 
 
-def check_record(view: IdentityView, target: CertificateVersion | None) -> Finding:
-    """`target`: the version jobs will use after this run (None: one this run creates)."""
-    stale = "jobs do not see the current connection parameters"
+_STALE = "jobs do not see the current connection parameters"
+
+
+def _record_absent(view: IdentityView) -> Finding | None:
     if view.record_deleted:
         return Finding(Facet.CONNECTION_RECORD, State.MISSING, Reason.RECORD_DELETED,
                        "the connection record was deleted (it is recoverable)")
     if not view.record_present:
         reason = Reason.RECORD_UNREADABLE if view.record_unreadable else Reason.RECORD_MISSING
-        return Finding(Facet.CONNECTION_RECORD, State.MISSING, reason, stale)
+        return Finding(Facet.CONNECTION_RECORD, State.MISSING, reason, _STALE)
+    return None
+
+
+def check_record(view: IdentityView, target: CertificateVersion | None) -> Finding:
+    """`target`: the version jobs will use after this run (None: one this run creates)."""
+    absent = _record_absent(view)
+    if absent is not None:
+        return absent
     if target is None or view.published_thumbprint != target.thumbprint \
             or (view.published_version is not None and view.published_version != target.version):
-        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_STALE, stale)
+        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_STALE, _STALE)
     if view.record_ids_match is False or view.record_federated_match is False:
-        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, stale)
+        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, _STALE)
     return Finding(Facet.CONNECTION_RECORD, State.OK, Reason.RECORD_CURRENT, f"published {view.published_thumbprint}")
 
 
@@ -380,16 +389,12 @@ def check_federated(view: IdentityView, context: CheckContext) -> Finding | None
 
 def check_record_without_certificate(view: IdentityView) -> Finding:
     """The record of an identity without a certificate: its kind, ids and trusts (no thumbprint to publish)."""
-    stale = "jobs do not see the current connection parameters"
-    if view.record_deleted:
-        return Finding(Facet.CONNECTION_RECORD, State.MISSING, Reason.RECORD_DELETED,
-                       "the connection record was deleted (it is recoverable)")
-    if not view.record_present:
-        reason = Reason.RECORD_UNREADABLE if view.record_unreadable else Reason.RECORD_MISSING
-        return Finding(Facet.CONNECTION_RECORD, State.MISSING, reason, stale)
+    absent = _record_absent(view)
+    if absent is not None:
+        return absent
     if view.record_credential_type not in (None, FEDERATED) or view.record_ids_match is False \
             or view.record_federated_match is False:
-        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, stale)
+        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, _STALE)
     return Finding(Facet.CONNECTION_RECORD, State.OK, Reason.RECORD_CURRENT, "published (federated)")
 
 
