@@ -219,7 +219,9 @@ def test_a_github_like_workload_signs_in_with_its_token_file_and_runs_get_mailbo
     other_url, other_request = oidc.workload("repo:contoso/other:environment:production")
     token_file.write_text(httpx.get(f"{other_url}&audience={AUDIENCE}",
                                     headers={"Authorization": f"bearer {other_request}"}).json()["value"])
-    with pytest.raises(Exception, match="AADSTS70021"):
+    from shared.runtime.exchange import ExchangeSignInFailed
+
+    with pytest.raises(ExchangeSignInFailed, match="trusts no workload with this token's issuer.*AADSTS70021"):
         job_get_mailbox("gh-job")
 
 
