@@ -244,6 +244,11 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
     if cert is not None and cert.tags.get(DECOMMISSIONING_TAG) == DECOMMISSIONING_VALUE:
         blocked.append(Finding(Facet.CERTIFICATE, State.BLOCKED, "Decommissioning",
                                "this identity is being decommissioned; finish with DELETE before reusing the name"))
+    if not spec.certificate and cert is not None:
+        # The registry entry is the certificate's: dropping the certificate would leave two entries.
+        blocked.append(Finding(Facet.CERTIFICATE, State.BLOCKED, "CertificateCannotBeRemoved",
+                               "this identity has a certificate; an identity cannot drop it: keep "
+                               '{"type": "certificate"} in its credentials, or decommission it and bootstrap it again'))
     if blocked:
         return Plan(tuple(blocked), (), tuple(blocked))
 

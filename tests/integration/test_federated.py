@@ -221,7 +221,7 @@ def test_a_github_like_workload_signs_in_with_its_token_file_and_runs_get_mailbo
                                     headers={"Authorization": f"bearer {other_request}"}).json()["value"])
     from shared.runtime.exchange import ExchangeSignInFailed
 
-    with pytest.raises(ExchangeSignInFailed, match="trusts no workload with this token's issuer.*AADSTS70021"):
+    with pytest.raises(ExchangeSignInFailed, match=r"trusts no workload with this token's issuer.*AADSTS70021"):
         job_get_mailbox("gh-job")
 
 

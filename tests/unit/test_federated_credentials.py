@@ -178,3 +178,9 @@ def test_an_identity_without_a_certificate_is_judged_without_certificate_facets(
     assert {f.facet for f in plan.findings}.isdisjoint({Facet.CERTIFICATE, Facet.KEY_CREDENTIAL})
     assert ConnectionRecord.loads(record.dumps()) == record
     assert record.to_json()["thumbprint"] is None and record.to_json()["credentialType"] == "federated"
+
+
+def test_an_identity_with_a_certificate_cannot_drop_it() -> None:
+    spec = dataclasses.replace(SPEC_F, certificate=False)
+    plan = plan_actions(spec, observed((ours(),)), NOW, FEDERATED_CONTEXT)  # type: ignore[arg-type]
+    assert not plan.actions and plan.blocked[0].reason == "CertificateCannotBeRemoved"
