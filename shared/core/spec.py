@@ -360,7 +360,7 @@ def parse_credentials(value: object, settings: Settings, errors: list[dict[str, 
     for index, item in enumerate(value):
         pointer = f"/credentials/{index}"
         kind = item.get("type") if isinstance(item, dict) else None
-        if kind not in kinds:
+        if not isinstance(kind, str) or kind not in kinds:
             errors.append({"pointer": f"{pointer}/type",
                            "detail": "must be certificate, federated or managedIdentity"})
             continue

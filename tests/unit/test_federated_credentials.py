@@ -184,3 +184,14 @@ def test_an_identity_with_a_certificate_cannot_drop_it() -> None:
     spec = dataclasses.replace(SPEC_F, certificate=False)
     plan = plan_actions(spec, observed((ours(),)), NOW, FEDERATED_CONTEXT)  # type: ignore[arg-type]
     assert not plan.actions and plan.blocked[0].reason == "CertificateCannotBeRemoved"
+
+
+@pytest.mark.parametrize("credentials", [
+    "certificate", {"type": "certificate"}, [None], ["certificate"], [1], [{"type": []}], [{"type": {}}],
+    [{"type": "federated", "issuer": [], "subject": {}}], [{"type": "federated", "issuer": ENTRA, "subject": MI,
+                                                           "audience": ["x"]}],
+    [{"type": "managedIdentity", "principalId": []}], [{"type": "certificate", "extra": {}}],
+])
+def test_hostile_credentials_are_a_400_never_a_crash(credentials: object) -> None:
+    with pytest.raises(InvalidSpec):
+        parse_spec({"name": "hostile", "credentials": credentials}, SETTINGS)
