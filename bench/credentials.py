@@ -12,6 +12,11 @@ Against the in-process stand-ins, after one bootstrap:
   unauthenticated challenge round trip (and the imports).
 - *TTL refresh*: with `CONNECTION_CACHE_SECONDS=0`, a call after the first re-reads only the
   record (the certificate version is unchanged, so no PFX and no new credential).
+- *federated cold*: an identity whose app trusts the stand-ins' managed identity (issue #16), used
+  with `CONNECTION_CREDENTIAL=federated` on a new loop: the first `connection()` reads only the record
+  (target ≤ 1 Key Vault request), and its first Exchange token costs the workload's assertion (the
+  managed identity's token for `api://AzureADTokenExchange`) and the app's token (target ≤ 2 token
+  requests). The Key Vault read's own access token is counted apart, as it is for certificates.
 
     python -m bench credentials        # or: python -m bench.credentials
 """
@@ -33,6 +38,9 @@ if TYPE_CHECKING:
 NAME = "credentials"
 IDENTITY = "bench-credentials"
 TARGET_COLD_KEY_VAULT_REQUESTS = 2
+FEDERATED_IDENTITY = "bench-federated"
+TARGET_FEDERATED_KEY_VAULT_REQUESTS = 1
+TARGET_FEDERATED_SIGN_IN_TOKEN_REQUESTS = 2
 
 _COLD_PROCESS = """
 import asyncio, json, sys, time
@@ -56,6 +64,12 @@ def _keyvault(stack: Stack) -> int:
     return sum(r["count"] for r in RequestTally.of(stack.world.counter.snapshot()).rows if r["service"] == "keyvault")
 
 
+def _token_requests(stack: Stack) -> int:
+    return sum(r["count"] for r in RequestTally.of(stack.world.counter.snapshot()).rows
+               if r["service"] == "entra" and r["method"] in ("GET", "POST")
+               and (r["route"].endswith("/msi/token") or r["route"].endswith("/oauth2/v2.0/token")))
+
+
 def _percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
@@ -72,6 +86,38 @@ async def _bootstrap() -> None:
         await platform.aclose()
     if not result.succeeded:
         raise RuntimeError(f"bootstrap of {IDENTITY!r} failed: the figures would be meaningless")
+
+
+async def _federated_cold(stack: Stack) -> dict[str, Any]:
+    """Bootstrap an identity trusting the platform's managed identity, then a cold federated connection."""
+    from bench._common import patched_environ
+    from shared.platform import Platform
+    from shared.runtime.connection import close_connections, connection
+    from shared.service import bootstrap
+    from shared.settings import Settings
+
+    principal = stack.world.platform.object_id
+    issuer = f"{stack.url('entra')}/{stack.world.tenant_id}/v2.0"
+    with patched_environ({"ALLOWED_MANAGED_IDENTITIES": principal, "CONNECTION_CREDENTIAL": "federated"}):
+        platform = Platform.create(Settings.from_environment())
+        try:
+            result = await bootstrap(platform, {"name": FEDERATED_IDENTITY, "credentials": [
+                {"type": "certificate"}, {"type": "federated", "issuer": issuer, "subject": principal}]})
+        finally:
+            await platform.aclose()
+        if not result.succeeded:
+            raise RuntimeError(f"bootstrap of {FEDERATED_IDENTITY!r} failed: the figures would be meaningless")
+        try:
+            stack.world.counter.reset()
+            found = await connection(FEDERATED_IDENTITY)
+            vault_reads, vault_tokens = _keyvault(stack), _token_requests(stack)
+            stack.world.counter.reset()
+            await found.credential.get_token(found.exchange_scope)
+            sign_in_tokens = _token_requests(stack)
+        finally:
+            await close_connections()
+    return {"keyVaultRequests": vault_reads, "tokenRequestsForKeyVault": vault_tokens,
+            "signInTokenRequests": sign_in_tokens, "certificateRead": found.certificate is not None}
 
 
 async def _in_loop(stack: Stack, iterations: int) -> dict[str, Any]:
@@ -137,6 +183,7 @@ def run(stack: Stack, iterations: int) -> dict[str, Any]:
     asyncio.run(_bootstrap())
     measured = asyncio.run(_in_loop(stack, iterations))
     measured["coldProcess"] = _cold_process(stack)
+    measured["federatedCold"] = asyncio.run(_federated_cold(stack))
     return {
         "identity": IDENTITY,
         "setup": {"stack": "in-process stand-ins (same interpreter)", "iterations": iterations},
@@ -144,6 +191,11 @@ def run(stack: Stack, iterations: int) -> dict[str, Any]:
             target("Key Vault requests for a cold fetch (warm process)", TARGET_COLD_KEY_VAULT_REQUESTS,
                    measured["coldFetch"]["keyVaultRequests"], "requests"),
             target("Key Vault requests for a cached connection()", 0, measured["cached"]["keyVaultRequests"],
+                   "requests"),
+            target("Key Vault requests for a cold federated connection()", TARGET_FEDERATED_KEY_VAULT_REQUESTS,
+                   measured["federatedCold"]["keyVaultRequests"], "requests"),
+            target("token requests for a federated connection's first Exchange token",
+                   TARGET_FEDERATED_SIGN_IN_TOKEN_REQUESTS, measured["federatedCold"]["signInTokenRequests"],
                    "requests"),
         ],
         **measured,

@@ -54,6 +54,9 @@ from .web import HttpError, Request, Response, Service
 from .world import World
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# The audience of a workload's token for workload identity federation (Graph docs,
+# federatedIdentityCredential: "should be set to api://AzureADTokenExchange for Microsoft Entra ID").
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
 APP_SERVICE_API_VERSION = "2019-08-01"
 CLOCK_SKEW = 300  # seconds of leeway on assertion exp/nbf, as Entra allows for client clock drift
 SIGNING_ALGORITHMS = ("RS256", "PS256")
@@ -231,18 +234,29 @@ class EntraService(Service):
             if given is not None and (expected is None or given.lower() != expected.lower()):
                 # seen: the answer when the selected identity is not assigned to the app
                 raise ManagedIdentityError(400, "BadRequest", "Unable to load the proper Managed Identity.")
+        audience = resource[: -len("/.default")] if resource.endswith("/.default") else resource
+        if audience == TOKEN_EXCHANGE_AUDIENCE:
+            # A federation assertion: a v2.0 token of this tenant's issuer whose subject is the managed
+            # identity's principal id (docs/reference.md, "Federated identity credentials").
+            token, expires_on = self.world.issuer.issue(
+                audience=audience, object_id=platform.object_id, app_id=platform.app_id, roles=[], wids=[],
+                issuer=self._v2_issuer(self.world.tenant_id))
+            return Response.json(200, {"access_token": token, "expires_on": str(expires_on), "resource": audience,
+                                       "token_type": "Bearer", "client_id": platform.app_id})
         with self.world.lock:
             resource_sp = self._resource_sp(resource)
             if resource_sp is None:
                 raise ManagedIdentityError(400, "BadRequest", self._resource_not_found(resource).message)
             roles, wids = self._claims_for(platform.object_id, resource_sp)
-        audience = resource[: -len("/.default")] if resource.endswith("/.default") else resource
         token, expires_on = self.world.issuer.issue(audience=audience, object_id=platform.object_id,
                                                     app_id=platform.app_id, roles=roles, wids=wids)
         return Response.json(200, {
             "access_token": token, "expires_on": str(expires_on), "resource": audience,
             "token_type": "Bearer", "client_id": platform.app_id,
         })
+
+    def _v2_issuer(self, tid: str) -> str:
+        return f"{self.base_url}/{tid}/v2.0"
 
     # -- discovery ---------------------------------------------------------------------------------
     def openid_configuration(self, request: Request) -> Response:
@@ -258,7 +272,7 @@ class EntraService(Service):
             "id_token_signing_alg_values_supported": ["RS256"],
             "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
             "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": f"{base}/v2.0",
+            "issuer": self._v2_issuer(tid),
             "request_uri_parameter_supported": False,
             "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
             "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
@@ -327,7 +341,9 @@ class EntraService(Service):
                                  "administrator of the tenant or consented to by any user in the tenant. You "
                                  "may have sent your authentication request to the wrong tenant.")
             key_credentials = [dict(k) for k in app.get("keyCredentials") or []]
-        self._authenticate(request, form, client_id, tid, key_credentials)
+            federated = [dict(f) for f in self.world.directory.federated_credentials.get(app["id"], [])
+                         if self.world.is_visible(f["id"])]
+        self._authenticate(request, form, client_id, tid, key_credentials, federated)
 
         with self.world.lock:
             sp = self.world.directory.sp_by_app_id(client_id)
@@ -378,7 +394,7 @@ class EntraService(Service):
 
     # -- client authentication ---------------------------------------------------------------------
     def _authenticate(self, request: Request, form: dict[str, str], client_id: str, tid: str,
-                      key_credentials: list[dict[str, Any]]) -> None:
+                      key_credentials: list[dict[str, Any]], federated: list[dict[str, Any]]) -> None:
         if form.get("client_secret"):
             # Apps in this tenant carry certificates only, so no secret can ever match.
             raise OAuthError(401, "invalid_client", 7000215,
@@ -405,6 +421,15 @@ class EntraService(Service):
             raise OAuthError(401, "invalid_client", 50027,
                              f"JWT token is invalid or malformed. The signing algorithm '{algorithm}' is not "
                              "supported for client assertions.")
+        try:
+            unverified = jwt.decode(assertion, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise OAuthError(401, "invalid_client", 50027, "JWT token is invalid or malformed.") from exc
+        if unverified.get("iss") != client_id and "x5t" not in header and "x5t#S256" not in header:
+            # Not signed with a certificate of the app: a workload's token, trusted only through a federated
+            # identity credential whose issuer, subject and audience it matches exactly.
+            self._authenticate_federated(assertion, algorithm, header, unverified, tid, federated)
+            return
 
         thumbprint, key, certificate = self._find_key(header, key_credentials)
         portal_hint = (
@@ -446,6 +471,38 @@ class EntraService(Service):
             raise OAuthError(401, "invalid_client", 700023,
                              "Client assertion audience claim does not match Realm issuer. Review the "
                              f"documentation at {_DOCS_CERTS} .")
+
+    def _authenticate_federated(self, assertion: str, algorithm: str, header: dict[str, Any],
+                                claims: dict[str, Any], tid: str, federated: list[dict[str, Any]]) -> None:
+        issuer, subject, audience = claims.get("iss"), claims.get("sub"), claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        # AADSTS70021 and its wording as Entra ID answers (quoted in Azure DevOps' workload identity
+        # troubleshooting docs); the HTTP status is an unverified pick.
+        no_match = OAuthError(400, "invalid_request", 70021,
+                              "No matching federated identity record found for presented assertion. "
+                              f"Assertion Issuer: '{issuer}'. Assertion Subject: '{subject}'. "
+                              f"Assertion Audience: '{','.join(str(a) for a in audiences)}'.")
+        match = next((f for f in federated if f.get("issuer") == issuer and f.get("subject") == subject
+                      and any(a in f.get("audiences", []) for a in audiences)), None)
+        if match is None:
+            raise no_match
+        key: Any = None
+        if issuer == self._v2_issuer(tid):
+            key = self.world.issuer.public_key()  # this tenant's own tokens (a managed identity's)
+        else:
+            key = self.world.external_issuers.get(str(issuer), {}).get(str(header.get("kid")))
+        if key is None:
+            raise OAuthError(401, "invalid_client", 5002738,  # unverified pick
+                             f"Unable to verify the assertion: no signing key '{header.get('kid')}' found at "
+                             f"issuer '{issuer}'.")
+        try:
+            jwt.decode(assertion, key, algorithms=[algorithm], audience=match["audiences"], issuer=issuer,
+                       options={"require": ["exp", "iss", "sub", "aud"]}, leeway=CLOCK_SKEW)
+        except jwt.ExpiredSignatureError as exc:
+            raise OAuthError(400, "invalid_request", 700024, "Client assertion is not within its valid time range."
+                             ) from exc
+        except jwt.PyJWTError as exc:
+            raise OAuthError(401, "invalid_client", 50027, f"JWT token is invalid or malformed ({exc}).") from exc
 
     def _find_key(self, header: dict[str, Any], key_credentials: list[dict[str, Any]]
                   ) -> tuple[str, dict[str, Any] | None, x509.Certificate | None]:

@@ -380,6 +380,11 @@ class GraphService(Service):
         r("POST", f"{p}/applications/{{id}}/owners/$ref", self.add_owner)
         r("DELETE", f"{p}/applications/{{id}}/owners/{{owner}}/$ref", self.remove_owner)
         r("POST", f"{p}/applications/{{id}}/addKey", self.add_key)
+        fic = f"{p}/applications/{{id}}/federatedIdentityCredentials"
+        r("GET", fic, self.list_federated_credentials)
+        r("POST", fic, self.create_federated_credential)
+        r("GET", f"{fic}/{{fid}}", self.get_federated_credential)
+        r("DELETE", f"{fic}/{{fid}}", self.delete_federated_credential)
         r("POST", f"{p}/applications/{{id}}/removeKey", self.remove_key)
         r("GET", f"{p}/servicePrincipals/$count", self.count_service_principals)
         r("GET", f"{p}/servicePrincipals", self.list_service_principals)
@@ -1010,10 +1015,89 @@ class GraphService(Service):
         d = self.world.directory
         del d.applications[app["id"]]
         d.owners.pop(app["id"], None)
+        d.federated_credentials.pop(app["id"], None)
         # Deleting an app registration also deletes its service principal in the home tenant.
         sp = d.sp_by_app_id(app["appId"])
         if sp is not None:
             self._remove_sp(sp)
+        return Response.empty(204)
+
+    # -- federated identity credentials ------------------------------------------------------------------
+    # Graph docs (federatedidentitycredential resource, application-post-federatedidentitycredentials):
+    # name 3-120 characters, unique per app and immutable; issuer and subject required (at most 600
+    # characters), matched exactly by Entra ID at sign-in; audiences exactly one value; at most 20 per
+    # app. Reading needs Application.Read.All (or an owner's OwnedBy); writing needs
+    # Application.ReadWrite.OwnedBy on an owned app or Application.ReadWrite.All. Error codes and
+    # messages for the refusals are unverified picks.
+    FIC_SHAPE: dict[str, Any] = dict.fromkeys(("id", "name", "issuer", "subject", "audiences", "description"))
+    MAX_FEDERATED = 20
+
+    def _fics(self, app: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.world.directory.federated_credentials.setdefault(app["id"], [])
+
+    def list_federated_credentials(self, request: Request) -> Response:
+        self._require_any(request, APP_READ)
+        app = self._require_app(request)
+        items = [f for f in self._fics(app) if self.world.is_visible(f["id"])]
+        fields = {"name": {"eq", "startswith"}, "issuer": {"eq"}, "subject": {"eq"}}
+        return self._collection(request, items, f"applications('{app['id']}')/federatedIdentityCredentials",
+                                "federatedIdentityCredential", fields, dict(self.FIC_SHAPE))
+
+    def _find_fic(self, request: Request, app: dict[str, Any]) -> dict[str, Any]:
+        key = request.params["fid"]
+        found = next((f for f in self._fics(app) if key in (f["id"], f["name"])), None)
+        if found is None or not self.world.is_visible(found["id"]):
+            raise _not_found(key)
+        return found
+
+    def get_federated_credential(self, request: Request) -> Response:
+        self._require_any(request, APP_READ)
+        app = self._require_app(request)
+        return self._single(request, self._find_fic(request, app),
+                            f"applications('{app['id']}')/federatedIdentityCredentials", "federatedIdentityCredential")
+
+    def create_federated_credential(self, request: Request) -> Response:
+        caller = self._require_app_writer(request)
+        app = self._require_app(request)
+        self._check_app_write(caller, app)
+        body = self._body(request)
+        resource = "FederatedIdentityCredential"
+        for prop in body:
+            if prop not in self.FIC_SHAPE or prop == "id":
+                raise _bad(f"Property '{prop}' does not exist on type 'microsoft.graph.federatedIdentityCredential'.")
+        name, issuer, subject, audiences = (body.get(k) for k in ("name", "issuer", "subject", "audiences"))
+        if not isinstance(name, str) or not 3 <= len(name) <= 120 or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            raise _invalid_value("name", resource)
+        for prop, value in (("issuer", issuer), ("subject", subject)):
+            if not isinstance(value, str) or not value or len(value) > 600:
+                raise _invalid_value(prop, resource)
+        if not isinstance(audiences, list) or len(audiences) != 1 or not isinstance(audiences[0], str) \
+                or not audiences[0] or len(audiences[0]) > 600:
+            raise _bad("Invalid value specified for property 'audiences' of resource 'FederatedIdentityCredential'. "
+                       "Exactly one audience is supported.")
+        existing = self._fics(app)
+        if any(f["name"].lower() == name.lower() for f in existing):
+            raise HttpError(409, "Request_MultipleObjectsWithSameKeyValue",  # unverified pick
+                            f"FederatedIdentityCredential with name {name} already exists.")
+        if any(f["issuer"] == issuer and f["subject"] == subject for f in existing):
+            raise _bad(f"FederatedIdentityCredential with same issuer '{issuer}' and subject '{subject}' "
+                       "already exists.")  # unverified wording
+        if len(existing) >= self.MAX_FEDERATED:
+            raise _bad(f"The number of FederatedIdentityCredentials for the application has reached the limit of "
+                       f"{self.MAX_FEDERATED}.")  # unverified wording
+        credential = {"id": str(uuid.uuid4()), "name": name, "issuer": issuer, "subject": subject,
+                      "audiences": list(audiences), "description": body.get("description")}
+        existing.append(credential)
+        self.world.mark_created(credential["id"])
+        return self._single(request, credential, f"applications('{app['id']}')/federatedIdentityCredentials",
+                            "federatedIdentityCredential", status=201)
+
+    def delete_federated_credential(self, request: Request) -> Response:
+        caller = self._require_app_writer(request)
+        app = self._require_app(request)
+        self._check_app_write(caller, app)
+        found = self._find_fic(request, app)
+        self._fics(app).remove(found)
         return Response.empty(204)
 
     # -- owners --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ SERVICE_MODULES = {
     "graph": ("devstack.graph", "GraphService"),
     "keyvault": ("devstack.keyvault", "KeyVaultService"),
     "exchange": ("devstack.exchange", "ExchangeService"),
+    "oidc": ("devstack.oidc", "OidcIssuerService"),
 }
 
 
@@ -64,6 +65,9 @@ class Stack:
         world.register_resource("exchange", [stack.url("exchange"), EXCHANGE_APP_ID], EXCHANGE_APP_ID)
         world.register_resource("keyvault", [key_vault_resource(stack.url("keyvault")), KEY_VAULT_APP_ID],
                                 KEY_VAULT_APP_ID)
+        # Entra ID trusts the GitHub-like issuer's keys as it would after reading its JWKS.
+        oidc = services["oidc"]
+        world.external_issuers[stack.url("oidc")] = oidc.signing_keys()  # type: ignore[attr-defined]
         for server in stack.servers.values():
             server.start()
         return stack
@@ -86,6 +90,7 @@ class Stack:
             "SSL_CERT_FILE": str(self.ca_file),
             "REQUESTS_CA_BUNDLE": str(self.ca_file),
             "DEVSTACK_CONTROL_URL": self.url("control"),
+            "DEVSTACK_OIDC_ISSUER": self.url("oidc"),
         }
 
     def write_env_file(self, path: Path, extra: dict[str, str] | None = None) -> None:

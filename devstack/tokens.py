@@ -23,10 +23,11 @@ class TokenIssuer:
         self.issuer = f"https://sts.windows.net/{tenant_id}/"
 
     def issue(self, *, audience: str, object_id: str, app_id: str, roles: list[str],
-              wids: list[str], lifetime: int = TOKEN_LIFETIME_SECONDS) -> tuple[str, int]:
+              wids: list[str], lifetime: int = TOKEN_LIFETIME_SECONDS, issuer: str | None = None) -> tuple[str, int]:
+        """`issuer`: another `iss` than the v1 one (a managed identity's v2.0 token for federation)."""
         now = int(time.time())
         claims: dict[str, Any] = {
-            "aud": audience, "iss": self.issuer, "iat": now, "nbf": now, "exp": now + lifetime,
+            "aud": audience, "iss": issuer or self.issuer, "iat": now, "nbf": now, "exp": now + lifetime,
             "tid": self.tenant_id, "oid": object_id, "sub": object_id, "appid": app_id,
             "azp": app_id, "idtyp": "app", "ver": "1.0", "uti": uuid.uuid4().hex,
         }
@@ -34,8 +35,13 @@ class TokenIssuer:
             claims["roles"] = sorted(roles)
         if wids:
             claims["wids"] = sorted(wids)
+        if issuer is not None:
+            claims["ver"] = "2.0"
         token = jwt.encode(claims, self._key, algorithm="RS256", headers={"kid": self.key_id})
         return token, now + lifetime
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._key.public_key()
 
     def verify(self, token: str, audiences: list[str]) -> dict[str, Any]:
         """Claims of a token this issuer signed for one of `audiences`; raises jwt errors."""

@@ -118,6 +118,8 @@ class Directory:
     owners: dict[str, list[str]] = field(default_factory=dict)
     # object id -> real (time.monotonic) moment it becomes visible; replication delay
     visible_at: dict[str, float] = field(default_factory=dict)
+    # application object id -> its federatedIdentityCredentials, in Graph's JSON shape
+    federated_credentials: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # `tenantAppManagementPolicy` in Graph's JSON shape; Graph enforces it on key credential writes
     app_management_policy: dict[str, Any] = field(default_factory=default_app_management_policy)
 
@@ -219,6 +221,9 @@ class World:
         # service name -> resource identifiers (token audiences) it answers to; set by the stack
         self.resources: dict[str, list[str]] = {}
         self.services: dict[str, Any] = {}
+        # OIDC issuers outside Entra ID (the GitHub-like stand-in) -> their signing keys by kid: what
+        # Entra ID would fetch from the issuer's JWKS to verify a federated assertion.
+        self.external_issuers: dict[str, dict[str, Any]] = {}
         self._seed()
 
     # -- seeding ---------------------------------------------------------------------------------

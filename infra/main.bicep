@@ -38,6 +38,12 @@ param grantGraphPermissions bool = true
 @description('Entra roles an identity may request: names or template ids, comma-separated (ALLOWED_ROLES).')
 param allowedRoles string = 'Exchange Recipient Administrator'
 
+@description('Principal (object) ids of managed identities an identity may trust or be, comma-separated (ALLOWED_MANAGED_IDENTITIES). Empty: none.')
+param allowedManagedIdentities string = ''
+
+@description('Issuer URLs an identity\'s federated credentials may trust, comma-separated (ALLOWED_FEDERATION_ISSUERS). Empty: this tenant\'s Entra ID issuer only.')
+param allowedFederationIssuers string = ''
+
 @minValue(1)
 @maxValue(24)
 param certificateValidityMonths int = 12
@@ -277,6 +283,8 @@ module functionApp 'modules/function-app.bicep' = {
     exoEndpoint: exoEndpoint
     authorityHost: environment().authentication.loginEndpoint
     allowedRoles: allowedRoles
+    allowedManagedIdentities: allowedManagedIdentities
+    allowedFederationIssuers: allowedFederationIssuers
     roleMode: roleMode
     certificateValidityMonths: certificateValidityMonths
     certificateIssuer: certificateIssuer

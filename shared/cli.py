@@ -58,6 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--key-size", type=int, choices=(2048, 3072, 4096))
     boot.add_argument("--contact", action="append", dest="contacts")
     boot.add_argument("--description")
+    boot.add_argument("--federated", nargs=2, action="append", metavar=("ISSUER", "SUBJECT"),
+                      help="trust a workload's token (repeatable); the identity keeps its certificate")
+    boot.add_argument("--no-certificate", action="store_true",
+                      help="with --federated: no certificate at all (jobs sign in with their workload's token only)")
+    boot.add_argument("--no-certificate", action="store_true",
+                      help="with --federated: no certificate at all (jobs sign in with their workload's token only)")
+    boot.add_argument("--managed-identity", metavar="PRINCIPAL_ID",
+                      help="grant an existing managed identity instead (no app, no certificate)")
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     _wait_option(boot)
 
@@ -95,6 +103,11 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
                        ("contacts", args.contacts), ("description", args.description)):
         if value is not None:
             body[key] = value
+    if args.managed_identity is not None:
+        body["credentials"] = [{"type": "managedIdentity", "principalId": args.managed_identity}]
+    elif args.federated:
+        body["credentials"] = ([] if args.no_certificate else [{"type": "certificate"}]) + [
+            {"type": "federated", "issuer": issuer, "subject": subject} for issuer, subject in args.federated]
     return body
 
 

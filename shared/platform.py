@@ -45,6 +45,8 @@ class Platform:
             tenant_id=settings.tenant_id, key_vault_url=settings.key_vault_url, policy=renewal_policy(settings),
             grace=dt.timedelta(hours=settings.rotation_grace_hours), verify_sign_in=settings.verify_sign_in,
             assign_roles=settings.role_mode == "assign", allowed_roles=settings.allowed_roles,
+            federation_issuers=settings.federation_issuers, entra_issuer=settings.entra_issuer,
+            allowed_managed_identities=settings.allowed_managed_identities,
         )
         probe = SignInProbe(settings.tenant_id, settings.authority_host, settings.exo_scope,
                             settings.disable_instance_discovery,

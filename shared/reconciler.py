@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,18 +26,22 @@ from shared.adapters.directory import (
 from shared.adapters.graph import GraphError
 from shared.adapters.vault import VaultGateway
 from shared.audit import AuditEvent, emit
-from shared.core.checks import Facet, desired_certificate_tags
+from shared.core.checks import Facet, allowed_trusts, desired_certificate_tags
 from shared.core.model import (
+    OWNER_TAG,
+    OWNER_TAG_VALUE,
     CertificateVersion,
     KeyCredential,
     Observed,
     ObservedCertificate,
+    ObservedFederatedCredential,
     key_id_for,
 )
 from shared.core.planner import (
     DECOMMISSIONING_TAG,
     DECOMMISSIONING_VALUE,
     Action,
+    AddFederatedCredential,
     AddKeyCredential,
     AssignRole,
     AwaitCertificate,
@@ -52,6 +56,7 @@ from shared.core.planner import (
     Plan,
     PlanContext,
     PublishConnectionRecord,
+    RemoveFederatedCredential,
     RemoveRoleAssignment,
     RetireKeyCredential,
     RevokeConsent,
@@ -63,7 +68,7 @@ from shared.core.planner import (
 )
 from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import LastRun
-from shared.core.spec import IdentityNames, IdentitySpec
+from shared.core.spec import FEDERATED, IdentityNames, IdentitySpec, registry_spec
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from shared.notify import CLEARED
 
@@ -163,18 +168,20 @@ class Reconciler:
         self.clock = clock
 
     # -- observation -----------------------------------------------------------------------------
-    async def observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
+    async def observe(self, names: IdentityNames, *, federated: bool = False) -> tuple[Observed, dict[str, Any] | None]:
+        """`federated`: the spec trusts workloads, so the app's federated credentials are listed (also
+        when the registry records trusts, so that ones the spec dropped are found)."""
         try:
-            return await self._observe(names)
+            return await self._observe(names, federated)
         except GraphError as exc:
             raise exc.classified() from exc
 
-    async def _observe(self, names: IdentityNames) -> tuple[Observed, dict[str, Any] | None]:
+    async def _observe(self, names: IdentityNames, federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         # Key Vault and Graph are read side by side; if Graph fails, the vault reads must not outlive the run.
         cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
-        record_task = asyncio.create_task(self.vault.read_record(names.connection_secret))
+        record_task = asyncio.create_task(self.vault.read_record_entry(names.connection_secret))
         try:
-            return await self._observe_with(names, cert_task, record_task)
+            return await self._observe_with(names, cert_task, record_task, federated)
         except BaseException:
             for task in (cert_task, record_task):
                 task.cancel()
@@ -182,8 +189,8 @@ class Reconciler:
             raise
 
     async def _observe_with(self, names: IdentityNames, cert_task: asyncio.Task[ObservedCertificate | None],
-                            record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool]],
-                            ) -> tuple[Observed, dict[str, Any] | None]:
+                            record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool, dict[str, str]]],
+                            federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         app_raw = await self.directory.find_application(names.unique_name)
         cert = await cert_task
         observed = Observed()
@@ -200,26 +207,32 @@ class Reconciler:
                                                           self.directory.role_assignments(sp_id))
                     observed = dataclasses.replace(observed, service_principal_id=sp_id,
                                                    consent_assignment_id=consent, role_assignments=roles)
-        record, unreadable, record_owned = await record_task
+        record, unreadable, record_owned, record_tags = await record_task
         if cert is not None and cert.owned and observed.application is not None \
                 and len(observed.application.key_credentials) > 1:
             # Retirement needs to know which older keys are ours: only worth a listing when there are several.
             cert = dataclasses.replace(cert, versions=await self.vault.certificate_versions(names.certificate))
         observed = dataclasses.replace(observed, certificate=cert, record=record, record_unreadable=unreadable,
-                                       record_owned=record_owned)
+                                       record_owned=record_owned, registry_tags=record_tags)
+        recorded = '"f":' in (cert.tags if cert is not None else record_tags).get("credentials", "")
+        if (federated or recorded) and observed.application is not None and observed.application.owned:
+            observed = dataclasses.replace(observed, federated_credentials=await self.directory.federated_credentials(
+                observed.application.object_id))
+        elif federated:
+            observed = dataclasses.replace(observed, federated_credentials=())  # no app yet: none of them
         return observed, app_raw
 
     # -- operations -------------------------------------------------------------------------------
     async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
                         operation: str = "reconcile", caller: str = "system",
                         correlation_id: str | None = None, prune_roles: bool = False) -> RunResult:
-        observed, app_raw = await self.observe(spec.names)
+        observed, app_raw = await self.observe(spec.names, federated=bool(spec.federated))
         plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate,
                             prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex,
-                           previous=LastRun.from_tags(observed.certificate.tags) if observed.certificate
-                           else LastRun(None, None))
+                           previous=LastRun.from_tags(observed.certificate.tags if observed.certificate
+                                                      else observed.registry_tags))
         if plan.blocked:
             first = plan.blocked[0]
             result.error = ForeignObject(first.message) if first.reason == "ForeignObject" else \
@@ -227,7 +240,8 @@ class Reconciler:
             return result
         if dry_run:
             return result
-        if observed.certificate is None and plan.actions and not isinstance(plan.actions[0], CreateCertificateVersion):
+        if observed.certificate is None and spec.certificate and plan.actions \
+                and not isinstance(plan.actions[0], CreateCertificateVersion):
             # A new name: refuse before the first write if a soft-deleted certificate holds it. When the
             # first write is the certificate's create, its own 409 (ObjectIsDeletedButRecoverable) says so.
             await self.vault.refuse_if_deleted(spec.names.certificate)
@@ -245,6 +259,16 @@ class Reconciler:
                 detail=refusal.message, repeat=result.repeat,
                 before={"roleAssignments": dict(sorted(observed.role_assignments.items()))},
                 after={"roleAssignments": dict(sorted(executor.observed.role_assignments.items()))}))
+        for refusal in (f for f in plan.needs_operator if f.facet is Facet.FEDERATED_CREDENTIALS):
+            # A refused trust, like a refused role: nothing written for it, and an operator must see it.
+            result.repeat = result.previous.repeats(refusal.reason, self.clock())
+            names = executor.snapshot()["federatedCredentials"]
+            await emit(AuditEvent(
+                correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
+                identity=result.name, action="AddFederatedCredential", facet=refusal.facet.value,
+                result=refusal.reason, detail=refusal.message, repeat=result.repeat,
+                before={"federatedCredentials": sorted(c.name for c in observed.federated_credentials or ())},
+                after={"federatedCredentials": names}))
         if result.error is None and result.previous.failed and result.previous.notified_at is not None:
             # The failure operators were told about is over: say so once.
             await emit(AuditEvent(
@@ -266,7 +290,9 @@ class Reconciler:
             and not observed.record_unreadable
         if nothing_there:
             raise IdentityNotFound(f"no automation identity named {name!r}")
-        spec = cert.spec if cert is not None else None
+        # Decommission removes only what ownership proves ours; the recorded spec only names our roles.
+        spec = cert.spec if cert is not None else recorded_spec_without_certificate(
+            observed.registry_tags, name, observed.registry_tags.get("organization", ""))
         plan = plan_decommission(observed, spec, assign_roles=self.context.assign_roles)
         result = RunResult(name, "decommission", plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex)
@@ -335,6 +361,7 @@ class _Executor:
             "servicePrincipalId": o.service_principal_id,
             "consentAssignmentId": o.consent_assignment_id,
             "roleAssignments": dict(sorted(o.role_assignments.items())),
+            "federatedCredentials": sorted(c.name for c in o.federated_credentials or ()),
             "publishedThumbprint": o.record.thumbprint if o.record else None,
             "previousThumbprint": o.record.previous_thumbprint if o.record else None,
         }
@@ -417,6 +444,18 @@ class _Executor:
                     self._forget(application=dataclasses.replace(
                         registered, key_credentials=(*registered.key_credentials, key)))
                 return detail
+            case AddFederatedCredential(name=name, issuer=issuer, subject=subject, audience=audience):
+                object_id, _ = self._app()
+                credential_id = await directory.add_federated_credential(object_id, name, issuer, subject, audience)
+                added = ObservedFederatedCredential(credential_id, name, issuer, subject, (audience,))
+                self._forget(federated_credentials=(*(self.observed.federated_credentials or ()), added))
+                return f"federatedIdentityCredential {name}"
+            case RemoveFederatedCredential(credential_id=credential_id, name=name):
+                object_id, _ = self._app()
+                await directory.remove_federated_credential(object_id, credential_id)
+                self._forget(federated_credentials=tuple(
+                    c for c in self.observed.federated_credentials or () if c.credential_id != credential_id))
+                return f"removed {name}"
             case AssignRole(role_id=role_id, role_name=role_name):
                 assignment = await directory.assign_role(self._sp(), role_id, fresh_principal=self.fresh_principal)
                 roles = {**self.observed.role_assignments, role_id: assignment}
@@ -431,7 +470,10 @@ class _Executor:
                 return f"{version.thumbprint} obtained an Exchange token"
             case PublishConnectionRecord(clear_previous=clear_previous):
                 record = self._record(clear_previous)
-                await vault.publish_record(names.connection_secret, record)
+                assert self.spec is not None
+                # Without a certificate the record's secret also carries the registry entry.
+                registry = None if self.spec.certificate else desired_certificate_tags(self.spec)
+                await vault.publish_record(names.connection_secret, record, registry)
                 self.observed = dataclasses.replace(self.observed, record=record)
                 return f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}"
             case RetireKeyCredential(key_id=key_id, thumbprint=thumbprint):
@@ -545,12 +587,20 @@ class _Executor:
     def _record(self, clear_previous: bool) -> ConnectionRecord:
         names = self.names
         assert names is not None and self.spec is not None
+        if not self.spec.certificate:
+            _, app_id = self._app()
+            return ConnectionRecord(
+                identity=self.spec.name, app_id=app_id, tenant_id=self.r.context.tenant_id,
+                organization=self.spec.organization, key_vault_url=self.r.context.key_vault_url,
+                certificate_name="", certificate_version="", thumbprint="", not_before=None, not_after=None,
+                previous_thumbprint=None, previous_certificate_version=None, updated_at=self.r.clock(),
+                credential_type=FEDERATED, federated=allowed_trusts(self.spec, self.r.context))
         version = self.current
         _, app_id = self._app()
         old = self.observed.record
         previous_thumbprint = previous_version = None
         if not clear_previous and old is not None:
-            if old.thumbprint != version.thumbprint and old.not_after > self.r.clock():
+            if old.thumbprint != version.thumbprint and old.not_after is not None and old.not_after > self.r.clock():
                 previous_thumbprint, previous_version = old.thumbprint, old.certificate_version
             elif old.thumbprint == version.thumbprint:
                 previous_thumbprint, previous_version = old.previous_thumbprint, old.previous_certificate_version
@@ -560,7 +610,7 @@ class _Executor:
             certificate_name=names.certificate, certificate_version=version.version,
             thumbprint=version.thumbprint, not_before=version.not_before, not_after=version.not_after,
             previous_thumbprint=previous_thumbprint, previous_certificate_version=previous_version,
-            updated_at=self.r.clock(),
+            updated_at=self.r.clock(), federated=allowed_trusts(self.spec, self.r.context),
         )
 
     async def record_outcome(self, result: RunResult) -> None:
@@ -570,6 +620,9 @@ class _Executor:
         the sweep, so it can judge most drift without a read per identity.
         """
         cert = self.observed.certificate
+        if self.spec is not None and not self.spec.certificate and self.observed.record is not None:
+            await self._record_outcome_without_certificate(result)
+            return
         if cert is None or cert.current is None or self.spec is None:
             return
         record = self.observed.record
@@ -601,6 +654,36 @@ class _Executor:
             # The outcome is also in the logs; failing the run for a tag would hide the real result.
             log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
 
+    async def _record_outcome_without_certificate(self, result: RunResult) -> None:
+        """The registry entry of an identity without a certificate: its connection secret's tags."""
+        assert self.spec is not None and self.names is not None
+        app = self.observed.application
+        now = self.r.clock()
+        streak = result.previous.next_streak(result.error.reason, now, notified=not result.repeat) \
+            if result.error else ""
+        optional = {
+            "appId": app.app_id if app else "",
+            "servicePrincipalId": self.observed.service_principal_id or "",
+            "failures": streak,
+            "lastError": result.error.message[:MAX_TAG] if result.error else "",
+        }
+        tags = {**desired_certificate_tags(self.spec), **{k: v for k, v in optional.items() if v},
+                "identity": self.spec.name, "lastRun": format_time(now),
+                "lastResult": "Succeeded" if result.error is None else result.error.reason}
+        try:
+            await self.r.vault.update_record_tags(self.names.connection_secret, tags)
+        except ExoAutomationError as exc:
+            log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
+
+
+def recorded_spec_without_certificate(tags: Mapping[str, str], name: str, organization: str) -> IdentitySpec | None:
+    """The spec in a connection secret's tags, for an identity without a certificate (None: not one).
+    Checked like certificate tags (`registry_spec`): they are as editable as those."""
+    if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "credentials" not in tags:
+        return None
+    spec = registry_spec(tags, name, organization)
+    return spec if not spec.certificate else None
+
 
 def _audit_event(result: RunResult, action: Action, outcome: str, detail: str, before: dict[str, Any],
                  after: dict[str, Any], *, retryable: bool = False, repeat: bool = False) -> AuditEvent:
@@ -622,6 +705,7 @@ FACET_KEYS: dict[str, tuple[str, ...]] = {
     "consent": ("consentAssignmentId",),
     "keyCredential": ("keyIds",),
     "roles": ("roleAssignments",),
+    "federatedCredentials": ("federatedCredentials",),
     "connectionRecord": ("publishedThumbprint", "previousThumbprint"),
 }
 

@@ -18,7 +18,7 @@ from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_s
 from shared.errors import IdentityNotFound
 from shared.lease import LeaseStore
 from shared.platform import Platform
-from shared.reconciler import RunResult
+from shared.reconciler import RunResult, recorded_spec_without_certificate
 
 # How long a run waits for another run of the same identity by default (HTTP passes what is left
 # of its inline budget, the queue a few seconds, the CLI longer).
@@ -58,6 +58,12 @@ async def recorded_spec(platform: Platform, name: str, *, recover: bool = False)
     cert = await platform.vault.observe_certificate(names.certificate)
     if cert is None and recover and await platform.vault.recover_deleted_identity(names.certificate):
         cert = await platform.vault.observe_certificate(names.certificate)
+    if cert is None:
+        # An identity without a certificate keeps its registry entry on its connection secret.
+        _, _, owned, tags = await platform.vault.read_record_entry(names.connection_secret)
+        spec = recorded_spec_without_certificate(tags, name, platform.settings.organization) if owned else None
+        if spec is not None:
+            return spec
     if cert is None or not cert.owned or "identity" not in cert.tags:
         raise IdentityNotFound(f"no automation identity named {name!r}")
     return registry_spec(cert.tags, name, platform.settings.organization)

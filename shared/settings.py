@@ -82,6 +82,25 @@ class Settings:
     http_inline_budget_seconds: float = 20.0
     # The blob lease that makes one run at a time the writer of an identity (Blob leases: 15-60 s).
     identity_lease_seconds: int = 30
+    # Principal (object) ids of managed identities that identities may trust or be (issue #16): none by
+    # default. Federation issuers identities may trust; empty: this tenant's Entra ID issuer only.
+    allowed_managed_identities: frozenset[str] = frozenset()
+    allowed_federation_issuers: tuple[str, ...] = ()
+    # How a job's connection() signs in: `auto` (the identity's certificate if it has one, else its
+    # federated trust), `certificate` or `federated`; and the workload token file Kubernetes'
+    # workload identity mounts (else the job's managed identity vouches for it).
+    connection_credential: str = "auto"
+    federated_token_file: str | None = None
+
+    @property
+    def entra_issuer(self) -> str:
+        """The issuer of this tenant's Entra ID v2.0 tokens (a managed identity's federation assertions)."""
+        return f"{self.authority_host}/{self.tenant_id}/v2.0"
+
+    @property
+    def federation_issuers(self) -> frozenset[str]:
+        """The issuers identities may trust: ALLOWED_FEDERATION_ISSUERS, else this tenant's Entra ID."""
+        return frozenset(self.allowed_federation_issuers or (self.entra_issuer,))
 
     @property
     def graph_scope(self) -> str:
@@ -151,6 +170,11 @@ class Settings:
             http_inline_budget_seconds=reader.number("HTTP_INLINE_BUDGET_SECONDS", default=20.0, low=0.0,
                                                      high=120.0),
             identity_lease_seconds=reader.integer("IDENTITY_LEASE_SECONDS", default=30, low=15, high=60),
+            allowed_managed_identities=reader.guids("ALLOWED_MANAGED_IDENTITIES"),
+            allowed_federation_issuers=reader.issuers("ALLOWED_FEDERATION_ISSUERS"),
+            connection_credential=reader.choice("CONNECTION_CREDENTIAL", ("auto", "certificate", "federated"),
+                                                default="auto"),
+            federated_token_file=reader.path("AZURE_FEDERATED_TOKEN_FILE"),
         )
         return settings
 
@@ -307,6 +331,32 @@ class _Reader:
             if len(audience) > 200 or not audience.isprintable() or " " in audience:
                 raise self._bad(name, value, "comma-separated client ids or application ID URIs of the API app")
         return audiences
+
+    def path(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is not None and (len(value) > 1024 or not value.isprintable()):
+            raise self._bad(name, value, "a file path")
+        return value
+
+    def guids(self, name: str) -> frozenset[str]:
+        value = self._raw(name)
+        if value is None:
+            return frozenset()
+        items = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(_GUID.match(item) for item in items):
+            raise self._bad(name, value, "comma-separated principal (object) ids, GUIDs")
+        return frozenset(item.lower() for item in items)
+
+    def issuers(self, name: str) -> tuple[str, ...]:
+        value = self._raw(name)
+        if value is None:
+            return ()
+        items = tuple(part.strip() for part in value.split(",") if part.strip())
+        for item in items:
+            parts = urlsplit(item)
+            if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment or len(item) > 200:
+                raise self._bad(name, value, "comma-separated https:// issuer URLs")
+        return items
 
     def allowed_roles(self, name: str) -> frozenset[str]:
         value = self._raw(name)

@@ -31,6 +31,8 @@ param graphEndpoint string
 param exoEndpoint string
 param authorityHost string
 param allowedRoles string
+param allowedManagedIdentities string
+param allowedFederationIssuers string
 @allowed(['assign', 'verify'])
 param roleMode string
 param certificateValidityMonths int
@@ -181,6 +183,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GRAPH_ENDPOINT: graphEndpoint
     EXO_ENDPOINT: exoEndpoint
     ALLOWED_ROLES: allowedRoles
+    ALLOWED_MANAGED_IDENTITIES: allowedManagedIdentities
+    ALLOWED_FEDERATION_ISSUERS: allowedFederationIssuers
     ROLE_MODE: roleMode
     CERTIFICATE_VALIDITY_MONTHS: string(certificateValidityMonths)
     CERTIFICATE_ISSUER: certificateIssuer
@@ -198,6 +202,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SWEEP_SCHEDULE: sweepSchedule
     DEEP_CHECK_HOURS: string(deepCheckHours)
     CONNECTION_CACHE_SECONDS: string(connectionCacheSeconds)
+    CONNECTION_CREDENTIAL: 'auto'
     REPORTS_CONTAINER: reportsContainerName
     // The sample job: the identity it runs as, and when (NCRONTAB).
     MAILBOX_REPORT_IDENTITY: mailboxReportIdentity

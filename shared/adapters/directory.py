@@ -19,6 +19,7 @@ from shared.core.model import (
     CertificateVersion,
     KeyCredential,
     ObservedApplication,
+    ObservedFederatedCredential,
     key_id_for,
 )
 from shared.core.record import format_time, parse_time
@@ -192,6 +193,12 @@ def application_from_graph(app: dict[str, Any], *, owned: bool) -> ObservedAppli
     )
 
 
+def federated_credential_from_graph(entry: dict[str, Any]) -> ObservedFederatedCredential:
+    return ObservedFederatedCredential(
+        credential_id=str(entry.get("id", "")), name=str(entry.get("name", "")), issuer=str(entry.get("issuer", "")),
+        subject=str(entry.get("subject", "")), audiences=tuple(str(a) for a in entry.get("audiences") or ()))
+
+
 def key_credential_entry(identity: str, version: CertificateVersion, der: bytes) -> dict[str, Any]:
     return {
         "keyId": key_id_for(version.thumbprint),
@@ -327,6 +334,31 @@ class DirectoryGateway:
 
     async def delete_application(self, app_object_id: str) -> None:
         await self._delete(f"/applications/{app_object_id}")
+
+    # -- federated identity credentials (Application.ReadWrite.OwnedBy on an owned app) ----------------
+    async def federated_credentials(self, app_object_id: str) -> tuple[ObservedFederatedCredential, ...]:
+        items = await self.graph.collect(f"/applications/{app_object_id}/federatedIdentityCredentials")
+        return tuple(federated_credential_from_graph(item) for item in items)
+
+    async def add_federated_credential(self, app_object_id: str, name: str, issuer: str, subject: str,
+                                       audience: str) -> str:
+        body = {"name": name, "issuer": issuer, "subject": subject, "audiences": [audience]}
+        try:
+            response = await self.graph.request("POST", f"/applications/{app_object_id}/federatedIdentityCredentials",
+                                                json=body)
+        except GraphError as exc:
+            if exc.status not in (400, 409):
+                raise
+            # A concurrent run may have added the same credential: the name is unique per app.
+            existing = next((c for c in await self.federated_credentials(app_object_id) if c.name == name), None)
+            if existing is None or (existing.issuer, existing.subject, existing.audiences) != (issuer, subject,
+                                                                                                (audience,)):
+                raise
+            return existing.credential_id
+        return str(response.json()["id"])
+
+    async def remove_federated_credential(self, app_object_id: str, credential_id: str) -> None:
+        await self._delete(f"/applications/{app_object_id}/federatedIdentityCredentials/{credential_id}")
 
     # -- service principal ------------------------------------------------------------------------
     async def find_service_principal(self, app_id: str) -> dict[str, Any] | None:

@@ -349,6 +349,12 @@ class VaultGateway:
     # -- connection secret ------------------------------------------------------------------------
     async def read_record(self, name: str) -> tuple[ConnectionRecord | None, bool, bool]:
         """(record, unreadable, owned) of the connection secret `name`."""
+        record, unreadable, owned, _ = await self.read_record_entry(name)
+        return record, unreadable, owned
+
+    async def read_record_entry(self, name: str) -> tuple[ConnectionRecord | None, bool, bool, dict[str, str]]:
+        """(record, unreadable, owned, tags) of the connection secret `name`: for an identity without a
+        certificate its tags are the registry entry (issue #16)."""
         if self._challenge_learned is not None and not _share_challenge(self.vault_url):
             # A certificate request is learning the vault's challenge: reuse it instead of learning it again.
             await self._challenge_learned.wait()
@@ -356,18 +362,28 @@ class VaultGateway:
         try:
             secret = await self.secrets.get_secret(name)
         except ResourceNotFoundError:
-            return None, False, True
+            return None, False, True, {}
         except AzureError as exc:
             raise vault_error(exc, f"reading secret {name}") from exc
-        owned = (secret.properties.tags or {}).get(OWNER_TAG) == OWNER_TAG_VALUE
+        tags = dict(secret.properties.tags or {})
+        owned = tags.get(OWNER_TAG) == OWNER_TAG_VALUE
         try:
-            return ConnectionRecord.loads(secret.value or ""), False, owned
+            return ConnectionRecord.loads(secret.value or ""), False, owned, tags
         except ValueError:
-            return None, True, owned
+            return None, True, owned, tags
 
-    async def publish_record(self, name: str, record: ConnectionRecord) -> None:
-        tags = {OWNER_TAG: OWNER_TAG_VALUE, "identity": record.identity, "thumbprint": record.thumbprint,
-                "certificateVersion": record.certificate_version}
+    async def update_record_tags(self, name: str, tags: Mapping[str, str]) -> None:
+        try:
+            await self.secrets.update_secret_properties(name, tags=dict(tags))
+        except AzureError as exc:
+            raise vault_error(exc, f"updating the tags of secret {name}") from exc
+
+    async def publish_record(self, name: str, record: ConnectionRecord,
+                             registry: Mapping[str, str] | None = None) -> None:
+        """`registry`: the registry tags of an identity without a certificate, kept on its record."""
+        tags = {**(registry or {}), OWNER_TAG: OWNER_TAG_VALUE, "identity": record.identity}
+        if record.has_certificate:
+            tags.update(thumbprint=record.thumbprint, certificateVersion=record.certificate_version)
         for attempt in (1, 2):
             try:
                 await self.secrets.set_secret(name, record.dumps(), content_type=CONTENT_TYPE, tags=tags,

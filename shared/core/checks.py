@@ -28,10 +28,11 @@ from shared.core.model import (
     CertificateVersion,
     Observed,
     ObservedApplication,
+    ObservedFederatedCredential,
 )
 from shared.core.renewal import RenewalPolicy, jittered_renewal_time, renewal_due
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, DirectoryRole, policy_refusal, role_name
-from shared.core.spec import IdentitySpec
+from shared.core.spec import FEDERATED, FederatedTrust, IdentitySpec, federation_refusal
 
 
 class Facet(StrEnum):
@@ -45,6 +46,8 @@ class Facet(StrEnum):
     # apart from `roles`, so a refused role is never mistaken for one that is merely missing.
     ROLE_POLICY = "rolePolicy"
     CONNECTION_RECORD = "connectionRecord"
+    # The app's federated identity credentials (issue #16): only for identities that trust workloads.
+    FEDERATED_CREDENTIALS = "federatedCredentials"
 
 
 class State(StrEnum):
@@ -89,10 +92,15 @@ class Reason(StrEnum):
     RECORD_DRIFT = "RecordDrift"  # same certificate, other ids (app, organization, tenant, vault)
     RECORD_CURRENT = "RecordCurrent"
     RETIREMENT_DUE = "RetirementDue"
+    FEDERATED_CREDENTIAL_MISSING = "FederatedCredentialMissing"
+    FEDERATED_CREDENTIAL_STALE = "FederatedCredentialStale"  # ours, trusting a workload the spec no longer names
+    FEDERATED_CREDENTIALS_PRESENT = "FederatedCredentialsPresent"
+    FEDERATION_REFUSED = "FederationRefused"  # an issuer or managed identity today's allow-lists refuse
 
 
 # Reasons an operator must act on: repeating the run does not change them.
-NEEDS_OPERATOR = frozenset({Reason.ROLE_REFUSED, Reason.ROLE_NO_LONGER_ALLOWED, Reason.ROLE_NOT_ASSIGNED})
+NEEDS_OPERATOR = frozenset({Reason.ROLE_REFUSED, Reason.ROLE_NO_LONGER_ALLOWED, Reason.ROLE_NOT_ASSIGNED,
+                            Reason.FEDERATION_REFUSED})
 
 
 @dataclass(frozen=True)
@@ -117,6 +125,10 @@ class CheckContext:
     grace: dt.timedelta = dt.timedelta(hours=24)
     assign_roles: bool = True
     allowed_roles: frozenset[str] = frozenset({EXCHANGE_RECIPIENT_ADMINISTRATOR.template_id})
+    # ALLOWED_FEDERATION_ISSUERS (or this tenant's Entra ID issuer) and ALLOWED_MANAGED_IDENTITIES.
+    federation_issuers: frozenset[str] = frozenset()
+    entra_issuer: str = ""
+    allowed_managed_identities: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,11 @@ class IdentityView:
     published_version: str | None
     record_ids_match: bool | None
     retire_after: dt.datetime | None  # when the previous key's overlap ends, if there is one
+    # The app's federated identity credentials (None: not seen; the sweep's listings do not show
+    # them, so they are judged by the deep check only), and whether the record names the spec's.
+    federated: tuple[ObservedFederatedCredential, ...] | None = None
+    record_federated_match: bool | None = None
+    record_credential_type: str | None = None
 
 
 def desired_certificate_tags(spec: IdentitySpec) -> dict[str, str]:
@@ -163,6 +180,9 @@ def view_of_observed(spec: IdentitySpec, observed: Observed, context: CheckConte
         record_ids_match=ids_match if record is not None else None,
         retire_after=record.updated_at + context.grace if record is not None and record.previous_thumbprint
         else None,
+        federated=observed.federated_credentials,
+        record_federated_match=record.federated == allowed_trusts(spec, context) if record is not None else None,
+        record_credential_type=record.credential_type if record is not None else None,
     )
 
 
@@ -283,21 +303,99 @@ def check_roles(view: IdentityView, context: CheckContext) -> Finding:
     return Finding(Facet.ROLES, State.OK, Reason.ROLES_ASSIGNED, ", ".join(r.name for r in grantable))
 
 
-def check_record(view: IdentityView, target: CertificateVersion | None) -> Finding:
-    """`target`: the version jobs will use after this run (None: one this run creates)."""
-    stale = "jobs do not see the current connection parameters"
+_STALE = "jobs do not see the current connection parameters"
+
+
+def _record_absent(view: IdentityView) -> Finding | None:
     if view.record_deleted:
         return Finding(Facet.CONNECTION_RECORD, State.MISSING, Reason.RECORD_DELETED,
                        "the connection record was deleted (it is recoverable)")
     if not view.record_present:
         reason = Reason.RECORD_UNREADABLE if view.record_unreadable else Reason.RECORD_MISSING
-        return Finding(Facet.CONNECTION_RECORD, State.MISSING, reason, stale)
+        return Finding(Facet.CONNECTION_RECORD, State.MISSING, reason, _STALE)
+    return None
+
+
+def check_record(view: IdentityView, target: CertificateVersion | None) -> Finding:
+    """`target`: the version jobs will use after this run (None: one this run creates)."""
+    absent = _record_absent(view)
+    if absent is not None:
+        return absent
     if target is None or view.published_thumbprint != target.thumbprint \
             or (view.published_version is not None and view.published_version != target.version):
-        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_STALE, stale)
-    if view.record_ids_match is False:
-        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, stale)
+        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_STALE, _STALE)
+    if view.record_ids_match is False or view.record_federated_match is False:
+        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, _STALE)
     return Finding(Facet.CONNECTION_RECORD, State.OK, Reason.RECORD_CURRENT, f"published {view.published_thumbprint}")
+
+
+def ours(credential: ObservedFederatedCredential, identity: str) -> FederatedTrust | None:
+    """The trust a federated credential on the app stands for, if this product added it: its name is the
+    one we derive from its own issuer, subject and audience (a foreign credential keeps its name)."""
+    if len(credential.audiences) != 1:
+        return None
+    trust = FederatedTrust(credential.issuer, credential.subject, credential.audiences[0])
+    return trust if credential.name == trust.credential_name(identity) else None
+
+
+@dataclass(frozen=True)
+class FederatedDiff:
+    """What the app's federated credentials lack and have too many of, against the spec and policy."""
+
+    missing: tuple[FederatedTrust, ...]
+    stale: tuple[ObservedFederatedCredential, ...]  # ours, trusting a workload the spec no longer names
+    refused: tuple[str, ...]
+
+
+def allowed_trusts(spec: IdentitySpec, context: CheckContext) -> tuple[FederatedTrust, ...]:
+    """The spec's federated trusts today's allow-lists allow (what the app gets and the record names)."""
+    return tuple(t for t in spec.federated if federation_refusal(
+        t, context.federation_issuers, context.allowed_managed_identities, context.entra_issuer) is None)
+
+
+def federated_diff(view: IdentityView, context: CheckContext) -> FederatedDiff | None:
+    """None: nothing to judge (no trust wanted or seen, or the source cannot see the credentials)."""
+    if view.federated is None or (not view.spec.federated
+                                  and not any(ours(c, view.spec.name) for c in view.federated)):
+        return None  # foreign credentials on the app are not ours to judge
+    allowed, refused = [], []
+    for trust in view.spec.federated:
+        refusal = federation_refusal(trust, context.federation_issuers, context.allowed_managed_identities,
+                                     context.entra_issuer)
+        (refused.append(refusal) if refusal is not None else allowed.append(trust))
+    present = {ours(c, view.spec.name) for c in view.federated} - {None}
+    missing = tuple(t for t in allowed if t not in present)
+    # A trust today's policy refuses is removed as well: the allow-lists are re-checked on every run.
+    stale = tuple(c for c in view.federated if (t := ours(c, view.spec.name)) is not None and t not in allowed)
+    return FederatedDiff(missing, stale, tuple(refused))
+
+
+def check_federated(view: IdentityView, context: CheckContext) -> Finding | None:
+    diff = federated_diff(view, context)
+    if diff is None:
+        return None
+    if diff.refused:
+        return Finding(Facet.FEDERATED_CREDENTIALS, State.REFUSED, Reason.FEDERATION_REFUSED,
+                       "not trusted: " + "; ".join(diff.refused))
+    if diff.missing:
+        return Finding(Facet.FEDERATED_CREDENTIALS, State.MISSING, Reason.FEDERATED_CREDENTIAL_MISSING,
+                       "the app does not trust " + ", ".join(f"{t.issuer} {t.subject}" for t in diff.missing))
+    if diff.stale:
+        return Finding(Facet.FEDERATED_CREDENTIALS, State.DRIFT, Reason.FEDERATED_CREDENTIAL_STALE,
+                       "the app trusts workloads the spec no longer names: " + ", ".join(c.name for c in diff.stale))
+    return Finding(Facet.FEDERATED_CREDENTIALS, State.OK, Reason.FEDERATED_CREDENTIALS_PRESENT,
+                   f"{len(view.spec.federated)} workload(s) trusted")
+
+
+def check_record_without_certificate(view: IdentityView) -> Finding:
+    """The record of an identity without a certificate: its kind, ids and trusts (no thumbprint to publish)."""
+    absent = _record_absent(view)
+    if absent is not None:
+        return absent
+    if view.record_credential_type not in (None, FEDERATED) or view.record_ids_match is False \
+            or view.record_federated_match is False:
+        return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, _STALE)
+    return Finding(Facet.CONNECTION_RECORD, State.OK, Reason.RECORD_CURRENT, "published (federated)")
 
 
 def check_retirement(view: IdentityView, now: dt.datetime) -> Finding | None:
@@ -329,6 +427,12 @@ class CheckResult:
 
 def run_checks(view: IdentityView, now: dt.datetime, context: CheckContext, *,
                force_rotate: bool = False) -> CheckResult:
+    if not view.spec.certificate:
+        # No certificate to judge, key to register or retire: the app, its grants, trusts and record.
+        chain = [check_application(view), check_service_principal(view), check_consent(view),
+                 check_federated(view, context), check_role_policy(view, context), check_roles(view, context),
+                 check_record_without_certificate(view)]
+        return CheckResult(tuple(f for f in chain if f is not None), False, None)
     certificate = check_certificate(view, now, context, force_rotate=force_rotate)
     creates_version = certificate.state is not State.OK
     target = None if creates_version else view.current
@@ -337,8 +441,11 @@ def run_checks(view: IdentityView, now: dt.datetime, context: CheckContext, *,
     if tags.violated and not creates_version:  # a new version is created with the right tags
         findings.append(tags)
     findings += [check_application(view), check_service_principal(view), check_consent(view),
-                 check_key(view, target), check_role_policy(view, context), check_roles(view, context),
-                 check_record(view, target)]
+                 check_key(view, target)]
+    federated = check_federated(view, context)
+    if federated is not None:
+        findings.append(federated)
+    findings += [check_role_policy(view, context), check_roles(view, context), check_record(view, target)]
     if not any(f.violated for f in findings if f.facet is Facet.CONNECTION_RECORD):
         retirement = check_retirement(view, now)
         if retirement is not None:

@@ -84,6 +84,17 @@ class ObservedApplication:
 
 
 @dataclass(frozen=True)
+class ObservedFederatedCredential:
+    """A federated identity credential on the app, as Graph lists it."""
+
+    credential_id: str
+    name: str
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Observed:
     certificate: ObservedCertificate | None = None
     application: ObservedApplication | None = None
@@ -94,3 +105,8 @@ class Observed:
     record: ConnectionRecord | None = None
     record_unreadable: bool = False  # the secret exists but is not a v1 record
     record_owned: bool = True
+    # The app's federated identity credentials; None: not listed (the spec trusts no workload and
+    # the registry records none, so there is nothing of ours to look for).
+    federated_credentials: tuple[ObservedFederatedCredential, ...] | None = None
+    # The connection secret's tags: the registry entry of an identity without a certificate.
+    registry_tags: Mapping[str, str] = field(default_factory=dict)

@@ -3,8 +3,8 @@
 Pure: no I/O, no clock of its own. The checks (`shared.core.checks`, shared with the sweep) produce one
 `Finding` per facet; the plan is the actions the violated findings call for, in the order that keeps
 credential continuity (docs/architecture.md):
-certificate → application → service principal → consent → key credential → roles → sign-in
-proof → connection record → retirement of the previous key.
+certificate → application → service principal → consent → key credential → federated credentials →
+roles → sign-in proof → connection record → retirement of the previous key.
 
 Actions that depend on a certificate version created earlier in the same plan name it with
 `thumbprint=None` ("the version this plan creates"); the executor resolves it.
@@ -24,6 +24,7 @@ from shared.core.checks import (
     Reason,
     State,
     disallowed_held_roles,
+    federated_diff,
     grantable_roles,
     run_checks,
     view_of_observed,
@@ -101,6 +102,24 @@ class AddKeyCredential(Action):
     def describe(self) -> str:
         which = self.thumbprint or "the new certificate version"
         return f"add {which} to the app's key credentials"
+
+
+@dataclass(frozen=True)
+class AddFederatedCredential(Action):
+    facet: ClassVar[str] = "federatedCredentials"
+    name: str
+    issuer: str
+    subject: str
+    audience: str
+    template: ClassVar[str] = "trust {issuer} subject {subject} (federated identity credential {name})"
+
+
+@dataclass(frozen=True)
+class RemoveFederatedCredential(Action):
+    facet: ClassVar[str] = "federatedCredentials"
+    credential_id: str
+    name: str
+    template: ClassVar[str] = "remove the federated identity credential {name} (a workload the spec no longer trusts)"
 
 
 @dataclass(frozen=True)
@@ -225,6 +244,11 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
     if cert is not None and cert.tags.get(DECOMMISSIONING_TAG) == DECOMMISSIONING_VALUE:
         blocked.append(Finding(Facet.CERTIFICATE, State.BLOCKED, "Decommissioning",
                                "this identity is being decommissioned; finish with DELETE before reusing the name"))
+    if not spec.certificate and cert is not None:
+        # The registry entry is the certificate's: dropping the certificate would leave two entries.
+        blocked.append(Finding(Facet.CERTIFICATE, State.BLOCKED, "CertificateCannotBeRemoved",
+                               "this identity has a certificate; an identity cannot drop it: keep "
+                               '{"type": "certificate"} in its credentials, or decommission it and bootstrap it again'))
     if blocked:
         return Plan(tuple(blocked), (), tuple(blocked))
 
@@ -259,6 +283,14 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
                 actions.append(GrantConsent())
             case Reason.KEY_MISSING:
                 actions.append(AddKeyCredential(target_thumbprint))
+            case Reason.FEDERATED_CREDENTIAL_MISSING | Reason.FEDERATED_CREDENTIAL_STALE | Reason.FEDERATION_REFUSED:
+                diff = federated_diff(view, context)
+                assert diff is not None
+                if diff.refused:
+                    needs_operator.append(finding)
+                actions.extend(RemoveFederatedCredential(c.credential_id, c.name) for c in diff.stale)
+                actions.extend(AddFederatedCredential(t.credential_name(spec.name), t.issuer, t.subject, t.audience)
+                               for t in diff.missing)
             case Reason.ROLE_REFUSED | Reason.ROLE_NO_LONGER_ALLOWED | Reason.ROLE_NOT_ASSIGNED:
                 needs_operator.append(finding)
             case Reason.ROLE_MISSING:
@@ -269,7 +301,7 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
                     | Reason.RECORD_DRIFT:
                 publishes_new_thumbprint = target_thumbprint is None or observed.record is None \
                     or observed.record.thumbprint != target_thumbprint
-                if context.verify_sign_in and publishes_new_thumbprint:
+                if context.verify_sign_in and publishes_new_thumbprint and spec.certificate:
                     actions.append(VerifySignIn(target_thumbprint))
                 actions.append(PublishConnectionRecord(finding.reason))
             case Reason.RETIREMENT_DUE:

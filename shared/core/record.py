@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from shared.core.spec import CERTIFICATE, TOKEN_EXCHANGE_AUDIENCE, FederatedTrust
+
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/vnd.exo-automation.connection+json; version=1"
 
@@ -32,14 +34,24 @@ class ConnectionRecord:
     key_vault_url: str
     certificate_name: str
     certificate_version: str
-    thumbprint: str
-    not_before: dt.datetime
-    not_after: dt.datetime
+    thumbprint: str  # empty, with the certificate's name and version, for an identity without one
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
     previous_thumbprint: str | None
     previous_certificate_version: str | None
     updated_at: dt.datetime
+    # Added by issue #16 (fields only added): how jobs sign in, and the workloads the app trusts
+    # (the issuer, subject and audience a job's assertion must carry exactly).
+    credential_type: str = CERTIFICATE
+    federated: tuple[FederatedTrust, ...] = ()
+
+    @property
+    def has_certificate(self) -> bool:
+        return self.credential_type == CERTIFICATE
 
     def to_json(self) -> dict[str, Any]:
+        """A record without a certificate keeps the certificate fields, as null (fields are only added)."""
+        certificate = self.has_certificate
         return {
             "schemaVersion": SCHEMA_VERSION,
             "identity": self.identity,
@@ -47,14 +59,17 @@ class ConnectionRecord:
             "tenantId": self.tenant_id,
             "organization": self.organization,
             "keyVaultUrl": self.key_vault_url,
-            "certificateName": self.certificate_name,
-            "certificateVersion": self.certificate_version,
-            "thumbprint": self.thumbprint,
-            "notBefore": format_time(self.not_before),
-            "notAfter": format_time(self.not_after),
+            "certificateName": self.certificate_name if certificate else None,
+            "certificateVersion": self.certificate_version if certificate else None,
+            "thumbprint": self.thumbprint if certificate else None,
+            "notBefore": format_time(self.not_before) if certificate and self.not_before else None,
+            "notAfter": format_time(self.not_after) if certificate and self.not_after else None,
             "previousThumbprint": self.previous_thumbprint,
             "previousCertificateVersion": self.previous_certificate_version,
             "updatedAt": format_time(self.updated_at),
+            "credentialType": self.credential_type,
+            **({"federatedCredentials": [{"issuer": t.issuer, "subject": t.subject, "audience": t.audience}
+                                         for t in self.federated]} if self.federated else {}),
         }
 
     def dumps(self) -> str:
@@ -67,16 +82,24 @@ class ConnectionRecord:
         if not isinstance(data, dict) or data.get("schemaVersion") != SCHEMA_VERSION:
             raise ValueError("not a v1 connection record")
         try:
+            certificate = str(data.get("credentialType") or CERTIFICATE) == CERTIFICATE
             return cls(
                 identity=data["identity"], app_id=data["appId"], tenant_id=data["tenantId"],
                 organization=data["organization"], key_vault_url=data["keyVaultUrl"],
-                certificate_name=data["certificateName"], certificate_version=data["certificateVersion"],
-                thumbprint=data["thumbprint"], not_before=parse_time(data["notBefore"]),
-                not_after=parse_time(data["notAfter"]), previous_thumbprint=data.get("previousThumbprint"),
+                certificate_name=data["certificateName"] if certificate else "",
+                certificate_version=data["certificateVersion"] if certificate else "",
+                thumbprint=data["thumbprint"] if certificate else "",
+                not_before=parse_time(data["notBefore"]) if certificate else None,
+                not_after=parse_time(data["notAfter"]) if certificate else None,
+                previous_thumbprint=data.get("previousThumbprint"),
                 previous_certificate_version=data.get("previousCertificateVersion"),
                 updated_at=parse_time(data["updatedAt"]),
+                credential_type=str(data.get("credentialType") or CERTIFICATE),
+                federated=tuple(FederatedTrust(str(f["issuer"]), str(f["subject"]),
+                                               str(f.get("audience") or TOKEN_EXCHANGE_AUDIENCE))
+                                for f in data.get("federatedCredentials") or ()),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"connection record is missing a field: {exc}") from exc
 
     def same_publication(self, other: ConnectionRecord) -> bool:

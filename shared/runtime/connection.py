@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.core.record import ConnectionRecord
-from shared.core.spec import NAME_PATTERN, IdentityNames
+from shared.core.spec import FEDERATED, NAME_PATTERN, TOKEN_EXCHANGE_AUDIENCE, IdentityNames
 from shared.errors import IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
 from shared.settings import Settings
 
@@ -117,12 +117,77 @@ class IdentityCertificate:
                 f"thumbprint={self.thumbprint!r}, not_after={self.not_after.isoformat()!r})")
 
 
+class WorkloadFederatedCredential:
+    """Signs in as the identity's app with the job's own workload token as the client assertion
+    (workload identity federation): no certificate or secret. The assertion is the job's token for
+    `api://AzureADTokenExchange`, read from AZURE_FEDERATED_TOKEN_FILE (Kubernetes workload identity,
+    as azure-identity's WorkloadIdentityCredential does) or else obtained from the job's managed identity.
+    The app must carry a federated identity credential trusting exactly that token's issuer and subject."""
+
+    def __init__(self, record: ConnectionRecord, settings: Settings) -> None:
+        from azure.identity.aio import ClientAssertionCredential
+
+        self._settings = settings
+        self._assertion = ""
+        self._workload: Any = None
+        self._inner = ClientAssertionCredential(record.tenant_id, record.app_id, lambda: self._assertion,
+                                                authority=settings.authority_host)
+
+    async def _workload_token(self) -> str:
+        if self._settings.federated_token_file:
+            def read() -> str:
+                with open(self._settings.federated_token_file or "", encoding="utf-8") as handle:
+                    return handle.read().strip()
+            try:
+                return await asyncio.to_thread(read)
+            except OSError as exc:
+                raise NeedsOperator("the workload token file AZURE_FEDERATED_TOKEN_FILE cannot be read "
+                                    f"({exc.strerror})", reason="WorkloadTokenUnreadable") from exc
+        if self._workload is None:
+            from azure.identity.aio import ManagedIdentityCredential
+
+            self._workload = ManagedIdentityCredential(client_id=self._settings.managed_identity_client_id)
+        return str((await self._workload.get_token(f"{TOKEN_EXCHANGE_AUDIENCE}/.default")).token)
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        # The managed identity's token is cached by its credential: fetched over the network only
+        # when the app token must be renewed and the workload token has expired too.
+        self._assertion = await self._workload_token()
+        return await self._inner.get_token(*scopes, **kwargs)
+
+    async def close(self) -> None:
+        await self._inner.close()
+        if self._workload is not None:
+            await self._workload.close()
+
+    async def __aenter__(self) -> WorkloadFederatedCredential:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return "WorkloadFederatedCredential()"
+
+
+def uses_federation(record: ConnectionRecord, settings: Settings) -> bool:
+    """Whether a job signs in with its workload's token rather than the certificate (CONNECTION_CREDENTIAL)."""
+    if settings.connection_credential == "federated" or record.credential_type == FEDERATED:
+        if not record.federated:
+            raise NeedsOperator(f"identity {record.identity} trusts no workload (its connection record names no "
+                                "federated credential): set CONNECTION_CREDENTIAL=certificate, or add a "
+                                "federated credential to the identity", reason="NoFederatedCredential")
+        return True
+    return False
+
+
 @dataclass(frozen=True, repr=False, eq=False)
 class Connection:
-    """What a job connects with. `credential` gets tokens for `exchange_scope` and `graph_scope`."""
+    """What a job connects with. `credential` gets tokens for `exchange_scope` and `graph_scope`;
+    `certificate` is None when the job signs in with its workload's token (federated)."""
 
     record: ConnectionRecord
-    certificate: IdentityCertificate
+    certificate: IdentityCertificate | None
     credential: AsyncTokenCredential
     exchange_scope: str
     graph_scope: str
@@ -146,11 +211,13 @@ class Connection:
 
     @property
     def thumbprint(self) -> str:
-        return self.certificate.thumbprint
+        """The certificate's thumbprint; empty when the job signs in with its workload's token."""
+        return self.certificate.thumbprint if self.certificate is not None else ""
 
     def __repr__(self) -> str:
         return (f"Connection(identity={self.identity!r}, app_id={self.app_id!r}, organization={self.organization!r}, "
-                f"thumbprint={self.thumbprint!r}, certificate_version={self.certificate.version!r})")
+                f"thumbprint={self.thumbprint!r}, "
+                f"certificate_version={self.certificate.version if self.certificate else None!r})")
 
 
 @dataclass
@@ -236,7 +303,10 @@ class ConnectionCache:
                 entry.checked_at = self.clock()
                 return entry.connection
             cached = entry.connection if entry is not None else None
-            if cached is not None and cached.certificate.version == record.certificate_version:
+            if uses_federation(record, self.settings):
+                return self._federated(name, record, cached, failed)
+            if cached is not None and cached.certificate is not None \
+                    and cached.certificate.version == record.certificate_version:
                 certificate = cached.certificate
             else:
                 pfx = await self._read_pfx(record)
@@ -258,6 +328,22 @@ class ConnectionCache:
                                 certificate.version)
             self._entries[name] = _Entry(connection, self.clock())
             return connection
+
+    def _federated(self, name: str, record: ConnectionRecord, cached: Connection | None,
+                   failed: Connection | None) -> Connection:
+        """A federated connection: one Key Vault read (the record), no certificate."""
+        if cached is not None and cached.certificate is None and failed is None \
+                and cached.record.app_id == record.app_id:
+            connection = cached if cached.record.same_publication(record) else _replace_record(cached, record)
+        else:
+            credential = WorkloadFederatedCredential(record, self.settings)
+            connection = Connection(record, None, credential, self.settings.exo_scope, self.settings.graph_scope,
+                                    self.settings.exo_endpoint)
+            if cached is not None:
+                self._retired.append((self.clock(), cached.credential))
+            logger.info("connection of %s: federated (workload token)", name)
+        self._entries[name] = _Entry(connection, self.clock())
+        return connection
 
     def _connect(self, record: ConnectionRecord, certificate: IdentityCertificate) -> Connection:
         from azure.identity.aio import CertificateCredential
@@ -464,6 +550,9 @@ def connection_sync(name: str, *, settings: Settings | None = None) -> SyncConne
 
     settings = settings or Settings.current()
     current = run_sync(connection(name, settings=settings))
+    if current.certificate is None:
+        raise NeedsOperator(f"connection_sync() signs in with certificates only; identity {name} is used with its "
+                            "workload's token here: call connection() from async code", reason="FederatedNotSync")
     with _sync_lock:
         known = _sync_credentials.get((settings, name))
         if known is not None and known[0] is current.certificate:

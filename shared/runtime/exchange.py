@@ -526,9 +526,12 @@ def _sign_in_failed(connection: Connection, cmdlet: str, exc: Exception) -> Exch
         "AADSTS700016": "the app no longer exists in the tenant: bootstrap the identity again",
         "AADSTS7000229": "the app has no service principal: reconcile the identity",
         "AADSTS7000112": "the app is disabled in the tenant",
+        "AADSTS70021": "the app trusts no workload with this token's issuer, subject and audience: compare the "
+                       "job's token with the connection record's federatedCredentials",
     }
     if "temporarily_unavailable" in text:
         return ExchangeUnavailable(f"the token service is unavailable for {_who(connection)} ({first})", cmdlet=cmdlet)
-    hint = next((h for code, h in hints.items() if code in text), "Entra ID refused the certificate")
+    refused = "the certificate" if connection.certificate is not None else "the workload's token"
+    hint = next((h for code, h in hints.items() if code in text), f"Entra ID refused {refused}")
     return ExchangeSignInFailed(f"{_who(connection)} cannot sign in for {cmdlet}: {hint} ({first})",
                                 cmdlet=cmdlet)

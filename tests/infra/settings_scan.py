@@ -26,7 +26,8 @@ READS = [
 ]
 # Set by the platform itself (App Service / Functions / the OS), never by an operator.
 PLATFORM_PROVIDED = re.compile(r"^(WEBSITE_\w+|IDENTITY_ENDPOINT|IDENTITY_HEADER|MSI_\w+|SSL_CERT_FILE|"
-                               r"REQUESTS_CA_BUNDLE|CONTAINER_NAME|FUNCTIONS_\w+)$")
+                               r"REQUESTS_CA_BUNDLE|CONTAINER_NAME|FUNCTIONS_\w+|"
+                               r"AZURE_FEDERATED_TOKEN_FILE)$")  # the last: Kubernetes workload identity
 # Settings the Functions host reads (not the product): where each may or must appear.
 HOST_ONLY = {
     "FUNCTIONS_WORKER_RUNTIME": "local only: Flex Consumption takes the runtime from functionAppConfig",

@@ -43,6 +43,8 @@ ACTION_CALLS = {
     "AssignRole": "POST /roleManagement/directory/roleAssignments",
     "RemoveRoleAssignment": "DELETE /roleManagement/directory/roleAssignments/{}",
     "AddKeyCredential": "PATCH /applications/{}",
+    "AddFederatedCredential": "POST /applications/{}/federatedIdentityCredentials",
+    "RemoveFederatedCredential": "DELETE /applications/{}/federatedIdentityCredentials/{}",
     "RetireKeyCredential": "PATCH /applications/{}",
     "DeleteServicePrincipal": "DELETE /servicePrincipals/{}",
     "DeleteApplication": "DELETE /applications/{}",
@@ -97,15 +99,24 @@ def assign_role_as_administrator(stack: Stack, service_principal_id: str) -> Non
 
 
 def run_lifecycle(stack: Stack, name: str, mode: str) -> Refusal | None:
-    """Every operation the product offers, in order; the first refusal, or None when all succeeded."""
-    boot = post_identity({"name": name})
+    """Every operation the product offers, in order; the first refusal, or None when all succeeded.
+    The identity also trusts a workload (a federated credential), dropped again before decommission."""
+    trust = {"type": "federated", "subject": stack.world.platform.object_id,
+             "issuer": f"{stack.url('entra')}/{stack.world.tenant_id}/v2.0"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALLOWED_MANAGED_IDENTITIES", stack.world.platform.object_id)
+        return _run_lifecycle(stack, name, mode, {"name": name, "credentials": [{"type": "certificate"}, trust]})
+
+
+def _run_lifecycle(stack: Stack, name: str, mode: str, request: dict[str, Any]) -> Refusal | None:
+    boot = post_identity(request)
     if mode == "verify" and boot.status == 502 and boot.body.get("reason") == "RoleNotAssigned":
         status = get_identity(name)
         if status.status != 200:
             return _refusal("status before the role", status.status, status.body)
         assert status.body["facets"]["roles"]["state"] == "missing"
         assign_role_as_administrator(stack, status.body["servicePrincipalId"])
-        boot = post_identity({"name": name})  # idempotent: completes once the role is there
+        boot = post_identity(request)  # idempotent: completes once the role is there
     if boot.status not in (200, 201):
         return _refusal("bootstrap", boot.status, boot.body)
     status = get_identity(name)
@@ -128,6 +139,9 @@ def run_lifecycle(stack: Stack, name: str, mode: str) -> Refusal | None:
     rotated = rotate(name)
     if rotated.status != 200:
         return _refusal("rotate", rotated.status, rotated.body)
+    untrusted = post_identity({"name": name})  # the workload is no longer trusted: its credential goes
+    if untrusted.status not in (200, 201):
+        return _refusal("drop the federated credential", untrusted.status, untrusted.body)
     gone = delete_identity(name)
     if gone.status != 200:
         return _refusal("decommission", gone.status, gone.body)
