@@ -62,8 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="trust a workload's token (repeatable); the identity keeps its certificate")
     boot.add_argument("--no-certificate", action="store_true",
                       help="with --federated: no certificate at all (jobs sign in with their workload's token only)")
-    boot.add_argument("--no-certificate", action="store_true",
-                      help="with --federated: no certificate at all (jobs sign in with their workload's token only)")
     boot.add_argument("--managed-identity", metavar="PRINCIPAL_ID",
                       help="grant an existing managed identity instead (no app, no certificate)")
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
