@@ -1,6 +1,7 @@
 """`make run`: the product's main job, end to end, against the local stand-ins.
 
-Starts the stand-ins in this process, bootstraps one automation identity through the admin CLI
+Starts the stand-ins in this process (and Azurite, the Functions storage where each write takes
+its identity's lease), bootstraps one automation identity through the admin CLI
 (the same code the HTTP API and the timer run), then acts as an unattended job: reads the
 published connection record and certificate from Key Vault, signs in as the identity and runs
 Get-Mailbox. Finally prints how a PowerShell job would connect with the same record.
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, help="where the stand-ins keep their CA (default: a temp dir)")
     args = parser.parse_args(argv)
 
+    from .azurite import Azurite
     from .pki import CertificateAuthority
     from .stack import Stack
 
@@ -32,10 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     (state_dir / "ca.pem").write_bytes(ca.pem)
     os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = str(state_dir / "ca.pem")
     stack = Stack.start(state_dir, ca=ca)
+    # The Functions storage account: every write takes the identity's lease there (one writer).
+    azurite = Azurite.start(state_dir / "azurite")
     try:
         os.environ.update(stack.settings())
+        os.environ["AzureWebJobsStorage"] = azurite.connection_string  # noqa: SIM112 - the Functions name
         env_file = state_dir / "devstack.env"
-        stack.write_env_file(env_file)
+        stack.write_env_file(env_file, {"AzureWebJobsStorage": azurite.connection_string})
         print(f"stand-ins up: Entra {stack.url('entra')}, Graph {stack.url('graph')}, "
               f"Key Vault {stack.url('keyvault')}, Exchange {stack.url('exchange')}")
         print(f"settings written to {env_file}\n")
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
               f"-Organization {record.organization}")
         return 0
     finally:
+        azurite.stop()
         stack.stop()
 
 
