@@ -7,14 +7,13 @@ a Key Vault data-plane role, or ownership of its own app registration in Graph.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from devstack import Stack
-from devstack.world import GRAPH_APP_ROLES, new_id
+from devstack.world import GRAPH_APP_ID
 from tests.devstack.entra_helpers import JobApp, create_app, grant_app_role
 
 GLOBAL_ADMINISTRATOR = "62e90394-69f5-4237-9190-012177145e10"
@@ -75,9 +74,7 @@ def app_owner(stack: Stack) -> Attacker:
     """A principal that may create and fully manage its own app registrations (OwnedBy), as any
     user can in a tenant whose users may register applications, and nothing tenant-wide."""
     attacker = Attacker(stack, create_app(stack.world, "app-owner"))
-    grant_app_role(stack.world, attacker.object_id, "00000003-0000-0000-c000-000000000000",
-                   "Application.ReadWrite.OwnedBy")
-    assert "Application.ReadWrite.OwnedBy" in GRAPH_APP_ROLES
+    grant_app_role(stack.world, attacker.object_id, GRAPH_APP_ID, "Application.ReadWrite.OwnedBy")
     return attacker
 
 
@@ -112,9 +109,4 @@ def exchange_grants(stack: Stack, principal_id: str) -> list[str]:
                 and a["appRoleId"] == EXCHANGE_MANAGE_AS_APP]
 
 
-def dumps(document: Any) -> str:
-    return json.dumps(document, indent=1, sort_keys=True)
-
-
-__all__ = ["Attacker", "app_owner", "exchange_grants", "foreign_app", "new_id", "principal_roles",
-           "vault_certificate_writer"]
+__all__ = ["Attacker", "app_owner", "exchange_grants", "foreign_app", "principal_roles", "vault_certificate_writer"]
