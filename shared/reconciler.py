@@ -11,30 +11,23 @@ import dataclasses
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared import progress
-from shared.adapters.directory import (
-    DirectoryGateway,
-    application_from_graph,
-    capped_validity_months,
-    key_credential_entry,
-    key_credential_from_graph,
-)
-from shared.adapters.graph import GraphError
+from shared.adapters.directory import DirectoryGateway, capped_validity_months
 from shared.adapters.vault import VaultGateway
 from shared.audit import AuditEvent, emit
-from shared.core.checks import Facet, allowed_trusts, desired_certificate_tags
+from shared.core.checks import Facet, desired_certificate_tags
+from shared.core.effects import Outcome, UnknownAction, apply, record_to_publish
 from shared.core.model import (
     OWNER_TAG,
     OWNER_TAG_VALUE,
     CertificateVersion,
-    KeyCredential,
     Observed,
+    ObservedApplication,
     ObservedCertificate,
-    ObservedFederatedCredential,
     key_id_for,
 )
 from shared.core.planner import (
@@ -68,7 +61,7 @@ from shared.core.planner import (
 )
 from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import LastRun
-from shared.core.spec import FEDERATED, IdentityNames, IdentitySpec, registry_spec
+from shared.core.spec import IdentityNames, IdentitySpec, registry_spec
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from shared.notify import CLEARED
 
@@ -168,15 +161,9 @@ class Reconciler:
         self.clock = clock
 
     # -- observation -----------------------------------------------------------------------------
-    async def observe(self, names: IdentityNames, *, federated: bool = False) -> tuple[Observed, dict[str, Any] | None]:
+    async def observe(self, names: IdentityNames, *, federated: bool = False) -> Observed:
         """`federated`: the spec trusts workloads, so the app's federated credentials are listed (also
         when the registry records trusts, so that ones the spec dropped are found)."""
-        try:
-            return await self._observe(names, federated)
-        except GraphError as exc:
-            raise exc.classified() from exc
-
-    async def _observe(self, names: IdentityNames, federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         # Key Vault and Graph are read side by side; if Graph fails, the vault reads must not outlive the run.
         cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
         record_task = asyncio.create_task(self.vault.read_record_entry(names.connection_secret))
@@ -190,43 +177,38 @@ class Reconciler:
 
     async def _observe_with(self, names: IdentityNames, cert_task: asyncio.Task[ObservedCertificate | None],
                             record_task: asyncio.Task[tuple[ConnectionRecord | None, bool, bool, dict[str, str]]],
-                            federated: bool) -> tuple[Observed, dict[str, Any] | None]:
-        app_raw = await self.directory.find_application(names.unique_name)
+                            federated: bool) -> Observed:
+        # Ours only if Graph says the platform owns it: tags on the app or the certificate are
+        # writable by others and prove nothing (docs/architecture.md, "Trust boundaries").
+        app = await self.directory.find_application(names.unique_name)
         cert = await cert_task
-        observed = Observed()
-        if app_raw is not None:
-            # Ours only if Graph says the platform owns it: tags on the app or the certificate are
-            # writable by others and prove nothing (docs/architecture.md, "Trust boundaries").
-            app = application_from_graph(app_raw, owned=await self.directory.owns_application(str(app_raw["id"])))
-            observed = dataclasses.replace(observed, application=app)
-            if app.owned:
-                sp = await self.directory.find_service_principal(app.app_id)
-                if sp is not None:
-                    sp_id = str(sp["id"])
-                    consent, roles = await asyncio.gather(self.directory.find_consent(sp_id),
-                                                          self.directory.role_assignments(sp_id))
-                    observed = dataclasses.replace(observed, service_principal_id=sp_id,
-                                                   consent_assignment_id=consent, role_assignments=roles)
+        observed = Observed(application=app)
+        if app is not None and app.owned:
+            sp_id = await self.directory.find_service_principal(app.app_id)
+            if sp_id is not None:
+                consent, roles = await asyncio.gather(self.directory.find_consent(sp_id),
+                                                      self.directory.role_assignments(sp_id))
+                observed = dataclasses.replace(observed, service_principal_id=sp_id,
+                                               consent_assignment_id=consent, role_assignments=roles)
         record, unreadable, record_owned, record_tags = await record_task
-        if cert is not None and cert.owned and observed.application is not None \
-                and len(observed.application.key_credentials) > 1:
+        if cert is not None and cert.owned and app is not None and len(app.key_credentials) > 1:
             # Retirement needs to know which older keys are ours: only worth a listing when there are several.
             cert = dataclasses.replace(cert, versions=await self.vault.certificate_versions(names.certificate))
         observed = dataclasses.replace(observed, certificate=cert, record=record, record_unreadable=unreadable,
                                        record_owned=record_owned, registry_tags=record_tags)
         recorded = '"f":' in (cert.tags if cert is not None else record_tags).get("credentials", "")
-        if (federated or recorded) and observed.application is not None and observed.application.owned:
+        if (federated or recorded) and app is not None and app.owned:
             observed = dataclasses.replace(observed, federated_credentials=await self.directory.federated_credentials(
-                observed.application.object_id))
+                app.object_id))
         elif federated:
             observed = dataclasses.replace(observed, federated_credentials=())  # no app yet: none of them
-        return observed, app_raw
+        return observed
 
     # -- operations -------------------------------------------------------------------------------
     async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
                         operation: str = "reconcile", caller: str = "system",
                         correlation_id: str | None = None, prune_roles: bool = False) -> RunResult:
-        observed, app_raw = await self.observe(spec.names, federated=bool(spec.federated))
+        observed = await self.observe(spec.names, federated=bool(spec.federated))
         plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate,
                             prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
@@ -245,7 +227,7 @@ class Reconciler:
             # A new name: refuse before the first write if a soft-deleted certificate holds it. When the
             # first write is the certificate's create, its own 409 (ObjectIsDeletedButRecoverable) says so.
             await self.vault.refuse_if_deleted(spec.names.certificate)
-        executor = _Executor(self, spec, observed, app_raw)
+        executor = _Executor(self, spec, observed)
         await self._run(executor, plan.actions, result)
         if result.error is None and plan.needs_operator:
             first = plan.needs_operator[0]
@@ -284,7 +266,7 @@ class Reconciler:
     async def decommission(self, name: str, *, dry_run: bool = False, caller: str = "system",
                            correlation_id: str | None = None) -> RunResult:
         names = IdentityNames(name)
-        observed, app_raw = await self.observe(names)
+        observed = await self.observe(names)
         cert = observed.certificate
         nothing_there = cert is None and observed.application is None and observed.record is None \
             and not observed.record_unreadable
@@ -303,7 +285,7 @@ class Reconciler:
             return result
         if dry_run:
             return result
-        executor = _Executor(self, spec, observed, app_raw, names=names)
+        executor = _Executor(self, spec, observed, names=names)
         await self._run(executor, plan.actions, result)
         return result
 
@@ -312,10 +294,7 @@ class Reconciler:
             before = executor.snapshot()
             await progress.step(action)
             try:
-                try:
-                    detail = await executor.execute(action)
-                except GraphError as graph_error:
-                    raise graph_error.classified() from graph_error
+                detail = await executor.execute(action)
             except ExoAutomationError as exc:
                 result.executed.append(ActionOutcome(action, exc.reason, exc.message))
                 await progress.step(action, result.executed[-1])
@@ -335,17 +314,30 @@ class Reconciler:
 
 
 class _Executor:
-    """Applies actions, keeping the ids each one produces for the ones after it."""
+    """Applies actions one small handler each; `shared.core.effects.apply` keeps what each produced
+    (ids, versions, the record) in `observed` for the actions after it."""
 
     def __init__(self, reconciler: Reconciler, spec: IdentitySpec | None, observed: Observed,
-                 app_raw: dict[str, Any] | None, names: IdentityNames | None = None) -> None:
+                 names: IdentityNames | None = None) -> None:
         self.r = reconciler
         self.spec = spec
         self.names = names or (spec.names if spec else None)
         assert self.names is not None
         self.observed = observed
-        self.app_raw = app_raw
         self.fresh_principal = False  # created by this run: dependent writes may meet replication delay
+        self._handlers: dict[type[Action], Callable[[Any], Awaitable[Outcome]]] = {
+            CreateCertificateVersion: self._create_certificate, AwaitCertificate: self._await_certificate,
+            TagCertificate: self._tag_certificate, MarkDecommissioning: self._mark_decommissioning,
+            UpsertApplication: self._upsert_application, CreateServicePrincipal: self._create_service_principal,
+            GrantConsent: self._grant_consent, AssignRole: self._assign_role,
+            AddKeyCredential: self._add_key, RetireKeyCredential: self._retire_key,
+            AddFederatedCredential: self._add_federated_credential,
+            RemoveFederatedCredential: self._remove_federated_credential,
+            VerifySignIn: self._verify_sign_in, PublishConnectionRecord: self._publish_record,
+            RemoveRoleAssignment: self._remove_role_assignment, RevokeConsent: self._revoke_consent,
+            DeleteServicePrincipal: self._delete_service_principal, DeleteApplication: self._delete_application,
+            DeleteConnectionSecret: self._delete_connection_secret, DeleteCertificate: self._delete_certificate,
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """Ids and thumbprints as this run knows them now: the before/after of audit events."""
@@ -366,9 +358,15 @@ class _Executor:
             "previousThumbprint": o.record.previous_thumbprint if o.record else None,
         }
 
-    def _forget(self, **changes: Any) -> None:
-        self.observed = dataclasses.replace(self.observed, **changes)
+    async def execute(self, action: Action) -> str:
+        handler = self._handlers.get(type(action))
+        if handler is None:
+            raise UnknownAction(f"no handler for {action.kind}")
+        outcome = await handler(action)
+        self.observed = apply(self.observed, action, outcome)
+        return outcome.detail
 
+    # -- what the handlers need from what the run knows --------------------------------------------
     @property
     def current(self) -> CertificateVersion:
         cert = self.observed.certificate
@@ -376,146 +374,138 @@ class _Executor:
             raise NeedsOperator("no certificate version to work with", reason="CertificateMissing")
         return cert.current
 
-    def _set_current(self, version: CertificateVersion, tags: dict[str, str]) -> None:
-        self.observed = dataclasses.replace(
-            self.observed, certificate=ObservedCertificate(owned=True, tags=tags, current=version))
-
     def _resolve(self, thumbprint: str | None) -> CertificateVersion:
         current = self.current
         if thumbprint is not None and current.thumbprint != thumbprint:
             raise NeedsOperator("the certificate changed during the run", reason="ConcurrentChange")
         return current
 
-    def _app(self) -> tuple[str, str]:
+    def _app(self) -> ObservedApplication:
         app = self.observed.application
         if app is None:
             raise NeedsOperator("the app registration is missing", reason="ApplicationMissing")
-        return app.object_id, app.app_id
+        return app
 
     def _sp(self) -> str:
         if self.observed.service_principal_id is None:
             raise NeedsOperator("the service principal is missing", reason="ServicePrincipalMissing")
         return self.observed.service_principal_id
 
-    async def execute(self, action: Action) -> str:
-        names = self.names
-        assert names is not None
-        vault, directory = self.r.vault, self.r.directory
-        match action:
-            case CreateCertificateVersion() | AwaitCertificate():
-                assert self.spec is not None
-                tags = desired_certificate_tags(self.spec)
-                capped = ""
-                if isinstance(action, AwaitCertificate):
-                    version = await vault.await_pending(names.certificate)
-                else:
-                    # Checked before anything is created: a tenant that refuses even one month gets nothing.
-                    spec, capped = await self._within_key_lifetime_policy(self.spec)
-                    version = await vault.create_certificate_version(names.certificate, spec, tags)
-                self._set_current(version, tags)
-                return f"version {version.version} thumbprint {version.thumbprint}{capped}"
-            case TagCertificate():
-                return "tags are written with the outcome"
-            case UpsertApplication():
-                app = await directory.upsert_application(names.unique_name, names.display_name, self.app_raw)
-                self.app_raw = app
-                # Created by this call, re-read as provably ours, or a repair of an app observed as ours.
-                self.observed = dataclasses.replace(self.observed,
-                                                    application=application_from_graph(app, owned=True))
-                return f"appId {app['appId']}"
-            case CreateServicePrincipal():
-                _, app_id = self._app()
-                sp = await directory.create_service_principal(app_id)
-                self.observed = dataclasses.replace(self.observed, service_principal_id=str(sp["id"]))
-                self.fresh_principal = True
-                return f"servicePrincipal {sp['id']}"
-            case GrantConsent():
-                assignment = await directory.grant_consent(self._sp(), fresh_principal=self.fresh_principal)
-                self.observed = dataclasses.replace(self.observed, consent_assignment_id=assignment)
-                return f"appRoleAssignment {assignment}"
-            case AddKeyCredential(thumbprint=thumbprint):
-                version = self._resolve(thumbprint)
-                detail = await self._add_key(version)
-                registered = self.observed.application
-                known = registered.key_credentials if registered is not None else ()
-                if registered is not None and not any(k.matches(version.thumbprint) for k in known):
-                    key = KeyCredential(key_id_for(version.thumbprint), version.not_before, version.not_after,
-                                        version.thumbprint)
-                    self._forget(application=dataclasses.replace(
-                        registered, key_credentials=(*registered.key_credentials, key)))
-                return detail
-            case AddFederatedCredential(name=name, issuer=issuer, subject=subject, audience=audience):
-                object_id, _ = self._app()
-                credential_id = await directory.add_federated_credential(object_id, name, issuer, subject, audience)
-                added = ObservedFederatedCredential(credential_id, name, issuer, subject, (audience,))
-                self._forget(federated_credentials=(*(self.observed.federated_credentials or ()), added))
-                return f"federatedIdentityCredential {name}"
-            case RemoveFederatedCredential(credential_id=credential_id, name=name):
-                object_id, _ = self._app()
-                await directory.remove_federated_credential(object_id, credential_id)
-                self._forget(federated_credentials=tuple(
-                    c for c in self.observed.federated_credentials or () if c.credential_id != credential_id))
-                return f"removed {name}"
-            case AssignRole(role_id=role_id, role_name=role_name):
-                assignment = await directory.assign_role(self._sp(), role_id, fresh_principal=self.fresh_principal)
-                roles = {**self.observed.role_assignments, role_id: assignment}
-                self.observed = dataclasses.replace(self.observed, role_assignments=roles)
-                return f"{role_name}: roleAssignment {assignment}"
-            case VerifySignIn(thumbprint=thumbprint):
-                version = self._resolve(thumbprint)
-                if self.r.probe is None:
-                    return "skipped (no sign-in probe configured)"
-                _, app_id = self._app()
-                await self.r.probe.prove(app_id, await vault.pfx(names.certificate, version.version))
-                return f"{version.thumbprint} obtained an Exchange token"
-            case PublishConnectionRecord(clear_previous=clear_previous):
-                record = self._record(clear_previous)
-                assert self.spec is not None
-                # Without a certificate the record's secret also carries the registry entry.
-                registry = None if self.spec.certificate else desired_certificate_tags(self.spec)
-                await vault.publish_record(names.connection_secret, record, registry)
-                self.observed = dataclasses.replace(self.observed, record=record)
-                return f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}"
-            case RetireKeyCredential(key_id=key_id, thumbprint=thumbprint):
-                detail = await self._retire_key(key_id, thumbprint)
-                registered = self.observed.application
-                if registered is not None:
-                    self._forget(application=dataclasses.replace(
-                        registered, key_credentials=tuple(k for k in registered.key_credentials if k.key_id != key_id)))
-                return detail
-            case MarkDecommissioning():
-                cert = self.observed.certificate
-                assert cert is not None and cert.current is not None
-                tags = {**cert.tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
-                await vault.update_certificate_tags(names.certificate, cert.current.version, tags)
-                self._forget(certificate=dataclasses.replace(cert, tags=tags))
-                return "marked"
-            case RemoveRoleAssignment(assignment_id=assignment_id, role_id=role_id):
-                await directory.remove_role_assignment(assignment_id)
-                self._forget(role_assignments={k: v for k, v in self.observed.role_assignments.items() if k != role_id})
-                return assignment_id
-            case RevokeConsent(assignment_id=assignment_id):
-                await directory.revoke_consent(assignment_id)
-                self._forget(consent_assignment_id=None)
-                return assignment_id
-            case DeleteServicePrincipal():
-                await directory.delete_service_principal(self._sp())
-                # Its grants and role assignments go with it.
-                self._forget(service_principal_id=None, consent_assignment_id=None, role_assignments={})
-                return "deleted"
-            case DeleteApplication():
-                object_id, _ = self._app()
-                await directory.delete_application(object_id)
-                self._forget(application=None)
-                return "deleted"
-            case DeleteConnectionSecret():
-                await vault.delete_secret(names.connection_secret)
-                self._forget(record=None, record_unreadable=False)
-                return "soft-deleted"
-            case DeleteCertificate():
-                await vault.delete_certificate(names.certificate)
-                return "soft-deleted"
-        raise AssertionError(f"no executor for {action.kind}")
+    @property
+    def _spec(self) -> IdentitySpec:
+        assert self.spec is not None, "only decommission runs without a spec, and it creates nothing"
+        return self.spec
+
+    @property
+    def _names(self) -> IdentityNames:
+        assert self.names is not None
+        return self.names
+
+    # -- handlers: one service call (or a small read-modify-write) each ------------------------------
+    async def _create_certificate(self, action: CreateCertificateVersion) -> Outcome:
+        tags = desired_certificate_tags(self._spec)
+        # Checked before anything is created: a tenant that refuses even one month gets nothing.
+        spec, capped = await self._within_key_lifetime_policy(self._spec)
+        version = await self.r.vault.create_certificate_version(self._names.certificate, spec, tags)
+        return Outcome(f"version {version.version} thumbprint {version.thumbprint}{capped}", version=version,
+                       tags=tags)
+
+    async def _await_certificate(self, action: AwaitCertificate) -> Outcome:
+        version = await self.r.vault.await_pending(self._names.certificate)
+        return Outcome(f"version {version.version} thumbprint {version.thumbprint}", version=version,
+                       tags=desired_certificate_tags(self._spec))
+
+    async def _tag_certificate(self, action: TagCertificate) -> Outcome:
+        return Outcome("tags are written with the outcome")
+
+    async def _mark_decommissioning(self, action: MarkDecommissioning) -> Outcome:
+        cert = self.observed.certificate
+        assert cert is not None and cert.current is not None
+        tags = {**cert.tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
+        await self.r.vault.update_certificate_tags(self._names.certificate, cert.current.version, tags)
+        return Outcome("marked", tags=tags)
+
+    async def _upsert_application(self, action: UpsertApplication) -> Outcome:
+        # Created by this call, re-read as provably ours, or a repair of an app observed as ours.
+        app = await self.r.directory.upsert_application(self._names.unique_name, self._names.display_name,
+                                                        self.observed.application)
+        return Outcome(f"appId {app.app_id}", application=app)
+
+    async def _create_service_principal(self, action: CreateServicePrincipal) -> Outcome:
+        sp_id = await self.r.directory.create_service_principal(self._app().app_id)
+        self.fresh_principal = True
+        return Outcome(f"servicePrincipal {sp_id}", created_id=sp_id)
+
+    async def _grant_consent(self, action: GrantConsent) -> Outcome:
+        assignment = await self.r.directory.grant_consent(self._sp(), fresh_principal=self.fresh_principal)
+        return Outcome(f"appRoleAssignment {assignment}", created_id=assignment)
+
+    async def _assign_role(self, action: AssignRole) -> Outcome:
+        assignment = await self.r.directory.assign_role(self._sp(), action.role_id,
+                                                        fresh_principal=self.fresh_principal)
+        return Outcome(f"{action.role_name}: roleAssignment {assignment}", created_id=assignment)
+
+    async def _add_key(self, action: AddKeyCredential) -> Outcome:
+        version = self._resolve(action.thumbprint)
+        der = version.der or await self.r.vault.certificate_der(self._names.certificate, version.version)
+        added = await self.r.directory.add_key_credential(self._app().object_id, self._spec.name, version, der,
+                                                          self.r.clock())
+        return Outcome(f"keyId {key_id_for(version.thumbprint)}" if added else "already present")
+
+    async def _retire_key(self, action: RetireKeyCredential) -> Outcome:
+        removed = await self.r.directory.remove_key_credential(self._app().object_id, action.key_id, self.r.clock())
+        return Outcome(f"removed {action.thumbprint}" if removed else "already removed")
+
+    async def _add_federated_credential(self, action: AddFederatedCredential) -> Outcome:
+        credential_id = await self.r.directory.add_federated_credential(
+            self._app().object_id, action.name, action.issuer, action.subject, action.audience)
+        return Outcome(f"federatedIdentityCredential {action.name}", created_id=credential_id)
+
+    async def _remove_federated_credential(self, action: RemoveFederatedCredential) -> Outcome:
+        await self.r.directory.remove_federated_credential(self._app().object_id, action.credential_id)
+        return Outcome(f"removed {action.name}")
+
+    async def _verify_sign_in(self, action: VerifySignIn) -> Outcome:
+        version = self._resolve(action.thumbprint)
+        if self.r.probe is None:
+            return Outcome("skipped (no sign-in probe configured)")
+        await self.r.probe.prove(self._app().app_id, await self.r.vault.pfx(self._names.certificate, version.version))
+        return Outcome(f"{version.thumbprint} obtained an Exchange token")
+
+    async def _publish_record(self, action: PublishConnectionRecord) -> Outcome:
+        if self.spec is not None and self.spec.certificate:
+            self._resolve(None)  # a record names a certificate version: there must be one
+        self._app()
+        record = record_to_publish(self._spec, self.observed, self.r.context, self.r.clock(),
+                                   clear_previous=action.clear_previous)
+        # Without a certificate the record's secret also carries the registry entry.
+        registry = None if self._spec.certificate else desired_certificate_tags(self._spec)
+        await self.r.vault.publish_record(self._names.connection_secret, record, registry)
+        return Outcome(f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}", record=record)
+
+    async def _remove_role_assignment(self, action: RemoveRoleAssignment) -> Outcome:
+        await self.r.directory.remove_role_assignment(action.assignment_id)
+        return Outcome(action.assignment_id)
+
+    async def _revoke_consent(self, action: RevokeConsent) -> Outcome:
+        await self.r.directory.revoke_consent(action.assignment_id)
+        return Outcome(action.assignment_id)
+
+    async def _delete_service_principal(self, action: DeleteServicePrincipal) -> Outcome:
+        await self.r.directory.delete_service_principal(self._sp())
+        return Outcome("deleted")
+
+    async def _delete_application(self, action: DeleteApplication) -> Outcome:
+        await self.r.directory.delete_application(self._app().object_id)
+        return Outcome("deleted")
+
+    async def _delete_connection_secret(self, action: DeleteConnectionSecret) -> Outcome:
+        await self.r.vault.delete_secret(self._names.connection_secret)
+        return Outcome("soft-deleted")
+
+    async def _delete_certificate(self, action: DeleteCertificate) -> Outcome:
+        await self.r.vault.delete_certificate(self._names.certificate)
+        return Outcome("soft-deleted")
 
     async def _within_key_lifetime_policy(self, spec: IdentitySpec) -> tuple[IdentitySpec, str]:
         """The spec with its validity capped to the tenant's maximum key credential lifetime.
@@ -547,71 +537,6 @@ class _Executor:
                     "(maxLifetime %s)", spec.name, spec.validity_months, months, limit.text)
         return (dataclasses.replace(spec, validity_months=months),
                 f"; validity capped to {months} months by the tenant policy (maxLifetime {limit.text})")
-
-    async def _add_key(self, version: CertificateVersion) -> str:
-        names = self.names
-        assert names is not None and self.spec is not None
-        object_id, _ = self._app()
-        der = version.der or await self.r.vault.certificate_der(names.certificate, version.version)
-        # Always read back: a concurrent run may have added its key since the app was created.
-        existing = await self.r.directory.key_credentials_with_keys(object_id)
-        if any(entry.get("keyId") == key_id_for(version.thumbprint) for entry in existing):
-            return "already present"
-        now = self.r.clock()
-        kept = []
-        for entry in existing:
-            if _parse(entry["endDateTime"]) > now:
-                kept.append(_writable(entry))
-            elif not _ours(entry):
-                raise NeedsOperator(
-                    f"the app has an expired key credential this product did not add ({entry.get('keyId')}); "
-                    "Graph refuses any key update while it is there: remove it, then retry",
-                    reason="ForeignExpiredKey")
-        kept.append(key_credential_entry(self.spec.name, version, der))
-        await self.r.directory.replace_key_credentials(object_id, kept)
-        return f"keyId {key_id_for(version.thumbprint)}"
-
-    async def _retire_key(self, key_id: str, thumbprint: str) -> str:
-        object_id, _ = self._app()
-        existing = await self.r.directory.key_credentials_with_keys(object_id)
-        now = self.r.clock()
-        remaining = [e for e in existing if e.get("keyId") != key_id]
-        if len(remaining) == len(existing):
-            return "already removed"
-        if not any(_parse(e["startDateTime"]) <= now < _parse(e["endDateTime"]) for e in remaining):
-            raise NeedsOperator("refusing to remove the last valid key credential", reason="LastValidKey")
-        await self.r.directory.replace_key_credentials(
-            object_id, [_writable(e) for e in remaining if _parse(e["endDateTime"]) > now or not _ours(e)])
-        return f"removed {thumbprint}"
-
-    def _record(self, clear_previous: bool) -> ConnectionRecord:
-        names = self.names
-        assert names is not None and self.spec is not None
-        if not self.spec.certificate:
-            _, app_id = self._app()
-            return ConnectionRecord(
-                identity=self.spec.name, app_id=app_id, tenant_id=self.r.context.tenant_id,
-                organization=self.spec.organization, key_vault_url=self.r.context.key_vault_url,
-                certificate_name="", certificate_version="", thumbprint="", not_before=None, not_after=None,
-                previous_thumbprint=None, previous_certificate_version=None, updated_at=self.r.clock(),
-                credential_type=FEDERATED, federated=allowed_trusts(self.spec, self.r.context))
-        version = self.current
-        _, app_id = self._app()
-        old = self.observed.record
-        previous_thumbprint = previous_version = None
-        if not clear_previous and old is not None:
-            if old.thumbprint != version.thumbprint and old.not_after is not None and old.not_after > self.r.clock():
-                previous_thumbprint, previous_version = old.thumbprint, old.certificate_version
-            elif old.thumbprint == version.thumbprint:
-                previous_thumbprint, previous_version = old.previous_thumbprint, old.previous_certificate_version
-        return ConnectionRecord(
-            identity=self.spec.name, app_id=app_id, tenant_id=self.r.context.tenant_id,
-            organization=self.spec.organization, key_vault_url=self.r.context.key_vault_url,
-            certificate_name=names.certificate, certificate_version=version.version,
-            thumbprint=version.thumbprint, not_before=version.not_before, not_after=version.not_after,
-            previous_thumbprint=previous_thumbprint, previous_certificate_version=previous_version,
-            updated_at=self.r.clock(), federated=allowed_trusts(self.spec, self.r.context),
-        )
 
     async def record_outcome(self, result: RunResult) -> None:
         """Write the spec, ids, publication and last result to the certificate's tags.
@@ -708,22 +633,6 @@ FACET_KEYS: dict[str, tuple[str, ...]] = {
     "federatedCredentials": ("federatedCredentials",),
     "connectionRecord": ("publishedThumbprint", "previousThumbprint"),
 }
-
-
-def _parse(text: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
-
-
-def _ours(entry: dict[str, Any]) -> bool:
-    """Added by this product: its keyId is the one derived from its own certificate."""
-    thumbprint = key_credential_from_graph(entry).thumbprint
-    return thumbprint is not None and entry.get("keyId") == key_id_for(thumbprint)
-
-
-def _writable(entry: dict[str, Any]) -> dict[str, Any]:
-    """A key credential as sent back in a PATCH: the fields Graph accepts, `key` included."""
-    keep = ("keyId", "type", "usage", "key", "startDateTime", "endDateTime", "displayName", "customKeyIdentifier")
-    return {k: entry[k] for k in keep if entry.get(k) is not None}
 
 
 __all__ = ["ActionOutcome", "Clock", "Reconciler", "RunResult", "SignInProbe", "utc_now"]

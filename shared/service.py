@@ -93,7 +93,7 @@ async def decommission(platform: Platform, name: str, *, dry_run: bool = False, 
 
 async def status(platform: Platform, name: str) -> dict[str, Any]:
     spec = await recorded_spec(platform, name)
-    observed, _ = await platform.reconciler.observe(spec.names)
+    observed = await platform.reconciler.observe(spec.names)
     now = platform.reconciler.clock()
     plan = plan_actions(spec, observed, now, platform.reconciler.context)
     return status_document(spec, observed, plan, platform)

@@ -25,12 +25,9 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 import shared.telemetry as telemetry
-from shared.adapters.directory import application_from_graph
-from shared.adapters.graph import GraphError, literal
 from shared.adapters.vault import vault_error
 from shared.core.checks import CheckResult, Facet, IdentityView, State, run_checks
 from shared.core.model import (
-    EXCHANGE_MANAGE_AS_APP_ROLE_ID,
     OWNER_TAG,
     OWNER_TAG_VALUE,
     CertificateVersion,
@@ -190,23 +187,14 @@ async def read_registry(platform: Platform) -> list[RegistryEntry]:
 
 
 async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
-    graph = platform.graph
-    exchange_sp = await platform.directory.exchange_service_principal_id()
+    directory = platform.directory
 
     async def applications() -> dict[str, ObservedApplication]:
         # The apps the platform owns: one paged listing that also proves ownership (tags do not).
-        items = await platform.directory.owned_applications()
-        return {item["appId"]: application_from_graph(item, owned=True) for item in items}
-
-    async def grants() -> frozenset[str]:
-        items = await graph.collect(f"/servicePrincipals/{exchange_sp}/appRoleAssignedTo",
-                                    {"$select": "principalId,appRoleId", "$top": "999"})
-        return frozenset(str(i["principalId"]) for i in items if i.get("appRoleId") == EXCHANGE_MANAGE_AS_APP_ROLE_ID)
+        return {app.app_id: app for app in await directory.owned_applications()}
 
     async def holders(role_id: str) -> tuple[str, frozenset[str]]:
-        items = await graph.collect("/roleManagement/directory/roleAssignments", {
-            "$filter": f"roleDefinitionId eq {literal(role_id)}", "$select": "principalId,directoryScopeId"})
-        return role_id, frozenset(str(i["principalId"]) for i in items if i.get("directoryScopeId", "/") == "/")
+        return role_id, await directory.role_holders(role_id)
 
     async def deleted_secrets() -> frozenset[str]:
         try:
@@ -215,12 +203,9 @@ async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
         except AzureError as exc:
             raise vault_error(exc, "listing deleted secrets") from exc
 
-    try:
-        apps, consented, deleted, role_pairs = await asyncio.gather(
-            applications(), grants(), deleted_secrets(),
-            asyncio.gather(*(holders(r) for r in sorted(role_ids))))
-    except GraphError as exc:
-        raise exc.classified() from exc
+    apps, consented, deleted, role_pairs = await asyncio.gather(
+        applications(), directory.exchange_grantees(), deleted_secrets(),
+        asyncio.gather(*(holders(r) for r in sorted(role_ids))))
     return TenantSnapshot(apps, consented, dict(role_pairs), deleted)
 
 

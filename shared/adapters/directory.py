@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from shared.adapters.graph import GraphClient, GraphError, literal, path_for_unique_name, retry_while_replicating
 from shared.core.model import (
@@ -24,6 +26,9 @@ from shared.core.model import (
 )
 from shared.core.record import format_time, parse_time
 from shared.errors import ForeignObject, NeedsOperator
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger("exo_automation.directory")
 
@@ -167,7 +172,7 @@ def _with_exchange_permission(declared: list[dict[str, Any]] | None) -> list[dic
                       "resourceAccess": [*kept, {"id": EXCHANGE_MANAGE_AS_APP_ROLE_ID, "type": "Role"}]}]
 
 
-def key_credential_from_graph(entry: dict[str, Any]) -> KeyCredential:
+def key_credential_from_graph(entry: Mapping[str, Any]) -> KeyCredential:
     thumbprint = None
     if entry.get("key"):
         thumbprint = hashlib.sha1(base64.b64decode(entry["key"])).hexdigest().upper()  # noqa: S324 - X.509 thumbprint
@@ -190,6 +195,7 @@ def application_from_graph(app: dict[str, Any], *, owned: bool) -> ObservedAppli
         object_id=app["id"], app_id=app["appId"], owned=owned, tags=tags,
         key_credentials=tuple(key_credential_from_graph(k) for k in app.get("keyCredentials") or []),
         declares_exchange_permission=declares, sign_in_audience=app.get("signInAudience", ""),
+        declared_permissions=tuple(app.get("requiredResourceAccess") or ()),
     )
 
 
@@ -212,6 +218,62 @@ def key_credential_entry(identity: str, version: CertificateVersion, der: bytes)
     }
 
 
+def _ours(entry: Mapping[str, Any]) -> bool:
+    """Added by this product: its keyId is the one derived from its own certificate."""
+    thumbprint = key_credential_from_graph(entry).thumbprint
+    return thumbprint is not None and entry.get("keyId") == key_id_for(thumbprint)
+
+
+def _writable(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A key credential as sent back in a PATCH: the fields Graph accepts, `key` included."""
+    keep = ("keyId", "type", "usage", "key", "startDateTime", "endDateTime", "displayName", "customKeyIdentifier")
+    return {k: entry[k] for k in keep if entry.get(k) is not None}
+
+
+def with_key_added(existing: Sequence[Mapping[str, Any]], added: Mapping[str, Any],
+                   now: dt.datetime) -> list[dict[str, Any]] | None:
+    """The app's key credentials with `added` among them (None: it is there already).
+
+    Graph replaces the whole collection, so every other key goes back as read; expired keys of ours
+    are dropped on the way. Graph refuses any update while an expired key is present, so an expired
+    key this product did not add needs an operator: it is not ours to remove.
+    """
+    if any(entry.get("keyId") == added["keyId"] for entry in existing):
+        return None
+    kept = []
+    for entry in existing:
+        if parse_time(entry["endDateTime"]) > now:
+            kept.append(_writable(entry))
+        elif not _ours(entry):
+            raise NeedsOperator(
+                f"the app has an expired key credential this product did not add ({entry.get('keyId')}); "
+                "Graph refuses any key update while it is there: remove it, then retry", reason="ForeignExpiredKey")
+    return [*kept, dict(added)]
+
+
+def without_key(existing: Sequence[Mapping[str, Any]], key_id: str, now: dt.datetime) -> list[dict[str, Any]] | None:
+    """The app's key credentials without `key_id` (None: it is gone already); never the last valid one."""
+    remaining = [e for e in existing if e.get("keyId") != key_id]
+    if len(remaining) == len(existing):
+        return None
+    if not any(parse_time(e["startDateTime"]) <= now < parse_time(e["endDateTime"]) for e in remaining):
+        raise NeedsOperator("refusing to remove the last valid key credential", reason="LastValidKey")
+    return [_writable(e) for e in remaining if parse_time(e["endDateTime"]) > now or not _ours(e)]
+
+
+def _in_product_terms(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """A gateway method whose Graph errors leave it as the product's own (retryable, or needs an
+    operator; `GraphError.classified`), so callers never see Graph's vocabulary."""
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except GraphError as exc:
+            raise exc.classified() from exc
+
+    return wrapper
+
+
 SELF_ISSUER = "Self"  # Key Vault's own issuer: self-signed certificates
 # Graph returns members of evolvable enums newer than v1.0's (restrictionType trustedCertificateAuthority)
 # only when asked; otherwise they read as unknownFutureValue (docs/reference.md).
@@ -226,6 +288,7 @@ class DirectoryGateway:
         self._policy: object = _NO_POLICY  # not read yet
 
     # -- tenant policy ----------------------------------------------------------------------------
+    @_in_product_terms
     async def key_lifetime_limit(self) -> KeyLifetimeLimit | None:
         """The tenant's maximum key credential lifetime, read once per gateway (per Platform).
 
@@ -235,6 +298,7 @@ class DirectoryGateway:
         policy = await self._app_management_policy()
         return key_lifetime_limit(policy)
 
+    @_in_product_terms
     async def certificate_authority_problem(self, issuer: str) -> str | None:
         """Why the tenant's policy refuses certificates of Key Vault issuer `issuer` on apps, or None."""
         policy = await self._app_management_policy()
@@ -259,6 +323,7 @@ class DirectoryGateway:
             self._policy = policy
         return self._policy if isinstance(self._policy, dict) else None
 
+    @_in_product_terms
     async def exchange_service_principal_id(self) -> str:
         if self._exchange_sp_id is None:
             sp = await self.graph.get_optional(
@@ -270,18 +335,27 @@ class DirectoryGateway:
         return self._exchange_sp_id
 
     # -- application ------------------------------------------------------------------------------
-    async def find_application(self, unique_name: str) -> dict[str, Any] | None:
-        return await self.graph.get_optional(path_for_unique_name(unique_name), {"$select": APP_FIELDS})
+    @_in_product_terms
+    async def find_application(self, unique_name: str) -> ObservedApplication | None:
+        """The app registration with this uniqueName; `owned` from Graph's owners, never from tags
+        (tags on the app are writable by its owners and prove nothing; docs/architecture.md)."""
+        found = await self.graph.get_optional(path_for_unique_name(unique_name), {"$select": APP_FIELDS})
+        if found is None:
+            return None
+        return application_from_graph(found, owned=await self._owns(str(found["id"])))
 
+    @_in_product_terms
     async def upsert_application(self, unique_name: str, display_name: str,
-                                 existing: dict[str, Any] | None) -> dict[str, Any]:
+                                 existing: ObservedApplication | None) -> ObservedApplication:
         """Create the app, or repair the drifted parts of it, keeping what others added."""
         if existing is not None:
             # PATCH keeps omitted properties: an admin's display name, notes and the like stay.
-            repair = {"signInAudience": "AzureADMyOrg", "tags": _with_owner_tag(existing.get("tags")),
-                      "requiredResourceAccess": _with_exchange_permission(existing.get("requiredResourceAccess"))}
-            await self.graph.request("PATCH", f"/applications/{existing['id']}", json=repair)
-            return {**existing, **repair}
+            tags = _with_owner_tag(list(existing.tags))
+            declared = _with_exchange_permission([dict(p) for p in existing.declared_permissions])
+            await self.graph.request("PATCH", f"/applications/{existing.object_id}", json={
+                "signInAudience": "AzureADMyOrg", "tags": tags, "requiredResourceAccess": declared})
+            return dataclasses.replace(existing, owned=True, tags=tuple(tags), sign_in_audience="AzureADMyOrg",
+                                       declares_exchange_permission=True, declared_permissions=tuple(declared))
         body = {"displayName": display_name, "uniqueName": unique_name, "signInAudience": "AzureADMyOrg",
                 "tags": [APP_OWNER_TAG], "requiredResourceAccess": [EXCHANGE_PERMISSION]}
         # POST, not the uniqueName upsert: an app created app-only with POST gets its creator as owner,
@@ -298,14 +372,17 @@ class DirectoryGateway:
                                                       lambda e: e.status == 404, budget_seconds=60)
             except GraphError:
                 raise exc from None
-            if not await self.owns_application(str(found["id"])):
+            if not await self._owns(str(found["id"])):
                 raise ForeignObject(f"an app registration with uniqueName {unique_name} was created meanwhile by "
                                     "someone else; this product does not own it") from exc
-            return found
-        created: dict[str, Any] = response.json()
-        return created
+            return application_from_graph(found, owned=True)
+        return application_from_graph(response.json(), owned=True)
 
+    @_in_product_terms
     async def owns_application(self, app_object_id: str) -> bool:
+        return await self._owns(app_object_id)
+
+    async def _owns(self, app_object_id: str) -> bool:
         """Whether the platform's own principal is among the app's owners (GET /applications/{id}/owners).
 
         Tags prove nothing (any owner of any app can set any tag); ownership in Graph is what the
@@ -315,31 +392,59 @@ class DirectoryGateway:
         owners = await self.graph.collect(f"/applications/{app_object_id}/owners", {"$select": "id"})
         return any(str(owner.get("id")) == platform for owner in owners)
 
-    async def owned_applications(self) -> list[dict[str, Any]]:
+    @_in_product_terms
+    async def owned_applications(self) -> list[ObservedApplication]:
         """Every app registration the platform owns, in one paged listing (for the sweep)."""
         platform = await self.graph.caller_object_id()
-        return await self.graph.collect(f"/servicePrincipals/{platform}/ownedObjects/microsoft.graph.application",
-                                        {"$select": APP_FIELDS, "$top": "999"})
+        items = await self.graph.collect(f"/servicePrincipals/{platform}/ownedObjects/microsoft.graph.application",
+                                         {"$select": APP_FIELDS, "$top": "999"})
+        return [application_from_graph(item, owned=True) for item in items]
 
     async def _must_find(self, unique_name: str) -> dict[str, Any]:
         return await self.graph.get_json(path_for_unique_name(unique_name), {"$select": APP_FIELDS})
 
-    async def key_credentials_with_keys(self, app_object_id: str) -> list[dict[str, Any]]:
+    # -- key credentials: Graph replaces the whole collection on every write ------------------------
+    async def _key_credentials_with_keys(self, app_object_id: str) -> list[dict[str, Any]]:
         # `key` is only returned for a single object with $select=keyCredentials (docs/reference.md).
         app = await self.graph.get_json(f"/applications/{app_object_id}", {"$select": "keyCredentials"})
         return list(app.get("keyCredentials") or [])
 
-    async def replace_key_credentials(self, app_object_id: str, entries: list[dict[str, Any]]) -> None:
-        await self.graph.request("PATCH", f"/applications/{app_object_id}", json={"keyCredentials": entries})
+    @_in_product_terms
+    async def add_key_credential(self, app_object_id: str, identity: str, version: CertificateVersion, der: bytes,
+                                 now: dt.datetime) -> bool:
+        """Add the certificate's public key to the app (False: it was there already).
 
+        Always read back first: a concurrent run may have added its key since the app was observed,
+        and the PATCH must send every key that stays.
+        """
+        existing = await self._key_credentials_with_keys(app_object_id)
+        entries = with_key_added(existing, key_credential_entry(identity, version, der), now)
+        if entries is None:
+            return False
+        await self.graph.request("PATCH", f"/applications/{app_object_id}", json={"keyCredentials": entries})
+        return True
+
+    @_in_product_terms
+    async def remove_key_credential(self, app_object_id: str, key_id: str, now: dt.datetime) -> bool:
+        """Remove one key credential of ours (False: it was gone already); expired ones of ours go too."""
+        existing = await self._key_credentials_with_keys(app_object_id)
+        entries = without_key(existing, key_id, now)
+        if entries is None:
+            return False
+        await self.graph.request("PATCH", f"/applications/{app_object_id}", json={"keyCredentials": entries})
+        return True
+
+    @_in_product_terms
     async def delete_application(self, app_object_id: str) -> None:
         await self._delete(f"/applications/{app_object_id}")
 
     # -- federated identity credentials (Application.ReadWrite.OwnedBy on an owned app) ----------------
+    @_in_product_terms
     async def federated_credentials(self, app_object_id: str) -> tuple[ObservedFederatedCredential, ...]:
         items = await self.graph.collect(f"/applications/{app_object_id}/federatedIdentityCredentials")
         return tuple(federated_credential_from_graph(item) for item in items)
 
+    @_in_product_terms
     async def add_federated_credential(self, app_object_id: str, name: str, issuer: str, subject: str,
                                        audience: str) -> str:
         body = {"name": name, "issuer": issuer, "subject": subject, "audiences": [audience]}
@@ -357,33 +462,42 @@ class DirectoryGateway:
             return existing.credential_id
         return str(response.json()["id"])
 
+    @_in_product_terms
     async def remove_federated_credential(self, app_object_id: str, credential_id: str) -> None:
         await self._delete(f"/applications/{app_object_id}/federatedIdentityCredentials/{credential_id}")
 
     # -- service principal ------------------------------------------------------------------------
-    async def find_service_principal(self, app_id: str) -> dict[str, Any] | None:
-        return await self.graph.get_optional(f"/servicePrincipals(appId={literal(app_id)})",
-                                             {"$select": "id,appId"})
+    @_in_product_terms
+    async def find_service_principal(self, app_id: str) -> str | None:
+        """The object id of the app's service principal, if it has one."""
+        return await self._service_principal_id(app_id)
 
-    async def create_service_principal(self, app_id: str) -> dict[str, Any]:
-        async def create() -> dict[str, Any]:
+    async def _service_principal_id(self, app_id: str) -> str | None:
+        found = await self.graph.get_optional(f"/servicePrincipals(appId={literal(app_id)})", {"$select": "id"})
+        return str(found["id"]) if found is not None else None
+
+    @_in_product_terms
+    async def create_service_principal(self, app_id: str) -> str:
+        """Create the app's service principal; its object id."""
+        async def create() -> str:
             try:
                 response = await self.graph.request("POST", "/servicePrincipals", json={"appId": app_id})
             except GraphError as exc:
                 if exc.status in (400, 409) and not _application_not_replicated(exc):
-                    existing = await self.find_service_principal(app_id)
+                    existing = await self._service_principal_id(app_id)
                     if existing is not None:  # created concurrently by another run
                         return existing
                 raise
-            created: dict[str, Any] = response.json()
-            return created
+            return str(response.json()["id"])
 
         return await retry_while_replicating(create, _application_not_replicated)
 
+    @_in_product_terms
     async def delete_service_principal(self, sp_id: str) -> None:
         await self._delete(f"/servicePrincipals/{sp_id}")
 
     # -- consent ----------------------------------------------------------------------------------
+    @_in_product_terms
     async def find_consent(self, sp_id: str) -> str | None:
         exchange_sp = await self.exchange_service_principal_id()
         assignments = await self.graph.collect(f"/servicePrincipals/{sp_id}/appRoleAssignments",
@@ -394,6 +508,7 @@ class DirectoryGateway:
                 return str(assignment["id"])
         return None
 
+    @_in_product_terms
     async def grant_consent(self, sp_id: str, *, fresh_principal: bool = False) -> str:
         exchange_sp = await self.exchange_service_principal_id()
         body = {"principalId": sp_id, "resourceId": exchange_sp, "appRoleId": EXCHANGE_MANAGE_AS_APP_ROLE_ID}
@@ -413,17 +528,20 @@ class DirectoryGateway:
 
         return await retry_while_replicating(grant, _replication_check(fresh_principal))
 
+    @_in_product_terms
     async def revoke_consent(self, assignment_id: str) -> None:
         exchange_sp = await self.exchange_service_principal_id()
         await self._delete(f"/servicePrincipals/{exchange_sp}/appRoleAssignedTo/{assignment_id}")
 
     # -- directory roles --------------------------------------------------------------------------
+    @_in_product_terms
     async def role_assignments(self, sp_id: str) -> dict[str, str]:
         items = await self.graph.collect("/roleManagement/directory/roleAssignments",
                                          {"$filter": f"principalId eq {literal(sp_id)}",
                                           "$select": "id,roleDefinitionId,principalId,directoryScopeId"})
         return {str(a["roleDefinitionId"]): str(a["id"]) for a in items if a.get("directoryScopeId", "/") == "/"}
 
+    @_in_product_terms
     async def assign_role(self, sp_id: str, role_id: str, *, fresh_principal: bool = False) -> str:
         body = {"roleDefinitionId": role_id, "principalId": sp_id, "directoryScopeId": "/"}
 
@@ -440,8 +558,25 @@ class DirectoryGateway:
 
         return await retry_while_replicating(assign, _replication_check(fresh_principal))
 
+    @_in_product_terms
     async def remove_role_assignment(self, assignment_id: str) -> None:
         await self._delete(f"/roleManagement/directory/roleAssignments/{assignment_id}")
+
+    # -- tenant-wide listings for the sweep: one paged listing each, whatever the number of identities
+    @_in_product_terms
+    async def exchange_grantees(self) -> frozenset[str]:
+        """The principals holding Exchange.ManageAsApp (the grants on Exchange's service principal)."""
+        exchange_sp = await self.exchange_service_principal_id()
+        items = await self.graph.collect(f"/servicePrincipals/{exchange_sp}/appRoleAssignedTo",
+                                         {"$select": "principalId,appRoleId", "$top": "999"})
+        return frozenset(str(i["principalId"]) for i in items if i.get("appRoleId") == EXCHANGE_MANAGE_AS_APP_ROLE_ID)
+
+    @_in_product_terms
+    async def role_holders(self, role_id: str) -> frozenset[str]:
+        """The principals holding a directory role tenant-wide (scope "/")."""
+        items = await self.graph.collect("/roleManagement/directory/roleAssignments", {
+            "$filter": f"roleDefinitionId eq {literal(role_id)}", "$select": "principalId,directoryScopeId"})
+        return frozenset(str(i["principalId"]) for i in items if i.get("directoryScopeId", "/") == "/")
 
     async def _delete(self, path: str) -> None:
         try:

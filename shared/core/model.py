@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from shared.core.record import ConnectionRecord
 from shared.core.spec import IdentitySpec
@@ -81,6 +82,9 @@ class ObservedApplication:
     key_credentials: tuple[KeyCredential, ...]
     declares_exchange_permission: bool
     sign_in_audience: str = "AzureADMyOrg"
+    # The app's declared permissions (requiredResourceAccess) as listed: a repair adds Exchange's
+    # without dropping permissions others declared.
+    declared_permissions: tuple[Mapping[str, Any], ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.core.checks import desired_certificate_tags
+from shared.core.effects import Outcome, apply, record_to_publish
 from shared.core.model import KeyCredential, Observed, ObservedApplication, ObservedCertificate
 from shared.core.planner import (
     AddKeyCredential,
@@ -22,7 +24,6 @@ from shared.core.planner import (
     PublishConnectionRecord,
     RemoveRoleAssignment,
     RetireKeyCredential,
-    TagCertificate,
     UpsertApplication,
     VerifySignIn,
     plan_actions,
@@ -196,34 +197,28 @@ def test_applying_the_plan_reaches_a_fixed_point(state: tuple[Observed, dt.datet
 
 
 def _simulate(observed: Observed, plan, now: dt.datetime) -> Observed:
-    """What a successful execution of `plan` leaves behind (the executor's effects, in memory)."""
-    cert, app = observed.certificate, observed.application
-    current = cert.current
-    record = observed.record
+    """What a successful execution of `plan` leaves behind: the services' answers are made up here,
+    their effects are the product's own (`shared.core.effects.apply`, which the executor uses)."""
     for action in plan.actions:
-        if isinstance(action, CreateCertificateVersion):
-            current = version(99, start=now, days=365)
-            cert = dataclasses.replace(cert, current=current, versions=(*cert.versions, current))
-        elif isinstance(action, AddKeyCredential):
-            app = dataclasses.replace(app, key_credentials=(*app.key_credentials, key_for(current)))
-        elif isinstance(action, GrantConsent):
-            observed = dataclasses.replace(observed, consent_assignment_id="g")
-        elif isinstance(action, AssignRole):
-            observed = dataclasses.replace(observed, role_assignments={action.role_id: "r"})
-        elif isinstance(action, PublishConnectionRecord):
-            keep = None if action.clear_previous else record.thumbprint if record and \
-                record.thumbprint != current.thumbprint and record.not_after > now else \
-                (record.previous_thumbprint if record else None)
-            prev = cert.version_by_thumbprint(keep) if keep else None
-            record = record_for(current, previous=prev, updated=now)
-        elif isinstance(action, RetireKeyCredential):
-            app = dataclasses.replace(app, key_credentials=tuple(k for k in app.key_credentials
-                                                                 if k.key_id != action.key_id))
-        elif isinstance(action, UpsertApplication | CreateServicePrincipal | TagCertificate | VerifySignIn):
-            pass
-    observed = dataclasses.replace(observed, certificate=cert, application=app, record=record)
+        observed = apply(observed, action, _answer(observed, action, now))
     # A second pass covers retirement that becomes possible only after publication.
     second = plan_actions(SPEC, observed, now, CONTEXT)
     if second.actions and all(isinstance(a, RetireKeyCredential | PublishConnectionRecord) for a in second.actions):
         return _simulate(observed, second, now)
     return observed
+
+
+def _answer(observed: Observed, action, now: dt.datetime) -> Outcome:
+    """What the services would answer for `action` (new versions, ids, the record as published)."""
+    if isinstance(action, CreateCertificateVersion):
+        return Outcome(version=version(99, start=now, days=365), tags=desired_certificate_tags(SPEC))
+    if isinstance(action, UpsertApplication):
+        app = observed.application or ObservedApplication("o-new", "app-new", owned=True, tags=(),
+                                                          key_credentials=(), declares_exchange_permission=False)
+        return Outcome(application=dataclasses.replace(app, declares_exchange_permission=True,
+                                                       sign_in_audience="AzureADMyOrg"))
+    if isinstance(action, CreateServicePrincipal | GrantConsent | AssignRole):
+        return Outcome(created_id=f"id-{action.kind}")
+    if isinstance(action, PublishConnectionRecord):
+        return Outcome(record=record_to_publish(SPEC, observed, CONTEXT, now, clear_previous=action.clear_previous))
+    return Outcome()
