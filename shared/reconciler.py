@@ -35,6 +35,7 @@ from shared.core.model import (
     Observed,
     ObservedCertificate,
     ObservedFederatedCredential,
+    ObservedManagedIdentity,
     key_id_for,
 )
 from shared.core.planner import (
@@ -67,8 +68,15 @@ from shared.core.planner import (
     plan_decommission,
 )
 from shared.core.record import ConnectionRecord, format_time
-from shared.core.registry import LastRun
-from shared.core.spec import FEDERATED, IdentityNames, IdentitySpec, registry_spec
+from shared.core.registry import CONSENT_ASSIGNMENT, ROLE_ASSIGNMENTS, LastRun, RecordedGrants
+from shared.core.spec import (
+    FEDERATED,
+    MANAGED_IDENTITY,
+    IdentityNames,
+    IdentitySpec,
+    managed_identity_refusal,
+    registry_spec,
+)
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from shared.notify import CLEARED
 
@@ -168,13 +176,32 @@ class Reconciler:
         self.clock = clock
 
     # -- observation -----------------------------------------------------------------------------
-    async def observe(self, names: IdentityNames, *, federated: bool = False) -> tuple[Observed, dict[str, Any] | None]:
+    async def observe(self, names: IdentityNames, *, federated: bool = False, managed_identity: str | None = None
+                      ) -> tuple[Observed, dict[str, Any] | None]:
         """`federated`: the spec trusts workloads, so the app's federated credentials are listed (also
-        when the registry records trusts, so that ones the spec dropped are found)."""
+        when the registry records trusts, so that ones the spec dropped are found). `managed_identity`: the
+        principal of a managedIdentity identity, read by its id with its grant and roles."""
         try:
-            return await self._observe(names, federated)
+            observed, app_raw = await self._observe(names, federated)
+            if managed_identity is not None:
+                observed = await self.observe_managed_identity(observed, managed_identity)
+            return observed, app_raw
         except GraphError as exc:
             raise exc.classified() from exc
+
+    async def observe_managed_identity(self, observed: Observed, principal_id: str) -> Observed:
+        """The managed identity's service principal, read by its id; its grant and roles only when Graph says
+        it is a managed identity's (servicePrincipalType, which nobody with lesser rights can set)."""
+        sp = await self.directory.find_service_principal_by_id(principal_id)
+        found = ObservedManagedIdentity(str(sp["id"]), str(sp.get("appId") or ""),
+                                        sp.get("servicePrincipalType") == "ManagedIdentity") if sp else None
+        observed = dataclasses.replace(observed, managed_identity=found, managed_identity_looked_up=True)
+        if found is None or not found.is_managed_identity:
+            return observed
+        consent, roles = await asyncio.gather(self.directory.find_consent(found.principal_id),
+                                              self.directory.role_assignments(found.principal_id))
+        return dataclasses.replace(observed, service_principal_id=found.principal_id, consent_assignment_id=consent,
+                                   role_assignments=roles)
 
     async def _observe(self, names: IdentityNames, federated: bool) -> tuple[Observed, dict[str, Any] | None]:
         # Key Vault and Graph are read side by side; if Graph fails, the vault reads must not outlive the run.
@@ -226,7 +253,8 @@ class Reconciler:
     async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
                         operation: str = "reconcile", caller: str = "system",
                         correlation_id: str | None = None, prune_roles: bool = False) -> RunResult:
-        observed, app_raw = await self.observe(spec.names, federated=bool(spec.federated))
+        observed, app_raw = await self.observe(spec.names, federated=bool(spec.federated),
+                                               managed_identity=spec.managed_identity)
         plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate,
                             prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
@@ -246,6 +274,7 @@ class Reconciler:
             # first write is the certificate's create, its own 409 (ObjectIsDeletedButRecoverable) says so.
             await self.vault.refuse_if_deleted(spec.names.certificate)
         executor = _Executor(self, spec, observed, app_raw)
+        executor.planned = plan.actions
         await self._run(executor, plan.actions, result)
         if result.error is None and plan.needs_operator:
             first = plan.needs_operator[0]
@@ -293,6 +322,11 @@ class Reconciler:
         # Decommission removes only what ownership proves ours; the recorded spec only names our roles.
         spec = cert.spec if cert is not None else recorded_spec_without_certificate(
             observed.registry_tags, name, observed.registry_tags.get("organization", ""))
+        if spec is not None and spec.managed_identity is not None:
+            try:
+                observed = await self.observe_managed_identity(observed, spec.managed_identity)
+            except GraphError as exc:
+                raise exc.classified() from exc
         plan = plan_decommission(observed, spec, assign_roles=self.context.assign_roles)
         result = RunResult(name, "decommission", plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex)
@@ -334,7 +368,59 @@ class Reconciler:
                 await emit(_audit_event(result, action, "Succeeded", detail, before, executor.snapshot()))
 
 
-class _Executor:
+class _GrantRecords:
+    """How an executor keeps the registry's record of the grants it makes to a managed identity."""
+
+    r: Reconciler
+    spec: IdentitySpec | None
+    names: IdentityNames | None
+    observed: Observed
+    planned: tuple[Action, ...]
+
+    @property
+    def _records_grants(self) -> bool:
+        return self.spec is not None and self.spec.managed_identity is not None
+
+    def _grants(self, *, resolve: bool = False) -> RecordedGrants:
+        """The grants recorded as ours; `resolve`: as this run leaves them, once it has observed the managed
+        identity's grants (only of an allowed managed identity: else the record is kept as it is)."""
+        recorded = RecordedGrants.from_tags(self.observed.registry_tags)
+        principal = self.observed.managed_identity
+        if not resolve or self.spec is None or principal is None or not principal.is_managed_identity \
+                or principal.principal_id != self.spec.managed_identity \
+                or managed_identity_refusal(principal.principal_id, self.r.context.allowed_managed_identities):
+            return recorded
+        return recorded.resolved(self.observed.consent_assignment_id, self.observed.role_assignments)
+
+    def _intended_grants(self) -> RecordedGrants:
+        return self._grants().intending(any(isinstance(a, GrantConsent) for a in self.planned),
+                                        [a.role_id for a in self.planned if isinstance(a, AssignRole)])
+
+    def _registry(self) -> dict[str, str] | None:
+        """The registry entry an identity without a certificate keeps on its connection secret; a managed
+        identity's also records the grants made, and those this plan is about to make."""
+        assert self.spec is not None
+        if self.spec.certificate:
+            return None
+        registry = desired_certificate_tags(self.spec)
+        if self._records_grants:
+            registry.update(self._intended_grants().to_tags())
+        return registry
+
+    async def _record_intent(self) -> None:
+        """Before the first grant to a managed identity, record that this run makes it (a crash between the
+        grant and the outcome then still finds it ours); the connection secret was published before."""
+        assert self.names is not None
+        intended = self._intended_grants()
+        if intended == self._grants():
+            return
+        tags = {k: v for k, v in self.observed.registry_tags.items() if k not in (CONSENT_ASSIGNMENT, ROLE_ASSIGNMENTS)}
+        tags.update(intended.to_tags())
+        await self.r.vault.update_record_tags(self.names.connection_secret, tags)
+        self.observed = dataclasses.replace(self.observed, registry_tags=tags)
+
+
+class _Executor(_GrantRecords):
     """Applies actions, keeping the ids each one produces for the ones after it."""
 
     def __init__(self, reconciler: Reconciler, spec: IdentitySpec | None, observed: Observed,
@@ -346,6 +432,7 @@ class _Executor:
         self.observed = observed
         self.app_raw = app_raw
         self.fresh_principal = False  # created by this run: dependent writes may meet replication delay
+        self.planned: tuple[Action, ...] = ()  # the plan being applied (a managed identity's grants are intended first)
 
     def snapshot(self) -> dict[str, Any]:
         """Ids and thumbprints as this run knows them now: the before/after of audit events."""
@@ -401,6 +488,8 @@ class _Executor:
         names = self.names
         assert names is not None
         vault, directory = self.r.vault, self.r.directory
+        if isinstance(action, GrantConsent | AssignRole) and self._records_grants:
+            await self._record_intent()
         match action:
             case CreateCertificateVersion() | AwaitCertificate():
                 assert self.spec is not None
@@ -470,11 +559,12 @@ class _Executor:
                 return f"{version.thumbprint} obtained an Exchange token"
             case PublishConnectionRecord(clear_previous=clear_previous):
                 record = self._record(clear_previous)
-                assert self.spec is not None
                 # Without a certificate the record's secret also carries the registry entry.
-                registry = None if self.spec.certificate else desired_certificate_tags(self.spec)
+                registry = self._registry()
                 await vault.publish_record(names.connection_secret, record, registry)
                 self.observed = dataclasses.replace(self.observed, record=record)
+                if registry is not None:
+                    self._forget(registry_tags={**registry, OWNER_TAG: OWNER_TAG_VALUE, "identity": record.identity})
                 return f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}"
             case RetireKeyCredential(key_id=key_id, thumbprint=thumbprint):
                 detail = await self._retire_key(key_id, thumbprint)
@@ -485,7 +575,12 @@ class _Executor:
                 return detail
             case MarkDecommissioning():
                 cert = self.observed.certificate
-                assert cert is not None and cert.current is not None
+                if cert is None:  # an identity without a certificate: its registry entry is the connection secret's
+                    tags = {**self.observed.registry_tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
+                    await vault.update_record_tags(names.connection_secret, tags)
+                    self._forget(registry_tags=tags)
+                    return "marked"
+                assert cert.current is not None
                 tags = {**cert.tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
                 await vault.update_certificate_tags(names.certificate, cert.current.version, tags)
                 self._forget(certificate=dataclasses.replace(cert, tags=tags))
@@ -587,6 +682,17 @@ class _Executor:
     def _record(self, clear_previous: bool) -> ConnectionRecord:
         names = self.names
         assert names is not None and self.spec is not None
+        if self.spec.managed_identity is not None:
+            principal = self.observed.managed_identity
+            if principal is None:
+                raise NeedsOperator(f"managed identity {self.spec.managed_identity} was not found",
+                                    reason="ManagedIdentityNotFound")
+            return ConnectionRecord(
+                identity=self.spec.name, app_id=principal.client_id, tenant_id=self.r.context.tenant_id,
+                organization=self.spec.organization, key_vault_url=self.r.context.key_vault_url,
+                certificate_name="", certificate_version="", thumbprint="", not_before=None, not_after=None,
+                previous_thumbprint=None, previous_certificate_version=None, updated_at=self.r.clock(),
+                credential_type=MANAGED_IDENTITY, managed_identity_client_id=principal.client_id)
         if not self.spec.certificate:
             _, app_id = self._app()
             return ConnectionRecord(
@@ -657,16 +763,20 @@ class _Executor:
     async def _record_outcome_without_certificate(self, result: RunResult) -> None:
         """The registry entry of an identity without a certificate: its connection secret's tags."""
         assert self.spec is not None and self.names is not None
-        app = self.observed.application
+        app, principal = self.observed.application, self.observed.managed_identity
         now = self.r.clock()
         streak = result.previous.next_streak(result.error.reason, now, notified=not result.repeat) \
             if result.error else ""
         optional = {
-            "appId": app.app_id if app else "",
-            "servicePrincipalId": self.observed.service_principal_id or "",
+            "state": self.observed.registry_tags.get(DECOMMISSIONING_TAG, ""),
             "failures": streak,
             "lastError": result.error.message[:MAX_TAG] if result.error else "",
         }
+        if self.spec.managed_identity is None:
+            optional.update(appId=app.app_id if app else "",
+                            servicePrincipalId=self.observed.service_principal_id or "")
+        else:  # its principal is in `credentials`; the tags left hold the grants we made (at most 15 tags)
+            optional.update(appId=principal.client_id if principal else "", **self._grants(resolve=True).to_tags())
         tags = {**desired_certificate_tags(self.spec), **{k: v for k, v in optional.items() if v},
                 "identity": self.spec.name, "lastRun": format_time(now),
                 "lastResult": "Succeeded" if result.error is None else result.error.reason}

@@ -13,7 +13,9 @@ from shared.adapters.vault import vault_error
 from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, KeyCredential, Observed
 from shared.core.planner import Plan, plan_actions
 from shared.core.record import ConnectionRecord, format_time
+from shared.core.registry import RecordedGrants
 from shared.core.renewal import jittered_renewal_time
+from shared.core.roles import role_name
 from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from shared.errors import IdentityNotFound
 from shared.lease import LeaseStore
@@ -93,7 +95,7 @@ async def decommission(platform: Platform, name: str, *, dry_run: bool = False, 
 
 async def status(platform: Platform, name: str) -> dict[str, Any]:
     spec = await recorded_spec(platform, name)
-    observed, _ = await platform.reconciler.observe(spec.names)
+    observed, _ = await platform.reconciler.observe(spec.names, managed_identity=spec.managed_identity)
     now = platform.reconciler.clock()
     plan = plan_actions(spec, observed, now, platform.reconciler.context)
     return status_document(spec, observed, plan, platform)
@@ -172,7 +174,7 @@ def status_document(spec: IdentitySpec, observed: Observed, plan: Plan, platform
             "renewalTime": format_time(renew_at),
             "daysToExpiry": round((current.not_after - platform.reconciler.clock()) / dt.timedelta(days=1), 2),
         }
-    tags = cert.tags if cert else {}
+    tags = cert.tags if cert else observed.registry_tags
     return {
         "name": spec.name,
         "spec": spec.to_json(),
@@ -190,12 +192,30 @@ def status_document(spec: IdentitySpec, observed: Observed, plan: Plan, platform
              "managed": _managed_key(k, current, record)}
             for k in (app.key_credentials if app else ())
         ],
+        "managedIdentity": _managed_identity_document(spec, observed) if spec.managed_identity else None,
         "inSync": plan.in_sync,
         "facets": plan_document(plan)["facets"],
         "pendingActions": [{"action": a.kind, "description": a.describe()} for a in plan.actions],
         "lastResult": {"result": tags.get("lastResult"), "at": tags.get("lastRun"),
                        "error": tags.get("lastError") or None},
         "state": tags.get("state", "active"),
+    }
+
+
+def _managed_identity_document(spec: IdentitySpec, observed: Observed) -> dict[str, Any]:
+    """A managedIdentity identity's principal and the grants it holds, each marked whether this product made it
+    (recorded in the registry; decommission removes those only)."""
+    principal = observed.managed_identity
+    ours = RecordedGrants.from_tags(observed.registry_tags)
+    consent = observed.consent_assignment_id
+    return {
+        "principalId": spec.managed_identity,
+        "clientId": principal.client_id if principal else None,
+        "isManagedIdentity": principal.is_managed_identity if principal else None,
+        "consent": {"assignmentId": consent, "ours": ours.owns_consent(consent)} if consent else None,
+        "roleAssignments": [{"roleId": role_id, "roleName": role_name(role_id), "assignmentId": assignment,
+                             "ours": ours.owns_role(role_id, assignment)}
+                            for role_id, assignment in sorted(observed.role_assignments.items())],
     }
 
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from shared.adapters.graph import GraphClient, GraphError, literal, path_for_unique_name, retry_while_replicating
 from shared.core.model import (
@@ -364,6 +365,16 @@ class DirectoryGateway:
     async def find_service_principal(self, app_id: str) -> dict[str, Any] | None:
         return await self.graph.get_optional(f"/servicePrincipals(appId={literal(app_id)})",
                                              {"$select": "id,appId"})
+
+    async def find_service_principal_by_id(self, sp_id: str) -> dict[str, Any] | None:
+        """A service principal by its object id (a managed identity's principal id): None if there is none."""
+        try:
+            return await self.graph.get_optional(f"/servicePrincipals/{quote(sp_id, safe='')}",
+                                                 {"$select": "id,appId,servicePrincipalType"})
+        except GraphError as exc:
+            if exc.status == 400:  # not an object id Graph accepts: no such principal
+                return None
+            raise
 
     async def create_service_principal(self, app_id: str) -> dict[str, Any]:
         async def create() -> dict[str, Any]:
