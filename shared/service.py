@@ -7,10 +7,7 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from azure.core.exceptions import AzureError
-
-from shared.adapters.vault import vault_error
-from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, KeyCredential, Observed
+from shared.core.model import CertificateVersion, KeyCredential, Observed
 from shared.core.planner import Plan, plan_actions
 from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import RecordedGrants
@@ -102,24 +99,23 @@ async def status(platform: Platform, name: str) -> dict[str, Any]:
 
 
 async def list_identities(platform: Platform) -> list[dict[str, Any]]:
-    """Every identity in the vault: one paged certificate listing, no per-identity request."""
+    """Every identity in the vault: the paged certificate listing, and the paged secret listing for identities
+    without a certificate (their registry entry is on the connection secret); no per-identity request."""
+    from shared.sweep import read_registry
+
     items = []
-    try:
-        async for props in platform.vault.certificates.list_properties_of_certificates(max_page_size=25):
-            tags = props.tags or {}
-            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "identity" not in tags:
-                continue
-            items.append({
-                "name": tags["identity"],
-                "appId": tags.get("appId"),
-                "thumbprint": bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
-                "notAfter": format_time(props.expires_on) if props.expires_on else None,
-                "state": tags.get("state", "active"),
-                "lastResult": tags.get("lastResult"),
-                "lastRun": tags.get("lastRun"),
-            })
-    except AzureError as exc:
-        raise vault_error(exc, "listing certificates") from exc
+    for entry in await read_registry(platform):
+        tags = entry.tags
+        items.append({
+            "name": entry.name,
+            "credentialType": entry.spec.credential_type,
+            "appId": tags.get("appId"),
+            "thumbprint": entry.thumbprint,
+            "notAfter": format_time(entry.not_after) if entry.not_after else None,
+            "state": tags.get("state", "active"),
+            "lastResult": tags.get("lastResult"),
+            "lastRun": tags.get("lastRun"),
+        })
     return sorted(items, key=lambda item: item["name"])
 
 
@@ -183,8 +179,8 @@ def status_document(spec: IdentitySpec, observed: Observed, plan: Plan, platform
         "servicePrincipalId": observed.service_principal_id,
         "certificate": certificate,
         "connectionRecord": {
-            "secretName": spec.names.connection_secret,
-            "thumbprint": record.thumbprint, "certificateVersion": record.certificate_version,
+            "secretName": spec.names.connection_secret, "credentialType": record.credential_type,
+            "thumbprint": record.thumbprint or None, "certificateVersion": record.certificate_version or None,
             "previousThumbprint": record.previous_thumbprint, "updatedAt": format_time(record.updated_at),
         } if record else None,
         "keyCredentials": [

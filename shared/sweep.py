@@ -1,7 +1,8 @@
 """The sweep: find the identities that need work, with a handful of paged listings.
 
 One Key Vault certificate listing is the registry (each item carries the identity's tags and the
-current version's thumbprint and dates); one listing each of our applications, the grants on
+current version's thumbprint and dates), with one secret listing for identities without a certificate
+(their registry entry is their connection secret's tags); one listing each of our applications, the grants on
 Exchange's service principal, the assignments of each directory role in use, and the deleted
 secrets describes the tenant side. `needs_work` then decides per identity, purely, and only
 those identities are fanned out to the queue. Cost is O(N / page size), not O(N) (docs/architecture.md).
@@ -27,7 +28,7 @@ from azure.core.exceptions import AzureError
 import shared.telemetry as telemetry
 from shared.adapters.directory import application_from_graph
 from shared.adapters.graph import GraphError, literal
-from shared.adapters.vault import vault_error
+from shared.adapters.vault import TaggedSecret, vault_error
 from shared.core.checks import CheckResult, Facet, IdentityView, State, run_checks
 from shared.core.model import (
     EXCHANGE_MANAGE_AS_APP_ROLE_ID,
@@ -98,8 +99,9 @@ def view_of_listings(entry: RegistryEntry, snapshot: TenantSnapshot) -> Identity
     The sweep sees the connection record only through the thumbprint the registry says was
     published (and the deleted-secrets listing); the deep check covers the rest.
     """
-    tags = entry.tags
-    sp_id = tags.get("servicePrincipalId", "")
+    tags, spec = entry.tags, entry.spec
+    # A managed identity's principal is in the spec; an app's service principal in the registry tags.
+    sp_id = spec.managed_identity or tags.get("servicePrincipalId", "")
     published = tags.get("publishedThumbprint") or None
     current = None
     if entry.thumbprint and entry.not_before is not None and entry.not_after is not None:
@@ -111,8 +113,9 @@ def view_of_listings(entry: RegistryEntry, snapshot: TenantSnapshot) -> Identity
         # The SP is not listed; its grant and roles are, and they vanish with it.
         service_principal=bool(sp_id), consent=bool(sp_id) and sp_id in snapshot.consented_principals,
         held_roles=frozenset(role for role, holders in snapshot.role_holders.items() if sp_id and sp_id in holders),
-        record_present=published is not None, record_unreadable=False,
-        record_deleted=IdentityNames(entry.spec.name).connection_secret in snapshot.deleted_secrets,
+        # Without a certificate the registry entry is the connection secret itself: listed, so present.
+        record_present=published is not None or not spec.certificate, record_unreadable=False,
+        record_deleted=IdentityNames(spec.name).connection_secret in snapshot.deleted_secrets,
         published_thumbprint=published, published_version=None, record_ids_match=None,
         retire_after=parse_time(tags["retireAfter"]) if tags.get("retireAfter") else None,
     )
@@ -158,6 +161,33 @@ def _gated(entry: RegistryEntry, reasons: list[str], now: dt.datetime, deep_chec
 
 
 async def read_registry(platform: Platform) -> list[RegistryEntry]:
+    """Every identity: the certificate listing, and the secret listing for those without a certificate."""
+    certificates, secrets = await asyncio.gather(_certificate_entries(platform), platform.vault.owned_secrets())
+    held = {entry.name for entry in certificates}
+    return certificates + [e for e in _entries_without_certificate(platform, secrets) if e.name not in held]
+
+
+def _entries_without_certificate(platform: Platform, secrets: list[TaggedSecret]) -> list[RegistryEntry]:
+    """The registry entries kept on connection secrets (identities without a certificate), checked like the
+    certificates' (`registry_spec`): tags any secret writer can edit are reported, never acted on, when they
+    do not describe this very secret's identity of this organization."""
+    entries = []
+    for secret in secrets:
+        name = secret.tags.get("identity", "")
+        if "credentials" not in secret.tags or secret.name != IdentityNames(name).connection_secret:
+            continue  # a certificate identity's record, or a certificate's backing secret
+        try:
+            spec = registry_spec(secret.tags, name, platform.settings.organization)
+        except NeedsOperator as exc:
+            log.warning("registry entry %s skipped: %s", secret.name, exc.message)
+            continue
+        if not spec.certificate:
+            entries.append(RegistryEntry(name=name, tags=secret.tags, thumbprint=None, not_before=None,
+                                         not_after=None, enabled=True, updated_on=secret.updated_on))
+    return entries
+
+
+async def _certificate_entries(platform: Platform) -> list[RegistryEntry]:
     entries = []
     try:
         async for props in platform.vault.certificates.list_properties_of_certificates(max_page_size=25):

@@ -125,6 +125,12 @@ class IdentitySpec:
         return tags
 
     @property
+    def credential_type(self) -> str:
+        """How its jobs sign in, as the connection record's `credentialType` says it."""
+        return MANAGED_IDENTITY if self.managed_identity is not None else CERTIFICATE if self.certificate \
+            else FEDERATED
+
+    @property
     def default_credentials(self) -> bool:
         return self.certificate and not self.federated and self.managed_identity is None
 

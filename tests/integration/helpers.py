@@ -108,6 +108,17 @@ def principal_header(roles: list[str]) -> dict[str, str]:
     return {"X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps({"claims": claims}).encode()).decode()}
 
 
+def connection_secret(stack: Stack, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The identity's connection record and its secret's tags, read as the platform reads them."""
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    with ManagedIdentityCredential() as credential, \
+            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
+        secret = secrets.get_secret(f"exo-{name}-connection")
+        return dict(json.loads(secret.value or "")), dict(secret.properties.tags or {})
+
+
 def write_count(stack: Stack) -> int:
     """Writes the product made to Graph and Key Vault (token requests are not writes)."""
     return sum(row["count"] for row in stack.world.counter.snapshot()

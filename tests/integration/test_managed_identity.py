@@ -22,7 +22,7 @@ from shared.runtime.connection import close_connections, connection
 from shared.runtime.exchange import exchange_client
 from tests.devstack.entra_helpers import assign_directory_role, grant_app_role
 
-from .helpers import delete_identity, get_identity, post_identity, write_count
+from .helpers import connection_secret, delete_identity, get_identity, post_identity, write_count
 from .platform_helpers import reconcile
 
 ERA = "31392ffb-586c-42d1-9346-e59415a2cc4e"  # Exchange Recipient Administrator
@@ -48,26 +48,16 @@ def grants_of(stack: Stack, principal: str) -> dict[str, list[str]]:
     return {
         "consent": sorted(a["id"] for a in d.app_role_assignments.values() if a["principalId"] == principal
                           and a["resourceId"] == exchange and a["appRoleId"] == EXCHANGE_MANAGE_AS_APP),
-        "roles": sorted(f"{a['roleDefinitionId']}" for a in d.role_assignments.values() if a["principalId"] == principal),
+        "roles": sorted(a["roleDefinitionId"] for a in d.role_assignments.values() if a["principalId"] == principal),
     }
 
 
 def secret_tags(stack: Stack, name: str) -> dict[str, str]:
-    from azure.identity import ManagedIdentityCredential
-    from azure.keyvault.secrets import SecretClient
-
-    with ManagedIdentityCredential() as credential, \
-            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
-        return dict(secrets.get_secret(f"exo-{name}-connection").properties.tags or {})
+    return connection_secret(stack, name)[1]
 
 
 def read_record(stack: Stack, name: str) -> dict[str, Any]:
-    from azure.identity import ManagedIdentityCredential
-    from azure.keyvault.secrets import SecretClient
-
-    with ManagedIdentityCredential() as credential, \
-            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
-        return dict(json.loads(secrets.get_secret(f"exo-{name}-connection").value or ""))
+    return connection_secret(stack, name)[0]
 
 
 def job_get_mailbox(name: str) -> tuple[list[dict[str, Any]], Any]:
@@ -238,3 +228,26 @@ def test_an_identity_keeps_its_kind(stack: Stack, monkeypatch: pytest.MonkeyPatc
         assert answer.status == 409, answer.body
         assert answer.body["reason"] == "CredentialKindCannotChange"
     assert write_count(stack) == writes
+
+
+def test_a_managed_identity_identity_is_listed_and_its_removed_grant_is_found_by_the_sweep(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from .helpers import call
+    from .platform_helpers import converge, sweep
+
+    mi = job_identity(stack, monkeypatch)
+    assert post_identity(body("mi-listed", mi.object_id)).status == 201
+    (listed,) = call("identities", "GET", "http://localhost/api/identities").body["value"]
+    assert listed["name"] == "mi-listed" and listed["credentialType"] == "managedIdentity"
+    assert listed["appId"] == mi.app_id and listed["thumbprint"] is None
+    assert sweep(stack).due == {}
+
+    exchange = stack.world.resource_sp(EXCHANGE_APP_ID)["id"]
+    with stack.world.lock:
+        d = stack.world.directory
+        for key in [k for k, a in d.app_role_assignments.items()
+                    if a["principalId"] == mi.object_id and a["resourceId"] == exchange]:
+            del d.app_role_assignments[key]
+    assert converge(stack) == {"mi-listed": ["ConsentMissing"]}
+    assert len(grants_of(stack, mi.object_id)["consent"]) == 1
+    assert len(job_get_mailbox("mi-listed")[0]) == 5
