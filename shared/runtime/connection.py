@@ -565,8 +565,9 @@ def connection_sync(name: str, *, settings: Settings | None = None) -> SyncConne
     settings = settings or Settings.current()
     current = run_sync(connection(name, settings=settings))
     if current.certificate is None:
-        raise NeedsOperator(f"connection_sync() signs in with certificates only; identity {name} is used with its "
-                            "workload's token here: call connection() from async code", reason="FederatedNotSync")
+        raise NeedsOperator(f"connection_sync() signs in with certificates only; identity {name} is used without "
+                            "one here (its workload's token or its managed identity): call connection() from async "
+                            "code", reason="FederatedNotSync")
     with _sync_lock:
         known = _sync_credentials.get((settings, name))
         if known is not None and known[0] is current.certificate:

@@ -26,6 +26,7 @@ from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import RecordedGrants
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR
 from shared.core.spec import IdentitySpec, parse_spec, registry_spec
+from shared.errors import InvalidSpec
 from shared.settings import Settings
 from shared.sweep import RegistryEntry, TenantSnapshot, needs_work
 
@@ -167,3 +168,18 @@ def test_the_sweep_sees_a_managed_identitys_grants_and_nothing_when_in_sync() ->
 
 def test_a_managed_identitys_spec_is_not_a_certificate_spec() -> None:
     assert IdentitySpec.from_tags(registry()).managed_identity == MI
+
+
+def test_the_cli_asks_for_a_managed_identity_alone_and_passes_a_mix_on_to_be_refused() -> None:
+    from shared.cli import build_parser, spec_body
+
+    def body(*argv: str) -> dict[str, object]:
+        return spec_body(build_parser().parse_args(["bootstrap", "reports", *argv]))
+
+    assert body("--managed-identity", MI)["credentials"] == [{"type": "managedIdentity", "principalId": MI}]
+    mixed = body("--managed-identity", MI, "--federated", "https://issuer.example", "repo:a/b:ref:main")
+    assert [c["type"] for c in mixed["credentials"]] == ["managedIdentity", "federated"]  # type: ignore[union-attr]
+    with pytest.raises(InvalidSpec) as refused:
+        parse_spec(mixed, SETTINGS)
+    assert any("must be the only one" in e["detail"] for e in refused.value.errors)
+    assert "credentials" not in body()
