@@ -441,7 +441,7 @@ class _Executor(_GrantRecords):
         return {
             "certificateVersion": cert.version if cert else None,
             "thumbprint": cert.thumbprint if cert else None,
-            "state": o.certificate.tags.get(DECOMMISSIONING_TAG) if o.certificate else None,
+            "state": (o.certificate.tags if o.certificate else o.registry_tags).get(DECOMMISSIONING_TAG),
             "appId": o.application.app_id if o.application else None,
             "applicationObjectId": o.application.object_id if o.application else None,
             "keyIds": sorted(k.key_id for k in o.application.key_credentials) if o.application else [],

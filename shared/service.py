@@ -122,12 +122,18 @@ async def list_identities(platform: Platform) -> list[dict[str, Any]]:
 async def record_poison(platform: Platform, name: str) -> None:
     """Show in the identity's status that its reconcile exhausted the host's redeliveries."""
     names = IdentityNames(validate_name(name))
+    poisoned = {"lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
+                "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
     cert = await platform.vault.observe_certificate(names.certificate)
-    if cert is None or not cert.owned or cert.current is None:
+    if cert is None:
+        # An identity without a certificate: its registry entry is its connection secret's tags.
+        _, _, owned, tags = await platform.vault.read_record_entry(names.connection_secret)
+        if owned and recorded_spec_without_certificate(tags, name, platform.settings.organization) is not None:
+            await platform.vault.update_record_tags(names.connection_secret, {**tags, **poisoned})
         return
-    tags = {**cert.tags, "lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
-            "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
-    await platform.vault.update_certificate_tags(names.certificate, cert.current.version, tags)
+    if not cert.owned or cert.current is None:
+        return
+    await platform.vault.update_certificate_tags(names.certificate, cert.current.version, {**cert.tags, **poisoned})
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:

@@ -251,3 +251,16 @@ def test_a_managed_identity_identity_is_listed_and_its_removed_grant_is_found_by
     assert converge(stack) == {"mi-listed": ["ConsentMissing"]}
     assert len(grants_of(stack, mi.object_id)["consent"]) == 1
     assert len(job_get_mailbox("mi-listed")[0]) == 5
+
+
+def test_a_poisoned_reconcile_shows_in_its_status(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import azure.functions as func
+
+    from .helpers import call_trigger
+
+    mi = job_identity(stack, monkeypatch)
+    assert post_identity(body("mi-poison", mi.object_id)).status == 201
+    message = json.dumps({"name": "mi-poison", "reasons": ["ConsentMissing"], "sweepId": "x"})
+    call_trigger("record_poisoned_reconcile", message=func.QueueMessage(id="1", body=message.encode()))
+    assert get_identity("mi-poison").body["lastResult"]["result"] == "PoisonMessage"
+    assert secret_tags(stack, "mi-poison")["consentAssignment"]  # the rest of the registry entry stays
