@@ -228,31 +228,40 @@ class EntraService(Service):
         resource = request.query.get("resource", "").strip()
         if not resource:
             raise ManagedIdentityError(400, "BadRequest", "The 'resource' query parameter is required.")
-        selectors = {"client_id": platform.app_id, "object_id": platform.object_id, "mi_res_id": None}
-        for parameter, expected in selectors.items():
+        # No selector: the app's own (system-assigned-like) identity, the platform's; a client or object id
+        # selects it or a user-assigned identity of the app (world.add_managed_identity).
+        identities = [(platform.object_id, platform.app_id),
+                      *((m.object_id, m.app_id) for m in self.world.managed_identities.values())]
+        chosen = identities[0]
+        for parameter, index in (("client_id", 1), ("object_id", 0), ("principal_id", 0), ("mi_res_id", None)):
             given = request.query.get(parameter)
-            if given is not None and (expected is None or given.lower() != expected.lower()):
+            if given is None:
+                continue
+            match = next((i for i in identities if index is not None and i[index].lower() == given.lower()), None)
+            if match is None:
                 # seen: the answer when the selected identity is not assigned to the app
                 raise ManagedIdentityError(400, "BadRequest", "Unable to load the proper Managed Identity.")
+            chosen = match
+        object_id, app_id = chosen
         audience = resource[: -len("/.default")] if resource.endswith("/.default") else resource
         if audience == TOKEN_EXCHANGE_AUDIENCE:
             # A federation assertion: a v2.0 token of this tenant's issuer whose subject is the managed
             # identity's principal id (docs/reference.md, "Federated identity credentials").
             token, expires_on = self.world.issuer.issue(
-                audience=audience, object_id=platform.object_id, app_id=platform.app_id, roles=[], wids=[],
+                audience=audience, object_id=object_id, app_id=app_id, roles=[], wids=[],
                 issuer=self._v2_issuer(self.world.tenant_id))
             return Response.json(200, {"access_token": token, "expires_on": str(expires_on), "resource": audience,
-                                       "token_type": "Bearer", "client_id": platform.app_id})
+                                       "token_type": "Bearer", "client_id": app_id})
         with self.world.lock:
             resource_sp = self._resource_sp(resource)
             if resource_sp is None:
                 raise ManagedIdentityError(400, "BadRequest", self._resource_not_found(resource).message)
-            roles, wids = self._claims_for(platform.object_id, resource_sp)
-        token, expires_on = self.world.issuer.issue(audience=audience, object_id=platform.object_id,
-                                                    app_id=platform.app_id, roles=roles, wids=wids)
+            roles, wids = self._claims_for(object_id, resource_sp)
+        token, expires_on = self.world.issuer.issue(audience=audience, object_id=object_id, app_id=app_id,
+                                                    roles=roles, wids=wids)
         return Response.json(200, {
             "access_token": token, "expires_on": str(expires_on), "resource": audience,
-            "token_type": "Bearer", "client_id": platform.app_id,
+            "token_type": "Bearer", "client_id": app_id,
         })
 
     def _v2_issuer(self, tid: str) -> str:

@@ -166,6 +166,16 @@ class PlatformIdentity:
     identity_header: str
 
 
+@dataclass(frozen=True)
+class ManagedIdentity:
+    """A user-assigned managed identity assigned to the app the stand-ins host (a job's own identity):
+    a service principal of type ManagedIdentity, selected at the identity endpoint by its client id."""
+
+    object_id: str
+    app_id: str
+    display_name: str
+
+
 @dataclass
 class Mailbox:
     name: str
@@ -224,6 +234,8 @@ class World:
         # OIDC issuers outside Entra ID (the GitHub-like stand-in) -> their signing keys by kid: what
         # Entra ID would fetch from the issuer's JWKS to verify a federated assertion.
         self.external_issuers: dict[str, dict[str, Any]] = {}
+        # User-assigned managed identities the hosted app may also use (`add_managed_identity`), by client id.
+        self.managed_identities: dict[str, ManagedIdentity] = {}
         self._seed()
 
     # -- seeding ---------------------------------------------------------------------------------
@@ -318,6 +330,20 @@ class World:
                     "deletedDateTime": None,
                 }
 
+    def add_managed_identity(self, display_name: str) -> ManagedIdentity:
+        """A user-assigned managed identity (its service principal, type ManagedIdentity, no app registration),
+        assigned to the hosted app: the identity endpoint serves its tokens when asked by its client or object id."""
+        identity = ManagedIdentity(new_id(), new_id(), display_name)
+        with self.lock:
+            self.directory.service_principals[identity.object_id] = {
+                "id": identity.object_id, "appId": identity.app_id, "displayName": display_name,
+                "servicePrincipalType": "ManagedIdentity", "accountEnabled": True, "appRoles": [], "tags": [],
+                "servicePrincipalNames": [identity.app_id], "appOwnerOrganizationId": None,
+                "createdDateTime": iso(self.clock.now()),
+            }
+            self.managed_identities[identity.app_id] = identity
+        return identity
+
     def set_key_lifetime_policy(self, max_lifetime: str | None,
                                 restrict_for_apps_created_after: str = "2015-01-01T00:00:00Z",
                                 state: str = "enabled") -> None:
@@ -394,6 +420,7 @@ class World:
             self.sp_replication_refusals = 0
             self.key_replication_delay = None
             self.directory = Directory()
+            self.managed_identities.clear()
             self.vault_roles.clear()
             self._seed()
             for service in self.services.values():

@@ -63,11 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--no-certificate", action="store_true",
                       help="with --federated: no certificate at all (jobs sign in with their workload's token only)")
     boot.add_argument("--managed-identity", metavar="PRINCIPAL_ID",
-                      help="grant an existing managed identity instead (no app, no certificate)")
+                      help="grant Exchange access to an existing managed identity itself, its principal (object) id "
+                           "on ALLOWED_MANAGED_IDENTITIES: no app, no certificate; alone")
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     _wait_option(boot)
 
-    sub.add_parser("list", help="list identities (one Key Vault listing)")
+    sub.add_parser("list", help="list identities (Key Vault's certificate and secret listings)")
     for command, text in (("status", "show an identity's facets and dates"),
                           ("plan", "show what a reconcile would do now")):
         sub.add_parser(command, help=text).add_argument("name")
@@ -101,11 +102,15 @@ def spec_body(args: argparse.Namespace) -> dict[str, Any]:
                        ("contacts", args.contacts), ("description", args.description)):
         if value is not None:
             body[key] = value
-    if args.managed_identity is not None:
-        body["credentials"] = [{"type": "managedIdentity", "principalId": args.managed_identity}]
-    elif args.federated:
-        body["credentials"] = ([] if args.no_certificate else [{"type": "certificate"}]) + [
-            {"type": "federated", "issuer": issuer, "subject": subject} for issuer, subject in args.federated]
+    credentials: list[dict[str, str]] = []
+    if args.managed_identity is not None:  # alone: with anything else the request is refused (exit 2)
+        credentials.append({"type": "managedIdentity", "principalId": args.managed_identity})
+    elif args.federated and not args.no_certificate:
+        credentials.append({"type": "certificate"})
+    credentials += [{"type": "federated", "issuer": issuer, "subject": subject}
+                    for issuer, subject in args.federated or ()]
+    if credentials:
+        body["credentials"] = credentials
     return body
 
 

@@ -19,6 +19,7 @@ from shared import progress
 from shared.adapters.directory import DirectoryGateway, capped_validity_months
 from shared.adapters.vault import VaultGateway
 from shared.audit import AuditEvent, emit
+from shared.core import registry
 from shared.core.checks import Facet, desired_certificate_tags
 from shared.core.effects import Outcome, UnknownAction, apply, record_to_publish
 from shared.core.model import (
@@ -60,15 +61,14 @@ from shared.core.planner import (
     plan_decommission,
 )
 from shared.core.record import ConnectionRecord, format_time
-from shared.core.registry import LastRun
-from shared.core.spec import IdentityNames, IdentitySpec, registry_spec
+from shared.core.registry import CONSENT_ASSIGNMENT, ROLE_ASSIGNMENTS, LastRun, RecordedGrants
+from shared.core.spec import IdentityNames, IdentitySpec, managed_identity_refusal, registry_spec
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
 from shared.notify import CLEARED
 
 log = logging.getLogger("exo_automation.reconciler")
 
 Clock = Callable[[], dt.datetime]
-MAX_TAG = 256
 PROBE_MAX_INTERVAL_SECONDS = 2.0
 
 
@@ -161,9 +161,29 @@ class Reconciler:
         self.clock = clock
 
     # -- observation -----------------------------------------------------------------------------
-    async def observe(self, names: IdentityNames, *, federated: bool = False) -> Observed:
+    async def observe(self, names: IdentityNames, *, federated: bool = False,
+                      managed_identity: str | None = None) -> Observed:
         """`federated`: the spec trusts workloads, so the app's federated credentials are listed (also
-        when the registry records trusts, so that ones the spec dropped are found)."""
+        when the registry records trusts, so that ones the spec dropped are found). `managed_identity`: the
+        principal of a managedIdentity identity, read by its id with its grant and roles."""
+        observed = await self._observe(names, federated)
+        if managed_identity is not None:
+            observed = await self.observe_managed_identity(observed, managed_identity)
+        return observed
+
+    async def observe_managed_identity(self, observed: Observed, principal_id: str) -> Observed:
+        """The managed identity's service principal, read by its id; its grant and roles only when Graph says
+        it is a managed identity's (servicePrincipalType, which nobody with lesser rights can set)."""
+        found = await self.directory.find_managed_identity(principal_id)
+        observed = dataclasses.replace(observed, managed_identity=found, managed_identity_looked_up=True)
+        if found is None or not found.is_managed_identity:
+            return observed
+        consent, roles = await asyncio.gather(self.directory.find_consent(found.principal_id),
+                                              self.directory.role_assignments(found.principal_id))
+        return dataclasses.replace(observed, service_principal_id=found.principal_id, consent_assignment_id=consent,
+                                   role_assignments=roles)
+
+    async def _observe(self, names: IdentityNames, federated: bool) -> Observed:
         # Key Vault and Graph are read side by side; if Graph fails, the vault reads must not outlive the run.
         cert_task = asyncio.create_task(self.vault.observe_certificate(names.certificate))
         record_task = asyncio.create_task(self.vault.read_record_entry(names.connection_secret))
@@ -208,7 +228,8 @@ class Reconciler:
     async def reconcile(self, spec: IdentitySpec, *, force_rotate: bool = False, dry_run: bool = False,
                         operation: str = "reconcile", caller: str = "system",
                         correlation_id: str | None = None, prune_roles: bool = False) -> RunResult:
-        observed = await self.observe(spec.names, federated=bool(spec.federated))
+        observed = await self.observe(spec.names, federated=bool(spec.federated),
+                                      managed_identity=spec.managed_identity)
         plan = plan_actions(spec, observed, self.clock(), self.context, force_rotate=force_rotate,
                             prune_roles=prune_roles)
         result = RunResult(spec.name, operation, plan, dry_run=dry_run, caller=caller,
@@ -228,6 +249,7 @@ class Reconciler:
             # first write is the certificate's create, its own 409 (ObjectIsDeletedButRecoverable) says so.
             await self.vault.refuse_if_deleted(spec.names.certificate)
         executor = _Executor(self, spec, observed)
+        executor.planned = plan.actions
         await self._run(executor, plan.actions, result)
         if result.error is None and plan.needs_operator:
             first = plan.needs_operator[0]
@@ -275,6 +297,8 @@ class Reconciler:
         # Decommission removes only what ownership proves ours; the recorded spec only names our roles.
         spec = cert.spec if cert is not None else recorded_spec_without_certificate(
             observed.registry_tags, name, observed.registry_tags.get("organization", ""))
+        if spec is not None and spec.managed_identity is not None:
+            observed = await self.observe_managed_identity(observed, spec.managed_identity)
         plan = plan_decommission(observed, spec, assign_roles=self.context.assign_roles)
         result = RunResult(name, "decommission", plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex)
@@ -313,7 +337,59 @@ class Reconciler:
                 await emit(_audit_event(result, action, "Succeeded", detail, before, executor.snapshot()))
 
 
-class _Executor:
+class _GrantRecords:
+    """How an executor keeps the registry's record of the grants it makes to a managed identity."""
+
+    r: Reconciler
+    spec: IdentitySpec | None
+    names: IdentityNames | None
+    observed: Observed
+    planned: tuple[Action, ...]
+
+    @property
+    def _records_grants(self) -> bool:
+        return self.spec is not None and self.spec.managed_identity is not None
+
+    def _grants(self, *, resolve: bool = False) -> RecordedGrants:
+        """The grants recorded as ours; `resolve`: as this run leaves them, once it has observed the managed
+        identity's grants (only of an allowed managed identity: else the record is kept as it is)."""
+        recorded = RecordedGrants.from_tags(self.observed.registry_tags)
+        principal = self.observed.managed_identity
+        if not resolve or self.spec is None or principal is None or not principal.is_managed_identity \
+                or principal.principal_id != self.spec.managed_identity \
+                or managed_identity_refusal(principal.principal_id, self.r.context.allowed_managed_identities):
+            return recorded
+        return recorded.resolved(self.observed.consent_assignment_id, self.observed.role_assignments)
+
+    def _intended_grants(self) -> RecordedGrants:
+        return self._grants().intending(any(isinstance(a, GrantConsent) for a in self.planned),
+                                        [a.role_id for a in self.planned if isinstance(a, AssignRole)])
+
+    def _registry(self) -> dict[str, str] | None:
+        """The registry entry an identity without a certificate keeps on its connection secret; a managed
+        identity's also records the grants made, and those this plan is about to make."""
+        assert self.spec is not None
+        if self.spec.certificate:
+            return None
+        entry = desired_certificate_tags(self.spec)
+        if self._records_grants:
+            entry.update(self._intended_grants().to_tags())
+        return entry
+
+    async def _record_intent(self) -> None:
+        """Before the first grant to a managed identity, record that this run makes it (a crash between the
+        grant and the outcome then still finds it ours); the connection secret was published before."""
+        assert self.names is not None
+        intended = self._intended_grants()
+        if intended == self._grants():
+            return
+        tags = {k: v for k, v in self.observed.registry_tags.items() if k not in (CONSENT_ASSIGNMENT, ROLE_ASSIGNMENTS)}
+        tags.update(intended.to_tags())
+        await self.r.vault.update_record_tags(self.names.connection_secret, tags)
+        self.observed = dataclasses.replace(self.observed, registry_tags=tags)
+
+
+class _Executor(_GrantRecords):
     """Applies actions one small handler each; `shared.core.effects.apply` keeps what each produced
     (ids, versions, the record) in `observed` for the actions after it."""
 
@@ -325,6 +401,7 @@ class _Executor:
         assert self.names is not None
         self.observed = observed
         self.fresh_principal = False  # created by this run: dependent writes may meet replication delay
+        self.planned: tuple[Action, ...] = ()  # the plan being applied (a managed identity's grants are intended first)
         self._handlers: dict[type[Action], Callable[[Any], Awaitable[Outcome]]] = {
             CreateCertificateVersion: self._create_certificate, AwaitCertificate: self._await_certificate,
             TagCertificate: self._tag_certificate, MarkDecommissioning: self._mark_decommissioning,
@@ -362,6 +439,8 @@ class _Executor:
         handler = self._handlers.get(type(action))
         if handler is None:
             raise UnknownAction(f"no handler for {action.kind}")
+        if isinstance(action, GrantConsent | AssignRole) and self._records_grants:
+            await self._record_intent()
         outcome = await handler(action)
         self.observed = apply(self.observed, action, outcome)
         return outcome.detail
@@ -420,7 +499,11 @@ class _Executor:
 
     async def _mark_decommissioning(self, action: MarkDecommissioning) -> Outcome:
         cert = self.observed.certificate
-        assert cert is not None and cert.current is not None
+        if cert is None:  # an identity without a certificate: its registry entry is the connection secret's
+            tags = {**self.observed.registry_tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
+            await self.r.vault.update_record_tags(self._names.connection_secret, tags)
+            return Outcome("marked", tags=tags)
+        assert cert.current is not None
         tags = {**cert.tags, DECOMMISSIONING_TAG: DECOMMISSIONING_VALUE}
         await self.r.vault.update_certificate_tags(self._names.certificate, cert.current.version, tags)
         return Outcome("marked", tags=tags)
@@ -473,15 +556,23 @@ class _Executor:
         return Outcome(f"{version.thumbprint} obtained an Exchange token")
 
     async def _publish_record(self, action: PublishConnectionRecord) -> Outcome:
-        if self.spec is not None and self.spec.certificate:
+        spec = self._spec
+        if spec.managed_identity is not None and self.observed.managed_identity is None:
+            raise NeedsOperator(f"managed identity {spec.managed_identity} was not found",
+                                reason="ManagedIdentityNotFound")
+        if spec.certificate:
             self._resolve(None)  # a record names a certificate version: there must be one
-        self._app()
-        record = record_to_publish(self._spec, self.observed, self.r.context, self.r.clock(),
+        if spec.managed_identity is None:
+            self._app()
+        record = record_to_publish(spec, self.observed, self.r.context, self.r.clock(),
                                    clear_previous=action.clear_previous)
         # Without a certificate the record's secret also carries the registry entry.
-        registry = None if self._spec.certificate else desired_certificate_tags(self._spec)
-        await self.r.vault.publish_record(self._names.connection_secret, record, registry)
-        return Outcome(f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}", record=record)
+        entry = self._registry()
+        await self.r.vault.publish_record(self._names.connection_secret, record, entry)
+        written = {**entry, OWNER_TAG: OWNER_TAG_VALUE, registry.IDENTITY: record.identity} if entry is not None \
+            else None
+        return Outcome(f"thumbprint {record.thumbprint} previous {record.previous_thumbprint}", record=record,
+                       tags=written)
 
     async def _remove_role_assignment(self, action: RemoveRoleAssignment) -> Outcome:
         await self.r.directory.remove_role_assignment(action.assignment_id)
@@ -553,25 +644,16 @@ class _Executor:
         record = self.observed.record
         app = self.observed.application
         now = self.r.clock()
-        streak = result.previous.next_streak(result.error.reason, now, notified=not result.repeat) \
-            if result.error else ""
-        optional = {
-            "state": cert.tags.get("state", ""),
-            "appId": app.app_id if app else "",
-            "servicePrincipalId": self.observed.service_principal_id or "",
-            "publishedThumbprint": record.thumbprint if record else "",
-            "retireAfter": format_time(record.updated_at + self.r.context.grace)
+        facts = {
+            registry.STATE: cert.tags.get(registry.STATE, ""),
+            registry.APP_ID: app.app_id if app else "",
+            registry.SERVICE_PRINCIPAL_ID: self.observed.service_principal_id or "",
+            registry.PUBLISHED_THUMBPRINT: record.thumbprint if record else "",
+            registry.RETIRE_AFTER: format_time(record.updated_at + self.r.context.grace)
             if record and record.previous_thumbprint else "",
-            "failures": streak,
-            "lastError": result.error.message[:MAX_TAG] if result.error else "",
+            registry.FAILURES: self._streak(result, now),
         }
-        # At most 15 tags per Key Vault object: empty values are left out (README, "Key Vault tags").
-        tags = {
-            **desired_certificate_tags(self.spec),
-            **{k: v for k, v in optional.items() if v},
-            "lastRun": format_time(now),
-            "lastResult": "Succeeded" if result.error is None else result.error.reason,
-        }
+        tags = registry.outcome_tags(desired_certificate_tags(self.spec), facts, now, _error_of(result))
         try:
             await self.r.vault.update_certificate_tags(self.names.certificate if self.names else "",
                                                        cert.current.version, tags)
@@ -579,26 +661,35 @@ class _Executor:
             # The outcome is also in the logs; failing the run for a tag would hide the real result.
             log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
 
+    @staticmethod
+    def _streak(result: RunResult, now: dt.datetime) -> str:
+        if result.error is None:
+            return ""
+        return result.previous.next_streak(result.error.reason, now, notified=not result.repeat)
+
     async def _record_outcome_without_certificate(self, result: RunResult) -> None:
         """The registry entry of an identity without a certificate: its connection secret's tags."""
         assert self.spec is not None and self.names is not None
-        app = self.observed.application
+        app, principal = self.observed.application, self.observed.managed_identity
         now = self.r.clock()
-        streak = result.previous.next_streak(result.error.reason, now, notified=not result.repeat) \
-            if result.error else ""
-        optional = {
-            "appId": app.app_id if app else "",
-            "servicePrincipalId": self.observed.service_principal_id or "",
-            "failures": streak,
-            "lastError": result.error.message[:MAX_TAG] if result.error else "",
-        }
-        tags = {**desired_certificate_tags(self.spec), **{k: v for k, v in optional.items() if v},
-                "identity": self.spec.name, "lastRun": format_time(now),
-                "lastResult": "Succeeded" if result.error is None else result.error.reason}
+        facts = {registry.STATE: self.observed.registry_tags.get(registry.STATE, ""),
+                 registry.FAILURES: self._streak(result, now)}
+        if self.spec.managed_identity is None:
+            facts.update({registry.APP_ID: app.app_id if app else "",
+                          registry.SERVICE_PRINCIPAL_ID: self.observed.service_principal_id or ""})
+        else:  # its principal is in `credentials`; the tags left hold the grants we made (at most 15 tags)
+            facts.update({registry.APP_ID: principal.client_id if principal else "",
+                          **self._grants(resolve=True).to_tags()})
+        tags = registry.outcome_tags({**desired_certificate_tags(self.spec), registry.IDENTITY: self.spec.name},
+                                     facts, now, _error_of(result))
         try:
             await self.r.vault.update_record_tags(self.names.connection_secret, tags)
         except ExoAutomationError as exc:
             log.warning("identity=%s could not record the outcome in tags: %s", result.name, exc.message)
+
+
+def _error_of(result: RunResult) -> tuple[str, str] | None:
+    return (result.error.reason, result.error.message) if result.error is not None else None
 
 
 def recorded_spec_without_certificate(tags: Mapping[str, str], name: str, organization: str) -> IdentitySpec | None:

@@ -7,13 +7,13 @@ import datetime as dt
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from azure.core.exceptions import AzureError
-
-from shared.adapters.vault import vault_error
-from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, CertificateVersion, KeyCredential, Observed
+from shared.core import registry
+from shared.core.model import CertificateVersion, KeyCredential, Observed
 from shared.core.planner import Plan, plan_actions
 from shared.core.record import ConnectionRecord, format_time
+from shared.core.registry import RecordedGrants
 from shared.core.renewal import jittered_renewal_time
+from shared.core.roles import role_name
 from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from shared.errors import IdentityNotFound
 from shared.lease import LeaseStore
@@ -93,43 +93,48 @@ async def decommission(platform: Platform, name: str, *, dry_run: bool = False, 
 
 async def status(platform: Platform, name: str) -> dict[str, Any]:
     spec = await recorded_spec(platform, name)
-    observed = await platform.reconciler.observe(spec.names)
+    observed = await platform.reconciler.observe(spec.names, managed_identity=spec.managed_identity)
     now = platform.reconciler.clock()
     plan = plan_actions(spec, observed, now, platform.reconciler.context)
     return status_document(spec, observed, plan, platform)
 
 
 async def list_identities(platform: Platform) -> list[dict[str, Any]]:
-    """Every identity in the vault: one paged certificate listing, no per-identity request."""
+    """Every identity in the vault: the paged certificate listing, and the paged secret listing for identities
+    without a certificate (their registry entry is on the connection secret); no per-identity request."""
+    from shared.sweep import read_registry
+
     items = []
-    try:
-        async for props in platform.vault.certificates.list_properties_of_certificates(max_page_size=25):
-            tags = props.tags or {}
-            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "identity" not in tags:
-                continue
-            items.append({
-                "name": tags["identity"],
-                "appId": tags.get("appId"),
-                "thumbprint": bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
-                "notAfter": format_time(props.expires_on) if props.expires_on else None,
-                "state": tags.get("state", "active"),
-                "lastResult": tags.get("lastResult"),
-                "lastRun": tags.get("lastRun"),
-            })
-    except AzureError as exc:
-        raise vault_error(exc, "listing certificates") from exc
+    for entry in await read_registry(platform):
+        tags = entry.tags
+        items.append({
+            "name": entry.name,
+            "credentialType": entry.spec.credential_type,
+            "appId": tags.get(registry.APP_ID),
+            "thumbprint": entry.thumbprint,
+            "notAfter": format_time(entry.not_after) if entry.not_after else None,
+            "state": tags.get(registry.STATE, "active"),
+            "lastResult": tags.get(registry.LAST_RESULT),
+            "lastRun": tags.get(registry.LAST_RUN),
+        })
     return sorted(items, key=lambda item: item["name"])
 
 
 async def record_poison(platform: Platform, name: str) -> None:
     """Show in the identity's status that its reconcile exhausted the host's redeliveries."""
     names = IdentityNames(validate_name(name))
+    poisoned = {"lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
+                "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
     cert = await platform.vault.observe_certificate(names.certificate)
-    if cert is None or not cert.owned or cert.current is None:
+    if cert is None:
+        # An identity without a certificate: its registry entry is its connection secret's tags.
+        _, _, owned, tags = await platform.vault.read_record_entry(names.connection_secret)
+        if owned and recorded_spec_without_certificate(tags, name, platform.settings.organization) is not None:
+            await platform.vault.update_record_tags(names.connection_secret, {**tags, **poisoned})
         return
-    tags = {**cert.tags, "lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
-            "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
-    await platform.vault.update_certificate_tags(names.certificate, cert.current.version, tags)
+    if not cert.owned or cert.current is None:
+        return
+    await platform.vault.update_certificate_tags(names.certificate, cert.current.version, {**cert.tags, **poisoned})
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:
@@ -172,7 +177,7 @@ def status_document(spec: IdentitySpec, observed: Observed, plan: Plan, platform
             "renewalTime": format_time(renew_at),
             "daysToExpiry": round((current.not_after - platform.reconciler.clock()) / dt.timedelta(days=1), 2),
         }
-    tags = cert.tags if cert else {}
+    tags = cert.tags if cert else observed.registry_tags
     return {
         "name": spec.name,
         "spec": spec.to_json(),
@@ -181,8 +186,8 @@ def status_document(spec: IdentitySpec, observed: Observed, plan: Plan, platform
         "servicePrincipalId": observed.service_principal_id,
         "certificate": certificate,
         "connectionRecord": {
-            "secretName": spec.names.connection_secret,
-            "thumbprint": record.thumbprint, "certificateVersion": record.certificate_version,
+            "secretName": spec.names.connection_secret, "credentialType": record.credential_type,
+            "thumbprint": record.thumbprint or None, "certificateVersion": record.certificate_version or None,
             "previousThumbprint": record.previous_thumbprint, "updatedAt": format_time(record.updated_at),
         } if record else None,
         "keyCredentials": [
@@ -190,12 +195,30 @@ def status_document(spec: IdentitySpec, observed: Observed, plan: Plan, platform
              "managed": _managed_key(k, current, record)}
             for k in (app.key_credentials if app else ())
         ],
+        "managedIdentity": _managed_identity_document(spec, observed) if spec.managed_identity else None,
         "inSync": plan.in_sync,
         "facets": plan_document(plan)["facets"],
         "pendingActions": [{"action": a.kind, "description": a.describe()} for a in plan.actions],
-        "lastResult": {"result": tags.get("lastResult"), "at": tags.get("lastRun"),
-                       "error": tags.get("lastError") or None},
-        "state": tags.get("state", "active"),
+        "lastResult": {"result": tags.get(registry.LAST_RESULT), "at": tags.get(registry.LAST_RUN),
+                       "error": tags.get(registry.LAST_ERROR) or None},
+        "state": tags.get(registry.STATE, "active"),
+    }
+
+
+def _managed_identity_document(spec: IdentitySpec, observed: Observed) -> dict[str, Any]:
+    """A managedIdentity identity's principal and the grants it holds, each marked whether this product made it
+    (recorded in the registry; decommission removes those only)."""
+    principal = observed.managed_identity
+    ours = RecordedGrants.from_tags(observed.registry_tags)
+    consent = observed.consent_assignment_id
+    return {
+        "principalId": spec.managed_identity,
+        "clientId": principal.client_id if principal else None,
+        "isManagedIdentity": principal.is_managed_identity if principal else None,
+        "consent": {"assignmentId": consent, "ours": ours.owns_consent(consent)} if consent else None,
+        "roleAssignments": [{"roleId": role_id, "roleName": role_name(role_id), "assignmentId": assignment,
+                             "ours": ours.owns_role(role_id, assignment)}
+                            for role_id, assignment in sorted(observed.role_assignments.items())],
     }
 
 

@@ -1,7 +1,8 @@
 """The sweep: find the identities that need work, with a handful of paged listings.
 
 One Key Vault certificate listing is the registry (each item carries the identity's tags and the
-current version's thumbprint and dates); one listing each of our applications, the grants on
+current version's thumbprint and dates), with one secret listing for identities without a certificate
+(their registry entry is their connection secret's tags); one listing each of our applications, the grants on
 Exchange's service principal, the assignments of each directory role in use, and the deleted
 secrets describes the tenant side. `needs_work` then decides per identity, purely, and only
 those identities are fanned out to the queue. Cost is O(N / page size), not O(N) (docs/architecture.md).
@@ -25,7 +26,8 @@ from typing import Any
 from azure.core.exceptions import AzureError
 
 import shared.telemetry as telemetry
-from shared.adapters.vault import vault_error
+from shared.adapters.vault import TaggedSecret, vault_error
+from shared.core import registry
 from shared.core.checks import CheckResult, Facet, IdentityView, State, run_checks
 from shared.core.model import (
     OWNER_TAG,
@@ -95,9 +97,10 @@ def view_of_listings(entry: RegistryEntry, snapshot: TenantSnapshot) -> Identity
     The sweep sees the connection record only through the thumbprint the registry says was
     published (and the deleted-secrets listing); the deep check covers the rest.
     """
-    tags = entry.tags
-    sp_id = tags.get("servicePrincipalId", "")
-    published = tags.get("publishedThumbprint") or None
+    tags, spec = entry.tags, entry.spec
+    # A managed identity's principal is in the spec; an app's service principal in the registry tags.
+    sp_id = spec.managed_identity or tags.get("servicePrincipalId", "")
+    published = tags.get(registry.PUBLISHED_THUMBPRINT) or None
     current = None
     if entry.thumbprint and entry.not_before is not None and entry.not_after is not None:
         current = CertificateVersion(entry.version or "", entry.thumbprint, entry.not_before, entry.not_after,
@@ -108,10 +111,11 @@ def view_of_listings(entry: RegistryEntry, snapshot: TenantSnapshot) -> Identity
         # The SP is not listed; its grant and roles are, and they vanish with it.
         service_principal=bool(sp_id), consent=bool(sp_id) and sp_id in snapshot.consented_principals,
         held_roles=frozenset(role for role, holders in snapshot.role_holders.items() if sp_id and sp_id in holders),
-        record_present=published is not None, record_unreadable=False,
-        record_deleted=IdentityNames(entry.spec.name).connection_secret in snapshot.deleted_secrets,
+        # Without a certificate the registry entry is the connection secret itself: listed, so present.
+        record_present=published is not None or not spec.certificate, record_unreadable=False,
+        record_deleted=IdentityNames(spec.name).connection_secret in snapshot.deleted_secrets,
         published_thumbprint=published, published_version=None, record_ids_match=None,
-        retire_after=parse_time(tags["retireAfter"]) if tags.get("retireAfter") else None,
+        retire_after=parse_time(tags[registry.RETIRE_AFTER]) if tags.get(registry.RETIRE_AFTER) else None,
     )
 
 
@@ -148,13 +152,40 @@ def _gated(entry: RegistryEntry, reasons: list[str], now: dt.datetime, deep_chec
         if now >= retry_at:
             return [*reasons, "RetryAfterFailure"]
         return [*reasons, "ChangedSinceFailure"] if changed else []
-    last_checked = entry.tags.get("lastRun")  # every queued reconcile records its run
+    last_checked = entry.tags.get(registry.LAST_RUN)  # every queued reconcile records its run
     if not reasons and (not last_checked or now - parse_time(last_checked) >= deep_check):
         return ["DeepCheckDue"]
     return reasons
 
 
 async def read_registry(platform: Platform) -> list[RegistryEntry]:
+    """Every identity: the certificate listing, and the secret listing for those without a certificate."""
+    certificates, secrets = await asyncio.gather(_certificate_entries(platform), platform.vault.owned_secrets())
+    held = {entry.name for entry in certificates}
+    return certificates + [e for e in _entries_without_certificate(platform, secrets) if e.name not in held]
+
+
+def _entries_without_certificate(platform: Platform, secrets: list[TaggedSecret]) -> list[RegistryEntry]:
+    """The registry entries kept on connection secrets (identities without a certificate), checked like the
+    certificates' (`registry_spec`): tags any secret writer can edit are reported, never acted on, when they
+    do not describe this very secret's identity of this organization."""
+    entries = []
+    for secret in secrets:
+        name = secret.tags.get("identity", "")
+        if "credentials" not in secret.tags or secret.name != IdentityNames(name).connection_secret:
+            continue  # a certificate identity's record, or a certificate's backing secret
+        try:
+            spec = registry_spec(secret.tags, name, platform.settings.organization)
+        except NeedsOperator as exc:
+            log.warning("registry entry %s skipped: %s", secret.name, exc.message)
+            continue
+        if not spec.certificate:
+            entries.append(RegistryEntry(name=name, tags=secret.tags, thumbprint=None, not_before=None,
+                                         not_after=None, enabled=True, updated_on=secret.updated_on))
+    return entries
+
+
+async def _certificate_entries(platform: Platform) -> list[RegistryEntry]:
     entries = []
     try:
         async for props in platform.vault.certificates.list_properties_of_certificates(max_page_size=25):
@@ -164,7 +195,7 @@ async def read_registry(platform: Platform) -> list[RegistryEntry]:
                 tags = await platform.vault.adopted_tags(props.name) or tags
             if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "identity" not in tags:
                 continue
-            name = tags["identity"]
+            name = tags[registry.IDENTITY]
             try:
                 # Tags are editable by any vault writer: a spec that does not describe this very
                 # certificate's identity of this organization is reported, never acted on.
@@ -257,8 +288,9 @@ async def read_deleted_identities(platform: Platform) -> list[str]:
     try:
         async for deleted in platform.vault.certificates.list_deleted_certificates(max_page_size=25):
             tags = deleted.properties.tags if deleted.properties else None
-            if deleted.name and tags and started_by_us(tags, deleted.name) and tags.get("state") != "decommissioning":
-                names.append(tags["identity"])
+            if deleted.name and tags and started_by_us(tags, deleted.name) \
+                    and tags.get(registry.STATE) != registry.DECOMMISSIONING:
+                names.append(tags[registry.IDENTITY])
     except AzureError as exc:
         raise vault_error(exc, "listing deleted certificates") from exc
     return sorted(names)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import quote
 
 from shared.adapters.graph import GraphClient, GraphError, literal, path_for_unique_name, retry_while_replicating
 from shared.core.model import (
@@ -22,6 +23,7 @@ from shared.core.model import (
     KeyCredential,
     ObservedApplication,
     ObservedFederatedCredential,
+    ObservedManagedIdentity,
     key_id_for,
 )
 from shared.core.record import format_time, parse_time
@@ -475,6 +477,23 @@ class DirectoryGateway:
     async def _service_principal_id(self, app_id: str) -> str | None:
         found = await self.graph.get_optional(f"/servicePrincipals(appId={literal(app_id)})", {"$select": "id"})
         return str(found["id"]) if found is not None else None
+
+    @_in_product_terms
+    async def find_managed_identity(self, principal_id: str) -> ObservedManagedIdentity | None:
+        """A service principal by its object id (a managed identity's principal id): None if there is none.
+        Whether it is a managed identity's comes from Graph (servicePrincipalType), which nobody with lesser
+        rights can set."""
+        try:
+            found = await self.graph.get_optional(f"/servicePrincipals/{quote(principal_id, safe='')}",
+                                                  {"$select": "id,appId,servicePrincipalType"})
+        except GraphError as exc:
+            if exc.status == 400:  # not an object id Graph accepts: no such principal
+                return None
+            raise
+        if found is None:
+            return None
+        return ObservedManagedIdentity(str(found["id"]), str(found.get("appId") or ""),
+                                       found.get("servicePrincipalType") == "ManagedIdentity")
 
     @_in_product_terms
     async def create_service_principal(self, app_id: str) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import datetime as dt
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -26,6 +27,15 @@ from shared.errors import ExoAutomationError, ForeignObject, NeedsOperator, Retr
 from shared.settings import Settings
 
 CREATE_TIMEOUT_SECONDS = 300.0
+
+
+@dataclass(frozen=True)
+class TaggedSecret:
+    """A secret as Key Vault's secret listing shows it: name, tags and when it last changed (no value)."""
+
+    name: str
+    tags: dict[str, str]
+    updated_on: dt.datetime | None
 
 
 def _timestamp(value: dt.datetime | None) -> dt.datetime:
@@ -404,6 +414,17 @@ class VaultGateway:
             await self.secrets.recover_deleted_secret(name)  # returns once it is recovered
         except AzureError as exc:
             raise vault_error(exc, f"recovering the deleted connection secret {name}") from exc
+
+    async def owned_secrets(self) -> list[TaggedSecret]:
+        """Every secret carrying this product's owner tag, from one paged listing: Key Vault's list items carry
+        the tags, so the registry entries of identities without a certificate come without a read each.
+        (The listing also holds certificates' backing secrets; they carry no owner tag of ours.)"""
+        try:
+            return [TaggedSecret(str(props.name), dict(props.tags or {}), props.updated_on)
+                    async for props in self.secrets.list_properties_of_secrets(max_page_size=25)
+                    if props.name and (props.tags or {}).get(OWNER_TAG) == OWNER_TAG_VALUE]
+        except AzureError as exc:
+            raise vault_error(exc, "listing secrets") from exc
 
     async def delete_secret(self, name: str) -> None:
         try:

@@ -32,7 +32,14 @@ from shared.core.model import (
 )
 from shared.core.renewal import RenewalPolicy, jittered_renewal_time, renewal_due
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, DirectoryRole, policy_refusal, role_name
-from shared.core.spec import FEDERATED, FederatedTrust, IdentitySpec, federation_refusal
+from shared.core.spec import (
+    FEDERATED,
+    MANAGED_IDENTITY,
+    FederatedTrust,
+    IdentitySpec,
+    federation_refusal,
+    managed_identity_refusal,
+)
 
 
 class Facet(StrEnum):
@@ -48,6 +55,8 @@ class Facet(StrEnum):
     CONNECTION_RECORD = "connectionRecord"
     # The app's federated identity credentials (issue #16): only for identities that trust workloads.
     FEDERATED_CREDENTIALS = "federatedCredentials"
+    # A managedIdentity identity's own principal (issue #16): allowed, and a managed identity in Graph.
+    MANAGED_IDENTITY = "managedIdentity"
 
 
 class State(StrEnum):
@@ -96,11 +105,15 @@ class Reason(StrEnum):
     FEDERATED_CREDENTIAL_STALE = "FederatedCredentialStale"  # ours, trusting a workload the spec no longer names
     FEDERATED_CREDENTIALS_PRESENT = "FederatedCredentialsPresent"
     FEDERATION_REFUSED = "FederationRefused"  # an issuer or managed identity today's allow-lists refuse
+    MANAGED_IDENTITY_REFUSED = "ManagedIdentityRefused"  # not on today's ALLOWED_MANAGED_IDENTITIES
+    MANAGED_IDENTITY_NOT_FOUND = "ManagedIdentityNotFound"  # no such service principal, or not a managed identity
+    MANAGED_IDENTITY_PRESENT = "ManagedIdentityPresent"
 
 
 # Reasons an operator must act on: repeating the run does not change them.
 NEEDS_OPERATOR = frozenset({Reason.ROLE_REFUSED, Reason.ROLE_NO_LONGER_ALLOWED, Reason.ROLE_NOT_ASSIGNED,
-                            Reason.FEDERATION_REFUSED})
+                            Reason.FEDERATION_REFUSED, Reason.MANAGED_IDENTITY_REFUSED,
+                            Reason.MANAGED_IDENTITY_NOT_FOUND})
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,8 @@ class IdentityView:
     federated: tuple[ObservedFederatedCredential, ...] | None = None
     record_federated_match: bool | None = None
     record_credential_type: str | None = None
+    # A managedIdentity identity's principal: found in Graph as a managed identity (None: not seen).
+    managed_identity_found: bool | None = None
 
 
 def desired_certificate_tags(spec: IdentitySpec) -> dict[str, str]:
@@ -164,10 +179,13 @@ def desired_certificate_tags(spec: IdentitySpec) -> dict[str, str]:
 
 
 def view_of_observed(spec: IdentitySpec, observed: Observed, context: CheckContext) -> IdentityView:
-    cert, record = observed.certificate, observed.record
+    cert, record, principal = observed.certificate, observed.record, observed.managed_identity
+    signs_in_as = principal.client_id if spec.managed_identity is not None and principal is not None \
+        else observed.application.app_id if observed.application else None
     ids_match = record is not None and record.organization == spec.organization \
         and record.tenant_id == context.tenant_id and record.key_vault_url == context.key_vault_url \
-        and record.app_id == (observed.application.app_id if observed.application else None)
+        and record.app_id == signs_in_as \
+        and record.managed_identity_client_id == (signs_in_as if spec.managed_identity is not None else None)
     return IdentityView(
         spec=spec, tags=cert.tags if cert else {}, current=cert.current if cert else None,
         pending=bool(cert and cert.pending), application=observed.application,
@@ -183,6 +201,9 @@ def view_of_observed(spec: IdentitySpec, observed: Observed, context: CheckConte
         federated=observed.federated_credentials,
         record_federated_match=record.federated == allowed_trusts(spec, context) if record is not None else None,
         record_credential_type=record.credential_type if record is not None else None,
+        managed_identity_found=(principal is not None and principal.is_managed_identity
+                                and principal.principal_id == spec.managed_identity)
+        if observed.managed_identity_looked_up else None,
     )
 
 
@@ -263,8 +284,9 @@ def grantable_roles(spec: IdentitySpec, context: CheckContext) -> tuple[list[Dir
 
 
 def disallowed_held_roles(view: IdentityView, context: CheckContext) -> list[str]:
-    """Roles the service principal holds that today's policy refuses (assign mode: maybe ours)."""
-    if not context.assign_roles:
+    """Roles the service principal holds that today's policy refuses (assign mode: maybe ours). None for a
+    managed identity: the roles it holds beside ours are its owner's business, never judged or pruned here."""
+    if not context.assign_roles or view.spec.managed_identity is not None:
         return []
     return sorted(r for r in view.held_roles
                   if policy_refusal(DirectoryRole(r, role_name(r)), context.allowed_roles) is not None)
@@ -392,10 +414,26 @@ def check_record_without_certificate(view: IdentityView) -> Finding:
     absent = _record_absent(view)
     if absent is not None:
         return absent
-    if view.record_credential_type not in (None, FEDERATED) or view.record_ids_match is False \
+    kind = MANAGED_IDENTITY if view.spec.managed_identity is not None else FEDERATED
+    if view.record_credential_type not in (None, kind) or view.record_ids_match is False \
             or view.record_federated_match is False:
         return Finding(Facet.CONNECTION_RECORD, State.DRIFT, Reason.RECORD_DRIFT, _STALE)
-    return Finding(Facet.CONNECTION_RECORD, State.OK, Reason.RECORD_CURRENT, "published (federated)")
+    return Finding(Facet.CONNECTION_RECORD, State.OK, Reason.RECORD_CURRENT, f"published ({kind})")
+
+
+def check_managed_identity(view: IdentityView, context: CheckContext) -> Finding:
+    """A managedIdentity identity's principal: on today's allow-list (the tags naming it are untrusted), and
+    a managed identity's service principal in Graph (a source that cannot see it judges the allow-list only)."""
+    principal = view.spec.managed_identity or ""
+    refusal = managed_identity_refusal(principal, context.allowed_managed_identities)
+    if refusal is not None:
+        return Finding(Facet.MANAGED_IDENTITY, State.REFUSED, Reason.MANAGED_IDENTITY_REFUSED,
+                       f"nothing is granted: {refusal}")
+    if view.managed_identity_found is False:
+        return Finding(Facet.MANAGED_IDENTITY, State.MISSING, Reason.MANAGED_IDENTITY_NOT_FOUND,
+                       f"{principal} is not the principal (object) id of a managed identity's service principal "
+                       "in this tenant; nothing is granted")
+    return Finding(Facet.MANAGED_IDENTITY, State.OK, Reason.MANAGED_IDENTITY_PRESENT, f"principal {principal}")
 
 
 def check_retirement(view: IdentityView, now: dt.datetime) -> Finding | None:
@@ -427,6 +465,15 @@ class CheckResult:
 
 def run_checks(view: IdentityView, now: dt.datetime, context: CheckContext, *,
                force_rotate: bool = False) -> CheckResult:
+    if view.spec.managed_identity is not None:
+        # No app and no certificate: the principal, then the record (published before the grants, so the
+        # registry entry that records them exists), the grant and the roles. Nothing is judged, and nothing
+        # granted, for a principal that is refused or not a managed identity.
+        principal = check_managed_identity(view, context)
+        if principal.violated:
+            return CheckResult((principal,), False, None)
+        return CheckResult((principal, check_record_without_certificate(view), check_consent(view),
+                            check_role_policy(view, context), check_roles(view, context)), False, None)
     if not view.spec.certificate:
         # No certificate to judge, key to register or retire: the app, its grants, trusts and record.
         chain = [check_application(view), check_service_principal(view), check_consent(view),

@@ -46,7 +46,7 @@ from shared.core.planner import (
     VerifySignIn,
 )
 from shared.core.record import ConnectionRecord
-from shared.core.spec import FEDERATED, IdentitySpec
+from shared.core.spec import FEDERATED, MANAGED_IDENTITY, IdentitySpec
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,9 @@ class Outcome:
     # a federated identity credential.
     created_id: str | None = None
     version: CertificateVersion | None = None  # the certificate version created or awaited
-    tags: Mapping[str, str] | None = None  # the certificate's tags as written
+    # The registry tags as written: the certificate's, or the connection secret's for an identity
+    # without a certificate.
+    tags: Mapping[str, str] | None = None
     application: ObservedApplication | None = None  # the app as created or repaired
     record: ConnectionRecord | None = None  # the connection record as published
 
@@ -82,7 +84,9 @@ def apply(observed: Observed, action: Action, outcome: Outcome) -> Observed:
             return observed  # tags are written with the run's outcome; a proof changes nothing
         case MarkDecommissioning():
             cert = observed.certificate
-            assert cert is not None and outcome.tags is not None
+            assert outcome.tags is not None
+            if cert is None:  # an identity without a certificate: its registry entry is the connection secret's
+                return replace(observed, registry_tags=dict(outcome.tags))
             return replace(observed, certificate=replace(cert, tags=dict(outcome.tags)))
         case UpsertApplication():
             assert outcome.application is not None
@@ -111,6 +115,8 @@ def apply(observed: Observed, action: Action, outcome: Outcome) -> Observed:
                 c for c in observed.federated_credentials or () if c.credential_id != credential_id))
         case PublishConnectionRecord():
             assert outcome.record is not None
+            if outcome.tags is not None:  # the registry entry of an identity without a certificate came along
+                return replace(observed, record=outcome.record, registry_tags=dict(outcome.tags))
             return replace(observed, record=outcome.record)
         case RemoveRoleAssignment(role_id=role_id):
             return replace(observed, role_assignments={k: v for k, v in observed.role_assignments.items()
@@ -148,6 +154,16 @@ def record_to_publish(spec: IdentitySpec, observed: Observed, context: CheckCont
     The previously published certificate stays named as `previous` while it is still valid, so a
     job that cached it keeps working through the grace period; `clear_previous` ends that.
     """
+    if spec.managed_identity is not None:
+        principal = observed.managed_identity
+        if principal is None:
+            raise ValueError("a managed identity's connection record needs its service principal")
+        return ConnectionRecord(
+            identity=spec.name, app_id=principal.client_id, tenant_id=context.tenant_id,
+            organization=spec.organization, key_vault_url=context.key_vault_url, certificate_name="",
+            certificate_version="", thumbprint="", not_before=None, not_after=None, previous_thumbprint=None,
+            previous_certificate_version=None, updated_at=now, credential_type=MANAGED_IDENTITY,
+            managed_identity_client_id=principal.client_id)
     app = observed.application
     if app is None:
         raise ValueError("a connection record needs the app registration")

@@ -99,6 +99,16 @@ class ObservedFederatedCredential:
 
 
 @dataclass(frozen=True)
+class ObservedManagedIdentity:
+    """The service principal a managedIdentity identity names, read by its id (no app registration)."""
+
+    principal_id: str
+    client_id: str  # the service principal's appId
+    # Graph's servicePrincipalType: only a managed identity's service principal is accepted.
+    is_managed_identity: bool
+
+
+@dataclass(frozen=True)
 class Observed:
     certificate: ObservedCertificate | None = None
     application: ObservedApplication | None = None
@@ -114,3 +124,7 @@ class Observed:
     federated_credentials: tuple[ObservedFederatedCredential, ...] | None = None
     # The connection secret's tags: the registry entry of an identity without a certificate.
     registry_tags: Mapping[str, str] = field(default_factory=dict)
+    # A managedIdentity identity's principal as Graph shows it (None: not looked up, or not found:
+    # see `managed_identity_looked_up`); its grant and roles are in the fields above.
+    managed_identity: ObservedManagedIdentity | None = None
+    managed_identity_looked_up: bool = False

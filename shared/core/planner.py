@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,7 +30,8 @@ from shared.core.checks import (
     run_checks,
     view_of_observed,
 )
-from shared.core.model import Observed
+from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, Observed
+from shared.core.registry import RecordedGrants
 from shared.core.spec import IdentitySpec
 
 
@@ -244,6 +246,12 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
     if cert is not None and cert.tags.get(DECOMMISSIONING_TAG) == DECOMMISSIONING_VALUE:
         blocked.append(Finding(Facet.CERTIFICATE, State.BLOCKED, "Decommissioning",
                                "this identity is being decommissioned; finish with DELETE before reusing the name"))
+    if cert is None and observed.registry_tags.get(DECOMMISSIONING_TAG) == DECOMMISSIONING_VALUE:
+        blocked.append(Finding(Facet.CONNECTION_RECORD, State.BLOCKED, "Decommissioning",
+                               "this identity is being decommissioned; finish with DELETE before reusing the name"))
+    changed = _kind_change(spec, observed)
+    if changed is not None:
+        blocked.append(changed)
     if not spec.certificate and cert is not None:
         # The registry entry is the certificate's: dropping the certificate would leave two entries.
         blocked.append(Finding(Facet.CERTIFICATE, State.BLOCKED, "CertificateCannotBeRemoved",
@@ -291,7 +299,8 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
                 actions.extend(RemoveFederatedCredential(c.credential_id, c.name) for c in diff.stale)
                 actions.extend(AddFederatedCredential(t.credential_name(spec.name), t.issuer, t.subject, t.audience)
                                for t in diff.missing)
-            case Reason.ROLE_REFUSED | Reason.ROLE_NO_LONGER_ALLOWED | Reason.ROLE_NOT_ASSIGNED:
+            case Reason.ROLE_REFUSED | Reason.ROLE_NO_LONGER_ALLOWED | Reason.ROLE_NOT_ASSIGNED \
+                    | Reason.MANAGED_IDENTITY_REFUSED | Reason.MANAGED_IDENTITY_NOT_FOUND:
                 needs_operator.append(finding)
             case Reason.ROLE_MISSING:
                 grantable, _ = grantable_roles(spec, context)
@@ -309,6 +318,30 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
     if not any(f.violated for f in checked.findings if f.facet is Facet.CONNECTION_RECORD):
         actions.extend(_retirement(observed, now, context))
     return Plan(checked.findings, tuple(actions), needs_operator=tuple(needs_operator))
+
+
+def _kind_change(spec: IdentitySpec, observed: Observed) -> Finding | None:
+    """An identity keeps its kind: a managedIdentity identity's grants are on a principal the product does not
+    own, so turning it into another kind (or another principal) would leave them behind unrecorded."""
+    recorded: object = None
+    tags = observed.registry_tags
+    if observed.certificate is None and tags.get(OWNER_TAG) == OWNER_TAG_VALUE and tags.get("credentials"):
+        try:
+            credentials = json.loads(tags["credentials"])
+            recorded = credentials.get("m") if isinstance(credentials, dict) else None
+        except ValueError:
+            recorded = None  # a malformed registry entry is refused by registry_spec where it is read
+    if recorded != spec.managed_identity and (recorded is not None or observed.record is not None):
+        was = f"managedIdentity identity of principal {recorded}" if recorded else "identity with an app registration"
+        return Finding(Facet.CONNECTION_RECORD, State.BLOCKED, "CredentialKindCannotChange",
+                       f"its registry entry records a {was}; an identity's credential kind (and its managed identity) "
+                       "cannot change: decommission it, then bootstrap it again")
+    if spec.managed_identity is not None and observed.application is not None and observed.application.owned:
+        return Finding(Facet.APPLICATION, State.BLOCKED, "CredentialKindCannotChange",
+                       "this identity has an app registration; an identity's credential kind cannot change to "
+                       "managedIdentity: decommission it, then bootstrap it again")
+    return None
+
 
 def _retirement(observed: Observed, now: dt.datetime, context: PlanContext) -> list[Action]:
     """Remove our superseded keys once the overlap is over; never a foreign or the last valid key."""
@@ -346,6 +379,11 @@ def plan_decommission(observed: Observed, spec: IdentitySpec | None, *, assign_r
     actions: list[Action] = []
     if cert is not None and cert.tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE:
         actions.append(MarkDecommissioning())
+    elif cert is None and observed.registry_tags.get(OWNER_TAG) == OWNER_TAG_VALUE \
+            and observed.registry_tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE and observed.record_owned:
+        actions.append(MarkDecommissioning())  # the registry entry of an identity without a certificate
+    if spec is not None and spec.managed_identity is not None:
+        return Plan((), tuple(actions + _managed_identity_decommission(observed)))
     # In verify-only mode an administrator assigned the roles; deleting the service principal
     # removes its assignments without the product needing write access to directory roles.
     owned_roles = spec.role_ids if spec is not None and assign_roles else frozenset()
@@ -363,3 +401,17 @@ def plan_decommission(observed: Observed, spec: IdentitySpec | None, *, assign_r
     if cert is not None:
         actions.append(DeleteCertificate())
     return Plan((), tuple(actions))
+
+
+def _managed_identity_decommission(observed: Observed) -> list[Action]:
+    """Exactly the grants the registry records making, among those the managed identity holds now; never its
+    service principal, nor a grant or role it had before (or that someone else gave it since)."""
+    ours = RecordedGrants.from_tags(observed.registry_tags)
+    actions: list[Action] = [RemoveRoleAssignment(assignment_id, role_id)
+                             for role_id, assignment_id in sorted(observed.role_assignments.items())
+                             if ours.owns_role(role_id, assignment_id)]
+    if observed.consent_assignment_id is not None and ours.owns_consent(observed.consent_assignment_id):
+        actions.append(RevokeConsent(observed.consent_assignment_id))
+    if observed.record is not None or observed.record_unreadable:
+        actions.append(DeleteConnectionSecret())
+    return actions

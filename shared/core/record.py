@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shared.core.spec import CERTIFICATE, TOKEN_EXCHANGE_AUDIENCE, FederatedTrust
+from shared.core.spec import CERTIFICATE, MANAGED_IDENTITY, TOKEN_EXCHANGE_AUDIENCE, FederatedTrust
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/vnd.exo-automation.connection+json; version=1"
@@ -44,6 +44,9 @@ class ConnectionRecord:
     # (the issuer, subject and audience a job's assertion must carry exactly).
     credential_type: str = CERTIFICATE
     federated: tuple[FederatedTrust, ...] = ()
+    # A managedIdentity identity's client id (its service principal's appId, also in `app_id`): what
+    # `Connect-ExchangeOnline -ManagedIdentity -ManagedIdentityAccountId` and azure-identity take.
+    managed_identity_client_id: str | None = None
 
     @property
     def has_certificate(self) -> bool:
@@ -70,6 +73,8 @@ class ConnectionRecord:
             "credentialType": self.credential_type,
             **({"federatedCredentials": [{"issuer": t.issuer, "subject": t.subject, "audience": t.audience}
                                          for t in self.federated]} if self.federated else {}),
+            **({"managedIdentityClientId": self.managed_identity_client_id}
+               if self.credential_type == MANAGED_IDENTITY else {}),
         }
 
     def dumps(self) -> str:
@@ -98,6 +103,8 @@ class ConnectionRecord:
                 federated=tuple(FederatedTrust(str(f["issuer"]), str(f["subject"]),
                                                str(f.get("audience") or TOKEN_EXCHANGE_AUDIENCE))
                                 for f in data.get("federatedCredentials") or ()),
+                managed_identity_client_id=str(data["managedIdentityClientId"])
+                if data.get("credentialType") == MANAGED_IDENTITY else None,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"connection record is missing a field: {exc}") from exc

@@ -13,7 +13,7 @@ Graph objects, and a version counts as the product's only if `started_by_us`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE
@@ -34,6 +34,14 @@ FAILURES = "failures"  # "<count>" or "<count>;notified=<time>" while a failure 
 STATE = "state"
 DECOMMISSIONING = "decommissioning"
 SUCCEEDED = "Succeeded"
+
+# A managedIdentity identity's grants this product made (registry tags of its connection secret): the
+# Exchange.ManageAsApp assignment id, and the directory role assignment ids (comma-separated). An entry
+# `?` (consent) or `?<role template id>` records the intent, written before the grant is made, so a run
+# that stops between the grant and recording its id still knows the grant is ours.
+CONSENT_ASSIGNMENT = "consentAssignment"
+ROLE_ASSIGNMENTS = "roleAssignments"
+INTENDED = "?"
 
 # A failure already notified is repeated to operators at most this often while it lasts.
 REMINDER_INTERVAL = dt.timedelta(days=1)
@@ -80,6 +88,59 @@ class LastRun:
         return f"{count};notified={format_time(notified_at)}" if notified_at else str(count)
 
 
+@dataclass(frozen=True)
+class RecordedGrants:
+    """The grants to a managed identity this product recorded making; decommission removes exactly these.
+
+    Read from tags a Key Vault secret writer can edit: an entry only ever selects among the grants the
+    managed identity holds (read from Graph), and only for removal; grants are authorised by the spec
+    and today's allow-lists, never by these tags."""
+
+    consent: str | None = None  # the assignment id, INTENDED, or None
+    roles: tuple[str, ...] = ()  # assignment ids, or INTENDED + role template id
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> RecordedGrants:
+        consent = tags.get(CONSENT_ASSIGNMENT) or None
+        roles = tuple(r for r in (tags.get(ROLE_ASSIGNMENTS) or "").split(",") if r)
+        return cls(consent, roles)
+
+    def to_tags(self) -> dict[str, str]:
+        tags = {CONSENT_ASSIGNMENT: self.consent or "", ROLE_ASSIGNMENTS: ",".join(self.roles)}
+        return {k: v for k, v in tags.items() if v}
+
+    def owns_consent(self, assignment_id: str) -> bool:
+        return self.consent in (assignment_id, INTENDED)
+
+    def owns_role(self, role_id: str, assignment_id: str) -> bool:
+        return assignment_id in self.roles or f"{INTENDED}{role_id}" in self.roles
+
+    def intending(self, consent: bool, role_ids: Iterable[str]) -> RecordedGrants:
+        """With the intent to make these grants recorded (before they are made)."""
+        roles = [*self.roles, *(f"{INTENDED}{r}" for r in role_ids if f"{INTENDED}{r}" not in self.roles)]
+        return RecordedGrants(INTENDED if consent else self.consent, tuple(roles))
+
+    def resolved(self, consent_id: str | None, role_assignments: Mapping[str, str]) -> RecordedGrants:
+        """What is still ours after a run that observed the managed identity's grants: intents whose grant
+        exists become its id; ids no longer held are dropped (a removed grant is no longer ours)."""
+        consent = consent_id if consent_id is not None and self.owns_consent(consent_id) else None
+        roles = tuple(assignment for role_id, assignment in sorted(role_assignments.items())
+                      if self.owns_role(role_id, assignment))
+        return RecordedGrants(consent, roles)
+
+
+def outcome_tags(spec_tags: Mapping[str, str], facts: Mapping[str, str], now: dt.datetime,
+                 error: tuple[str, str] | None) -> dict[str, str]:
+    """The registry entry a run leaves: the spec's tags, the facts it saw (ids, publication, state, failure
+    streak; empty ones left out, as Key Vault allows at most MAX_TAGS tags), when it ran and how it ended.
+    `error`: the failure's (reason, message), or None for a success."""
+    tags = {**spec_tags, **{k: v[:MAX_TAG_VALUE] for k, v in facts.items() if v}, LAST_RUN: format_time(now),
+            LAST_RESULT: SUCCEEDED if error is None else error[0]}
+    if error is not None:
+        tags[LAST_ERROR] = error[1][:MAX_TAG_VALUE]
+    return tags
+
+
 def _time(text: str | None) -> dt.datetime | None:
     if not text:
         return None
@@ -89,4 +150,4 @@ def _time(text: str | None) -> dt.datetime | None:
         return None
 
 
-__all__ = ["LastRun", "started_by_us"]
+__all__ = ["LastRun", "RecordedGrants", "started_by_us"]

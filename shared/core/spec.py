@@ -125,6 +125,12 @@ class IdentitySpec:
         return tags
 
     @property
+    def credential_type(self) -> str:
+        """How its jobs sign in, as the connection record's `credentialType` says it."""
+        return MANAGED_IDENTITY if self.managed_identity is not None else CERTIFICATE if self.certificate \
+            else FEDERATED
+
+    @property
     def default_credentials(self) -> bool:
         return self.certificate and not self.federated and self.managed_identity is None
 
@@ -417,11 +423,6 @@ def parse_credentials(value: object, settings: Settings, errors: list[dict[str, 
                        "detail": f"at most {MAX_FEDERATED} federated credentials (Entra ID's limit per app)"})
     if kinds[MANAGED_IDENTITY] and len(value) > 1:
         errors.append({"pointer": "/credentials", "detail": "a managedIdentity credential must be the only one"})
-    if len(errors) == start and managed_identity is not None:
-        # No app registration at all (issue #16): not in this version.
-        errors.append({"pointer": "/credentials/0", "detail": "managedIdentity identities (no app registration) "
-                       "are not available yet: trust the managed identity with a federated credential instead",
-                       "reason": "CredentialKindNotAvailable"})
     if len(errors) == start:
         trial = IdentitySpec("x", "", (), 1, 2048, certificate=certificate, federated=tuple(federated),
                              managed_identity=managed_identity)

@@ -2,7 +2,8 @@
 
 Every identity with its timeline (notBefore, renewal point, notAfter, retirement of the previous
 key), its facets and its last result, most urgent first: failures and expired certificates, then
-overdue renewals and drift, then by days to expiry. One certificate listing gives the rows; the
+overdue renewals and drift, then by days to expiry. The registry's listings give the rows (certificates,
+and secrets for identities without a certificate: they have no timeline, only facets); the
 facets need one full observation per identity, so they are shown only up to DETAIL_LIMIT
 identities (docs/operations.md, "Status page", has the cost). Everything shown is escaped; the page
 loads nothing from elsewhere (inline CSS, no script).
@@ -58,6 +59,7 @@ class Row:
     last_error: str | None
     facets: dict[str, dict[str, Any]] | None = None
     notes: list[str] = field(default_factory=list)
+    credential_type: str = "certificate"  # federated or managedIdentity: no certificate to expire
 
     def days_to_expiry(self, now: dt.datetime) -> float | None:
         return None if self.not_after is None else (self.not_after - now) / dt.timedelta(days=1)
@@ -66,6 +68,8 @@ class Row:
         """failed | expired | overdue | drift | pending | ok — the badge, and the first sort key."""
         if self.last_result not in (None, "Succeeded"):
             return "failed"
+        if self.credential_type != "certificate":
+            return self._facet_condition() or "ok"
         if self.not_after is None:
             return "pending"
         if not (self.not_before or self.not_after) <= now < self.not_after:
@@ -74,9 +78,14 @@ class Row:
             return "failed"
         if self.renewal is not None and now >= self.renewal:
             return "overdue"
+        return self._facet_condition() or "ok"
+
+    def _facet_condition(self) -> str | None:
+        if self.facets and any(f.get("state") == "blocked" for f in self.facets.values()):
+            return "failed"
         if self.facets and any(f.get("state") not in ("ok", None) for f in self.facets.values()):
             return "drift"
-        return "ok"
+        return None
 
 
 URGENCY = {"failed": 0, "expired": 0, "overdue": 1, "drift": 2, "pending": 2, "ok": 3}
@@ -91,6 +100,7 @@ def sort_by_urgency(rows: list[Row], now: dt.datetime) -> list[Row]:
 
 
 async def collect(platform: Any) -> list[Row]:
+    from shared.core import registry
     from shared.core.record import parse_time
     from shared.core.renewal import jittered_renewal_time
     from shared.service import status
@@ -105,10 +115,12 @@ async def collect(platform: Any) -> list[Row]:
             renewal = jittered_renewal_time(entry.not_before or entry.not_after, entry.not_after, policy,
                                             entry.thumbprint or entry.name)
         rows.append(Row(
-            name=entry.name, state=tags.get("state", "active"), thumbprint=entry.thumbprint,
+            name=entry.name, state=tags.get(registry.STATE, "active"), thumbprint=entry.thumbprint,
             not_before=entry.not_before, not_after=entry.not_after, renewal=renewal,
-            retire_after=parse_time(tags["retireAfter"]) if tags.get("retireAfter") else None,
-            last_result=tags.get("lastResult"), last_run=tags.get("lastRun"), last_error=tags.get("lastError"),
+            retire_after=parse_time(tags[registry.RETIRE_AFTER]) if tags.get(registry.RETIRE_AFTER) else None,
+            last_result=tags.get(registry.LAST_RESULT), last_run=tags.get(registry.LAST_RUN),
+            last_error=tags.get(registry.LAST_ERROR),
+            credential_type=entry.spec.credential_type,
         ))
     if len(rows) <= DETAIL_LIMIT:
         gate = asyncio.Semaphore(DETAIL_CONCURRENCY)
@@ -129,6 +141,8 @@ def _when(value: dt.datetime | None) -> str:
 
 
 def _timeline(row: Row, now: dt.datetime) -> str:
+    if row.credential_type != "certificate":
+        return f'<div class="timeline empty">no certificate: {html.escape(row.credential_type)}</div>'
     if row.not_before is None or row.not_after is None or row.not_after <= row.not_before:
         return '<div class="timeline empty">no certificate yet</div>'
     span = (row.not_after - row.not_before).total_seconds()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.core.record import ConnectionRecord
-from shared.core.spec import FEDERATED, NAME_PATTERN, TOKEN_EXCHANGE_AUDIENCE, IdentityNames
+from shared.core.spec import FEDERATED, MANAGED_IDENTITY, NAME_PATTERN, TOKEN_EXCHANGE_AUDIENCE, IdentityNames
 from shared.errors import IdentityNotFound, InvalidSpec, NeedsOperator, Retryable
 from shared.settings import Settings
 
@@ -184,7 +184,8 @@ def uses_federation(record: ConnectionRecord, settings: Settings) -> bool:
 @dataclass(frozen=True, repr=False, eq=False)
 class Connection:
     """What a job connects with. `credential` gets tokens for `exchange_scope` and `graph_scope`;
-    `certificate` is None when the job signs in with its workload's token (federated)."""
+    `certificate` is None when the job signs in with its workload's token (federated), or is the identity's
+    managed identity itself (managedIdentity)."""
 
     record: ConnectionRecord
     certificate: IdentityCertificate | None
@@ -303,8 +304,13 @@ class ConnectionCache:
                 entry.checked_at = self.clock()
                 return entry.connection
             cached = entry.connection if entry is not None else None
+            if record.credential_type == MANAGED_IDENTITY:
+                return self._without_certificate(name, record, cached, failed, self._managed_identity_credential,
+                                                 "managed identity")
             if uses_federation(record, self.settings):
-                return self._federated(name, record, cached, failed)
+                return self._without_certificate(
+                    name, record, cached, failed, lambda r: WorkloadFederatedCredential(r, self.settings),
+                    "federated (workload token)")
             if cached is not None and cached.certificate is not None \
                     and cached.certificate.version == record.certificate_version:
                 certificate = cached.certificate
@@ -329,21 +335,29 @@ class ConnectionCache:
             self._entries[name] = _Entry(connection, self.clock())
             return connection
 
-    def _federated(self, name: str, record: ConnectionRecord, cached: Connection | None,
-                   failed: Connection | None) -> Connection:
-        """A federated connection: one Key Vault read (the record), no certificate."""
+    def _without_certificate(self, name: str, record: ConnectionRecord, cached: Connection | None,
+                             failed: Connection | None, credential_for: Callable[[ConnectionRecord], Any],
+                             kind: str) -> Connection:
+        """A federated or managed-identity connection: one Key Vault read (the record), no certificate."""
         if cached is not None and cached.certificate is None and failed is None \
-                and cached.record.app_id == record.app_id:
+                and cached.record.app_id == record.app_id and cached.record.credential_type == record.credential_type:
             connection = cached if cached.record.same_publication(record) else _replace_record(cached, record)
         else:
-            credential = WorkloadFederatedCredential(record, self.settings)
-            connection = Connection(record, None, credential, self.settings.exo_scope, self.settings.graph_scope,
-                                    self.settings.exo_endpoint)
+            connection = Connection(record, None, credential_for(record), self.settings.exo_scope,
+                                    self.settings.graph_scope, self.settings.exo_endpoint)
             if cached is not None:
                 self._retired.append((self.clock(), cached.credential))
-            logger.info("connection of %s: federated (workload token)", name)
+            logger.info("connection of %s: %s", name, kind)
         self._entries[name] = _Entry(connection, self.clock())
         return connection
+
+    @staticmethod
+    def _managed_identity_credential(record: ConnectionRecord) -> Any:
+        """A managedIdentity identity signs in as the managed identity itself, selected by the client id the
+        record names (the job's host must have that identity assigned)."""
+        from azure.identity.aio import ManagedIdentityCredential
+
+        return ManagedIdentityCredential(client_id=record.managed_identity_client_id or record.app_id)
 
     def _connect(self, record: ConnectionRecord, certificate: IdentityCertificate) -> Connection:
         from azure.identity.aio import CertificateCredential
@@ -551,8 +565,9 @@ def connection_sync(name: str, *, settings: Settings | None = None) -> SyncConne
     settings = settings or Settings.current()
     current = run_sync(connection(name, settings=settings))
     if current.certificate is None:
-        raise NeedsOperator(f"connection_sync() signs in with certificates only; identity {name} is used with its "
-                            "workload's token here: call connection() from async code", reason="FederatedNotSync")
+        raise NeedsOperator(f"connection_sync() signs in with certificates only; identity {name} is used without "
+                            "one here (its workload's token or its managed identity): call connection() from async "
+                            "code", reason="FederatedNotSync")
     with _sync_lock:
         known = _sync_credentials.get((settings, name))
         if known is not None and known[0] is current.certificate:

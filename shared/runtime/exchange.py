@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, EXCHANGE_SUPPORTED_ROLES, role_name
+from shared.core.spec import MANAGED_IDENTITY
 from shared.errors import ExoAutomationError, NeedsOperator, Retryable
 from shared.runtime.connection import Connection, ConnectionCache, connection_cache, run_sync
 from shared.settings import Settings
@@ -531,7 +532,8 @@ def _sign_in_failed(connection: Connection, cmdlet: str, exc: Exception) -> Exch
     }
     if "temporarily_unavailable" in text:
         return ExchangeUnavailable(f"the token service is unavailable for {_who(connection)} ({first})", cmdlet=cmdlet)
-    refused = "the certificate" if connection.certificate is not None else "the workload's token"
+    refused = "the certificate" if connection.certificate is not None else "the managed identity" \
+        if connection.record.credential_type == MANAGED_IDENTITY else "the workload's token"
     hint = next((h for code, h in hints.items() if code in text), f"Entra ID refused {refused}")
     return ExchangeSignInFailed(f"{_who(connection)} cannot sign in for {cmdlet}: {hint} ({first})",
                                 cmdlet=cmdlet)

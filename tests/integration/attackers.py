@@ -53,6 +53,15 @@ class Attacker:
             client.update_certificate_properties(name, current.properties.version, tags=tags)
         return tags
 
+    def set_secret_tags(self, name: str, **changes: str) -> dict[str, str]:
+        """Rewrite a secret's tags (Secrets Officer may); returns the tags written."""
+        from azure.keyvault.secrets import SecretClient
+
+        with SecretClient(self.stack.settings()["KEY_VAULT_URL"], self.credential()) as client:
+            tags = {**(client.get_secret(name).properties.tags or {}), **changes}
+            client.update_secret_properties(name, tags=tags)
+        return tags
+
     # -- Graph -------------------------------------------------------------------------------------
     def graph(self, method: str, path: str, body: Any = None) -> httpx.Response:
         settings = self.stack.settings()
@@ -67,6 +76,14 @@ def vault_certificate_writer(stack: Stack) -> Attacker:
     attacker = Attacker(stack, create_app(stack.world, "kv-certificate-writer"))
     with stack.world.lock:
         stack.world.vault_roles[attacker.object_id] = {"Key Vault Certificates Officer"}
+    return attacker
+
+
+def vault_secret_writer(stack: Stack) -> Attacker:
+    """Someone granted Key Vault Secrets Officer on the vault, and nothing else."""
+    attacker = Attacker(stack, create_app(stack.world, "kv-secret-writer"))
+    with stack.world.lock:
+        stack.world.vault_roles[attacker.object_id] = {"Key Vault Secrets Officer"}
     return attacker
 
 
@@ -109,4 +126,5 @@ def exchange_grants(stack: Stack, principal_id: str) -> list[str]:
                 and a["appRoleId"] == EXCHANGE_MANAGE_AS_APP]
 
 
-__all__ = ["Attacker", "app_owner", "exchange_grants", "foreign_app", "principal_roles", "vault_certificate_writer"]
+__all__ = ["Attacker", "app_owner", "exchange_grants", "foreign_app", "principal_roles", "vault_certificate_writer",
+           "vault_secret_writer"]

@@ -108,6 +108,17 @@ def principal_header(roles: list[str]) -> dict[str, str]:
     return {"X-MS-CLIENT-PRINCIPAL": base64.b64encode(json.dumps({"claims": claims}).encode()).decode()}
 
 
+def connection_secret(stack: Stack, name: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The identity's connection record and its secret's tags, read as the platform reads them."""
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+
+    with ManagedIdentityCredential() as credential, \
+            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
+        secret = secrets.get_secret(f"exo-{name}-connection")
+        return dict(json.loads(secret.value or "")), dict(secret.properties.tags or {})
+
+
 def write_count(stack: Stack) -> int:
     """Writes the product made to Graph and Key Vault (token requests are not writes)."""
     return sum(row["count"] for row in stack.world.counter.snapshot()
@@ -122,7 +133,8 @@ def requests_by_service(stack: Stack) -> dict[str, int]:
 
 
 def run_job_get_mailbox(stack: Stack, identity: str) -> list[dict[str, Any]]:
-    """What an unattended job does: read only the connection secret and the PFX, connect, Get-Mailbox."""
+    """What an unattended job does: read only the connection secret and the PFX, connect, Get-Mailbox. A
+    managedIdentity identity's job reads only the record and signs in as the managed identity it names."""
     from azure.identity import CertificateCredential, ManagedIdentityCredential
     from azure.keyvault.secrets import SecretClient
 
@@ -130,11 +142,14 @@ def run_job_get_mailbox(stack: Stack, identity: str) -> list[dict[str, Any]]:
     with ManagedIdentityCredential() as platform_identity:
         secrets = SecretClient(settings["KEY_VAULT_URL"], platform_identity)
         record = json.loads(secrets.get_secret(f"exo-{identity}-connection").value or "")
-        backing = secrets.get_secret(record["certificateName"], record["certificateVersion"])
-        pfx = base64.b64decode(backing.value or "")
+        if record.get("credentialType") != "managedIdentity":
+            backing = secrets.get_secret(record["certificateName"], record["certificateVersion"])
+            pfx = base64.b64decode(backing.value or "")
         secrets.close()
-    credential = CertificateCredential(record["tenantId"], record["appId"], certificate_data=pfx,
-                                       authority=settings["AZURE_AUTHORITY_HOST"], disable_instance_discovery=True)
+    credential: Any = ManagedIdentityCredential(client_id=record["managedIdentityClientId"]) \
+        if record.get("credentialType") == "managedIdentity" else \
+        CertificateCredential(record["tenantId"], record["appId"], certificate_data=pfx,
+                              authority=settings["AZURE_AUTHORITY_HOST"], disable_instance_discovery=True)
     token = credential.get_token(f"{settings['EXO_ENDPOINT']}/.default").token
     credential.close()
     response = httpx.post(

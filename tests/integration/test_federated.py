@@ -20,7 +20,7 @@ from devstack import Stack
 from shared.runtime.connection import close_connections, connection
 from shared.runtime.exchange import exchange_client
 
-from .helpers import delete_identity, get_identity, post_identity, write_count
+from .helpers import connection_secret, delete_identity, get_identity, post_identity, write_count
 
 AUDIENCE = "api://AzureADTokenExchange"
 
@@ -45,12 +45,7 @@ def federated_of(stack: Stack, name: str) -> list[dict[str, Any]]:
 
 
 def read_record(stack: Stack, name: str) -> dict[str, Any]:
-    from azure.identity import ManagedIdentityCredential
-    from azure.keyvault.secrets import SecretClient
-
-    with ManagedIdentityCredential() as credential, \
-            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
-        return dict(json.loads(secrets.get_secret(f"exo-{name}-connection").value or ""))
+    return connection_secret(stack, name)[0]
 
 
 def job_get_mailbox(name: str) -> tuple[list[dict[str, Any]], str]:
@@ -259,3 +254,40 @@ def test_decommission_leaves_a_foreign_app_trusting_the_same_workload(stack: Sta
                    for a in stack.world.directory.applications.values())
     assert stack.world.directory.federated_credentials[foreign.app["id"]] == [foreign_credential]
     assert stack.world.platform.object_id in stack.world.directory.service_principals
+
+
+def test_an_identity_without_a_certificate_is_listed_and_the_sweep_repairs_it_on_schedule(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from .helpers import call, invoke
+    from .platform_helpers import converge, sweep
+
+    trust = trusting_platform(stack, monkeypatch)
+    assert post_identity({"name": "listed-job", "credentials": [trust]}).status == 201
+    assert post_identity({"name": "with-cert"}).status == 201
+
+    listed = {i["name"]: i for i in call("identities", "GET", "http://localhost/api/identities").body["value"]}
+    assert set(listed) == {"listed-job", "with-cert"}
+    assert listed["listed-job"]["credentialType"] == "federated" and listed["listed-job"]["thumbprint"] is None
+    assert listed["listed-job"]["appId"] == app_of(stack, "listed-job")["appId"]
+    assert listed["listed-job"]["lastResult"] == "Succeeded"
+    _, _, page = invoke("status_page", "GET", "http://localhost/api/status", b"", {}, {}, {})
+    assert 'data-identity="listed-job" data-condition="ok"' in page.decode()
+    assert sweep(stack).due == {}
+
+    # Drift the listings cannot see (a federated credential removed): the deep check finds it on schedule.
+    with stack.world.lock:
+        federated_of(stack, "listed-job").clear()
+    assert sweep(stack).due == {}
+    stack.world.clock.advance(25 * 3600)
+    found = converge(stack)
+    assert found.get("listed-job") == ["DeepCheckDue"], found
+    assert len(federated_of(stack, "listed-job")) == 1
+
+    # Drift the listings see (the app's grant removed) is found by the next sweep.
+    sp = stack.world.directory.sp_by_app_id(app_of(stack, "listed-job")["appId"])
+    assert sp is not None
+    with stack.world.lock:
+        for key in [k for k, a in stack.world.directory.app_role_assignments.items() if a["principalId"] == sp["id"]]:
+            del stack.world.directory.app_role_assignments[key]
+    assert converge(stack) == {"listed-job": ["ConsentMissing"]}
+    assert len(job_get_mailbox("listed-job")[0]) == 5

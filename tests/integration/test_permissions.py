@@ -100,15 +100,19 @@ def assign_role_as_administrator(stack: Stack, service_principal_id: str) -> Non
 
 def run_lifecycle(stack: Stack, name: str, mode: str) -> Refusal | None:
     """Every operation the product offers, in order; the first refusal, or None when all succeeded.
-    The identity also trusts a workload (a federated credential), dropped again before decommission."""
+    The identity also trusts a workload (a federated credential), dropped again before decommission; a
+    second identity is of kind managedIdentity (the grant and role on an existing managed identity)."""
     trust = {"type": "federated", "subject": stack.world.platform.object_id,
              "issuer": f"{stack.url('entra')}/{stack.world.tenant_id}/v2.0"}
+    job = stack.world.add_managed_identity("id-permission-check")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ALLOWED_MANAGED_IDENTITIES", stack.world.platform.object_id)
-        return _run_lifecycle(stack, name, mode, {"name": name, "credentials": [{"type": "certificate"}, trust]})
+        patch.setenv("ALLOWED_MANAGED_IDENTITIES", f"{stack.world.platform.object_id},{job.object_id}")
+        refusal = _run_lifecycle(stack, name, mode, {"name": name, "credentials": [{"type": "certificate"}, trust]})
+        return refusal or _managed_identity_lifecycle(stack, f"{name}-mi", mode, job.object_id)
 
 
-def _run_lifecycle(stack: Stack, name: str, mode: str, request: dict[str, Any]) -> Refusal | None:
+def _bootstrapped(stack: Stack, name: str, mode: str, request: dict[str, Any]) -> Refusal | None:
+    """Bootstrap (in verify mode an administrator assigns the role in between), then status in sync and a job."""
     boot = post_identity(request)
     if mode == "verify" and boot.status == 502 and boot.body.get("reason") == "RoleNotAssigned":
         status = get_identity(name)
@@ -124,6 +128,22 @@ def _run_lifecycle(stack: Stack, name: str, mode: str, request: dict[str, Any]) 
         return _refusal("status", status.status, status.body)
     assert status.body["inSync"] is True, status.body["facets"]
     assert run_job_get_mailbox(stack, name), "the identity works for a job"
+    return None
+
+
+def _managed_identity_lifecycle(stack: Stack, name: str, mode: str, principal: str) -> Refusal | None:
+    request = {"name": name, "credentials": [{"type": "managedIdentity", "principalId": principal}]}
+    refusal = _bootstrapped(stack, name, mode, request)
+    if refusal is not None:
+        return refusal
+    gone = delete_identity(name)
+    return None if gone.status == 200 else _refusal("decommission (managed identity)", gone.status, gone.body)
+
+
+def _run_lifecycle(stack: Stack, name: str, mode: str, request: dict[str, Any]) -> Refusal | None:
+    refusal = _bootstrapped(stack, name, mode, request)
+    if refusal is not None:
+        return refusal
 
     try:
         assert sweep(stack).due == {}, "in sync: the sweep finds nothing to do"

@@ -30,6 +30,7 @@ from .attackers import (
     foreign_app,
     principal_roles,
     vault_certificate_writer,
+    vault_secret_writer,
 )
 from .helpers import call, delete_identity, get_identity, post_identity, principal_header, rotate, write_count
 from .platform_helpers import reconcile, sweep
@@ -192,6 +193,56 @@ def test_forged_certificate_tags_cannot_aim_decommission_or_rotation_at_a_foreig
     assert principal_roles(stack, foreign_sp) == {ERA}
     assert app_keys(stack, foreign["id"]) == []
     assert write_count(stack) == 0
+
+
+# -- A Key Vault secret writer edits a managedIdentity identity's registry entry ----------------------------
+def test_vault_secret_writer_cannot_aim_a_managed_identity_identity_at_another_principal(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spec comes from the request and today's allow-list; the tags on the connection secret only
+    describe it, and are judged like that on every run (the queue path reads them back)."""
+    import json
+
+    job = stack.world.add_managed_identity("id-mailbox-jobs")
+    target = stack.world.add_managed_identity("id-someone-elses")  # not on the allow-list
+    monkeypatch.setenv("ALLOWED_MANAGED_IDENTITIES", job.object_id)
+    credentials = [{"type": "managedIdentity", "principalId": job.object_id}]
+    assert post_identity({"name": "mi-aimed", "credentials": credentials}).status == 201
+
+    attacker = vault_secret_writer(stack)
+    attacker.set_secret_tags("exo-mi-aimed-connection", credentials=json.dumps({"c": 0, "m": target.object_id}))
+    stack.world.counter.reset()
+    outcome = reconcile(stack, "mi-aimed")
+    assert outcome.error is not None and outcome.error.reason == "ManagedIdentityRefused", outcome.error
+    assert "ManagedIdentityRefused" in sweep(stack).due.get("mi-aimed", [])
+    assert exchange_grants(stack, target.object_id) == [] and principal_roles(stack, target.object_id) == set()
+    graph_writes = [r for r in stack.world.counter.snapshot() if r["service"] == "graph"
+                    and r["method"] in ("POST", "PATCH", "DELETE")]
+    assert not graph_writes, graph_writes
+    status = get_identity("mi-aimed").body
+    assert status["facets"]["managedIdentity"]["state"] == "refused"
+    # The operator's request (the spec as it should be) is told the entry was changed, and changes nothing.
+    writes = write_count(stack)
+    answer = post_identity({"name": "mi-aimed", "credentials": credentials})
+    assert answer.status == 409 and answer.body["reason"] == "CredentialKindCannotChange", answer.body
+    assert write_count(stack) == writes
+
+
+def test_vault_secret_writer_cannot_aim_decommission_at_another_principals_grants(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded grant ids only ever select among the grants of the identity's own managed identity."""
+    job = stack.world.add_managed_identity("id-mailbox-jobs")
+    other = stack.world.add_managed_identity("id-someone-elses")
+    other_grant = grant_app_role(stack.world, other.object_id, EXCHANGE_APP_ID, "Exchange.ManageAsApp")
+    other_role = assign_directory_role(stack.world, other.object_id, ERA)
+    monkeypatch.setenv("ALLOWED_MANAGED_IDENTITIES", f"{job.object_id},{other.object_id}")
+    credentials = [{"type": "managedIdentity", "principalId": job.object_id}]
+    assert post_identity({"name": "mi-decoy", "credentials": credentials}).status == 201
+
+    vault_secret_writer(stack).set_secret_tags("exo-mi-decoy-connection", consentAssignment=other_grant,
+                                               roleAssignments=other_role)
+    assert delete_identity("mi-decoy").status == 200
+    assert exchange_grants(stack, other.object_id) == [other_grant]
+    assert principal_roles(stack, other.object_id) == {ERA}
 
 
 def app_keys(stack: Stack, object_id: str) -> list[str]:
