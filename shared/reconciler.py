@@ -346,6 +346,8 @@ class _Executor:
         self.observed = observed
         self.app_raw = app_raw
         self.fresh_principal = False  # created by this run: dependent writes may meet replication delay
+        # The app was created by this run's POST, and no key was added since: its keys are the POST's answer.
+        self.fresh_application = False
 
     def snapshot(self) -> dict[str, Any]:
         """Ids and thumbprints as this run knows them now: the before/after of audit events."""
@@ -417,7 +419,8 @@ class _Executor:
             case TagCertificate():
                 return "tags are written with the outcome"
             case UpsertApplication():
-                app = await directory.upsert_application(names.unique_name, names.display_name, self.app_raw)
+                app, self.fresh_application = await directory.upsert_application(
+                    names.unique_name, names.display_name, self.app_raw)
                 self.app_raw = app
                 # Created by this call, re-read as provably ours, or a repair of an app observed as ours.
                 self.observed = dataclasses.replace(self.observed,
@@ -553,8 +556,16 @@ class _Executor:
         assert names is not None and self.spec is not None
         object_id, _ = self._app()
         der = version.der or await self.r.vault.certificate_der(names.certificate, version.version)
-        # Always read back: a concurrent run may have added its key since the app was created.
-        existing = await self.r.directory.key_credentials_with_keys(object_id)
+        if self.fresh_application and self.app_raw is not None:
+            # Created by this run's POST moments ago, under the identity's lease: its only owner is the
+            # platform and the only writer of the platform's keys for it is this run, so its keys are the
+            # ones Graph answered the POST with (none). A read-back would not close the window for a tenant
+            # admin editing any app either (read and PATCH are two requests), so it adds nothing here.
+            existing = list(self.app_raw.get("keyCredentials") or [])
+        else:
+            # Read back: the app was there before this run, and its keys may have changed since observed.
+            existing = await self.r.directory.key_credentials_with_keys(object_id)
+        self.fresh_application = False  # after this PATCH, later key edits read back again
         if any(entry.get("keyId") == key_id_for(version.thumbprint) for entry in existing):
             return "already present"
         now = self.r.clock()

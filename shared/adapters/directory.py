@@ -274,14 +274,18 @@ class DirectoryGateway:
         return await self.graph.get_optional(path_for_unique_name(unique_name), {"$select": APP_FIELDS})
 
     async def upsert_application(self, unique_name: str, display_name: str,
-                                 existing: dict[str, Any] | None) -> dict[str, Any]:
-        """Create the app, or repair the drifted parts of it, keeping what others added."""
+                                 existing: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+        """Create the app, or repair the drifted parts of it, keeping what others added.
+
+        Returns the app and whether this call's POST created it (Graph answered 201): only then is
+        its key collection known to be the one in the answer, empty.
+        """
         if existing is not None:
             # PATCH keeps omitted properties: an admin's display name, notes and the like stay.
             repair = {"signInAudience": "AzureADMyOrg", "tags": _with_owner_tag(existing.get("tags")),
                       "requiredResourceAccess": _with_exchange_permission(existing.get("requiredResourceAccess"))}
             await self.graph.request("PATCH", f"/applications/{existing['id']}", json=repair)
-            return {**existing, **repair}
+            return {**existing, **repair}, False
         body = {"displayName": display_name, "uniqueName": unique_name, "signInAudience": "AzureADMyOrg",
                 "tags": [APP_OWNER_TAG], "requiredResourceAccess": [EXCHANGE_PERMISSION]}
         # POST, not the uniqueName upsert: an app created app-only with POST gets its creator as owner,
@@ -301,9 +305,9 @@ class DirectoryGateway:
             if not await self.owns_application(str(found["id"])):
                 raise ForeignObject(f"an app registration with uniqueName {unique_name} was created meanwhile by "
                                     "someone else; this product does not own it") from exc
-            return found
+            return found, False
         created: dict[str, Any] = response.json()
-        return created
+        return created, True
 
     async def owns_application(self, app_object_id: str) -> bool:
         """Whether the platform's own principal is among the app's owners (GET /applications/{id}/owners).
