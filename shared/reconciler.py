@@ -70,6 +70,7 @@ from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import LastRun
 from shared.core.spec import FEDERATED, IdentityNames, IdentitySpec, registry_spec
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
+from shared.lease import ensure_held
 from shared.notify import CLEARED
 
 log = logging.getLogger("exo_automation.reconciler")
@@ -278,6 +279,7 @@ class Reconciler:
         # A repeated bootstrap that finds nothing to do writes nothing; a queued reconcile records
         # that it checked, which is how the sweep knows when the next deep check is due.
         if result.executed or result.error is not None or operation == "reconcile":
+            ensure_held()
             await executor.record_outcome(result)
         return result
 
@@ -309,6 +311,7 @@ class Reconciler:
 
     async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
         for action in actions:
+            ensure_held()  # a run that lost its identity's lease stops before its next write (LeaseLost)
             before = executor.snapshot()
             await progress.step(action)
             try:
