@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,13 +17,17 @@ from shared.core.record import ConnectionRecord, format_time
 from shared.core.renewal import jittered_renewal_time
 from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from shared.errors import IdentityNotFound
-from shared.lease import LeaseStore
+from shared.lease import IdentityBusy, LeaseStore, ensure_held
 from shared.platform import Platform
 from shared.reconciler import RunResult, recorded_spec_without_certificate
+
+log = logging.getLogger("exo_automation.service")
 
 # How long a run waits for another run of the same identity by default (HTTP passes what is left
 # of its inline budget, the queue a few seconds, the CLI longer).
 DEFAULT_LEASE_WAIT_SECONDS = 60.0
+# Recording a poisoned message waits only briefly: a run that holds the identity records its own outcome.
+POISON_LEASE_WAIT_SECONDS = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -121,15 +126,29 @@ async def list_identities(platform: Platform) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: item["name"])
 
 
-async def record_poison(platform: Platform, name: str) -> None:
-    """Show in the identity's status that its reconcile exhausted the host's redeliveries."""
+async def record_poison(platform: Platform, name: str, *,
+                        lease_wait: float = POISON_LEASE_WAIT_SECONDS) -> bool:
+    """Show in the identity's status that its reconcile exhausted the host's redeliveries.
+
+    The tags are the identity's registry, written by one run at a time: this takes the identity's
+    lease like any writer. If another run holds it, nothing is written (False): that run records
+    its own outcome, which is newer than the poisoned message's.
+    """
     names = IdentityNames(validate_name(name))
-    cert = await platform.vault.observe_certificate(names.certificate)
-    if cert is None or not cert.owned or cert.current is None:
-        return
-    tags = {**cert.tags, "lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
-            "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
-    await platform.vault.update_certificate_tags(names.certificate, cert.current.version, tags)
+    try:
+        async with writer(platform, name, dry_run=False, lease_wait=lease_wait):
+            cert = await platform.vault.observe_certificate(names.certificate)
+            if cert is None or not cert.owned or cert.current is None:
+                return False
+            tags = {**cert.tags, "lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
+                    "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
+            ensure_held()
+            await platform.vault.update_certificate_tags(names.certificate, cert.current.version, tags)
+            return True
+    except IdentityBusy:
+        log.info("identity=%s is being changed by another run: its poisoned message is not recorded in the tags; "
+                 "that run records its own outcome", name)
+        return False
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:
