@@ -77,7 +77,11 @@ log = logging.getLogger("exo_automation.reconciler")
 
 Clock = Callable[[], dt.datetime]
 MAX_TAG = 256
-PROBE_MAX_INTERVAL_SECONDS = 2.0
+# The sign-in probe asks Entra for a token every half second for the first minute (a new key is
+# usually accepted within seconds to tens of seconds, and a job can use it from then on), then every 2 s.
+PROBE_INTERVAL_SECONDS = 0.5
+PROBE_FAST_PHASE_SECONDS = 60.0
+PROBE_SLOW_INTERVAL_SECONDS = 2.0
 
 
 def utc_now() -> dt.datetime:
@@ -131,9 +135,12 @@ class SignInProbe:
         from azure.identity.aio import CertificateCredential
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.budget_seconds
-        delay = 0.5
+        started = loop.time()
+        deadline = started + self.budget_seconds
         while True:
+            attempt_started = loop.time()
+            interval = PROBE_INTERVAL_SECONDS if attempt_started - started < PROBE_FAST_PHASE_SECONDS \
+                else PROBE_SLOW_INTERVAL_SECONDS
             credential = CertificateCredential(
                 self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
                 disable_instance_discovery=self.disable_instance_discovery,
@@ -144,6 +151,8 @@ class SignInProbe:
                 return
             except ClientAuthenticationError as exc:
                 # A key added seconds ago is not yet known everywhere (observed: 4-18 s).
+                # One attempt per interval, however long the attempt itself took.
+                delay = max(0.0, attempt_started + interval - loop.time())
                 if loop.time() + delay > deadline:
                     raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
                                     f"({_first_line(str(exc))})", reason="SignInNotYetPossible") from exc
@@ -151,8 +160,6 @@ class SignInProbe:
                 raise Retryable(f"the token service is unavailable ({_first_line(str(exc))})",
                                 reason="TokenServiceUnavailable") from exc
             await asyncio.sleep(delay)
-            # Short: a job can use the key as soon as Entra accepts it, and a token request is cheap.
-            delay = min(delay * 2, PROBE_MAX_INTERVAL_SECONDS)
 
 
 def _first_line(text: str) -> str:
