@@ -8,12 +8,13 @@ Requests are split as the target counts them: *service* requests (Graph, Key Vau
 *token* requests (Entra: managed identity, and the sign-in proof of the new certificate) and Key Vault
 *polls* of the pending certificate operation. Target: at most 15 service requests per bootstrap.
 
-Key Vault's challenge authentication caches the vault's challenge per process: the first request of
-each client in a fresh process is sent without a token and answered 401. The first bootstrap in
-this process therefore pays one extra certificate and one extra secret request
-(`firstInProcess`); a warm Functions worker pays them once, a cold one on its first call. The
-product's modules and SDKs are imported before the first timed bootstrap (bench/coldstart measures
-import costs), so wall times are request work only.
+The first bootstrap in a process (`firstInProcess`) pays three requests a warm one does not: Key
+Vault's unauthenticated first request (the SDK learns the vault's challenge from its 401; the
+certificates client's is shared with the secrets client, and no SDK option avoids it), the tenant's
+app management policy and the Exchange Online service principal's id (each read once per process);
+a warm Functions worker pays them once, a cold one on its first call. The product's modules and
+SDKs are imported before the first timed bootstrap (bench/coldstart measures import costs), so
+wall times are request work only.
 
 Then, under a realistic profile (25 ms per request, 2 s certificate issuance, 20 s key replication),
 the time from `POST /api/identities` to a job's first successful Exchange call, with its target

@@ -68,6 +68,10 @@ param notifyWebhookUrl string = ''
 @allowed(['json', 'teams', 'slack'])
 param notifyWebhookFormat string = 'json'
 param reconcileQueueName string = 'identity-reconcile'
+@description('Days an operation document (GET /api/operations/{id}) is kept after its last change (OPERATION_RETENTION_DAYS).')
+@minValue(1)
+@maxValue(365)
+param operationRetentionDays int = 30
 @description('NCRONTAB (six fields, seconds first) of the sweep that finds identities due for work.')
 param sweepSchedule string = '0 */30 * * * *'
 @minValue(1)
@@ -175,6 +179,7 @@ module storage 'modules/storage.bicep' = {
     reconcileQueueName: reconcileQueueName
     reportsContainerName: reportsContainerName
     privateOnly: networkIsolation
+    operationRetentionDays: operationRetentionDays
   }
 }
 

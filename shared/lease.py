@@ -8,6 +8,11 @@ expires by itself if the process dies, so a killed run blocks the identity for o
 at most. A run that finds the lease held polls for it within its wait budget, then gives up with
 `IdentityBusy` (retryable): HTTP answers 202 and queues the work, the queue re-enqueues the
 message for later, the CLI says what it waits for.
+
+A run can lose its lease: someone breaks it, or the process stalls past its end and another run
+takes it. The reconciler calls `ensure_held()` before each action and before it records the
+outcome, so a run whose renewal was refused, or that has not renewed in time, stops before its
+next write with `LeaseLost` (retryable: the queue redelivers, HTTP answers 503, the CLI says so).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from shared.adapters.storage import storage_client
@@ -37,6 +44,43 @@ class StorageUnavailable(Retryable):
     reason = "StorageUnavailable"
 
 
+class LeaseLost(Retryable):
+    reason = "LeaseLost"
+
+
+# A write started this close to the lease's end could land after it: the run stops instead.
+EXPIRY_MARGIN_SECONDS = 2.0
+
+
+@dataclass
+class HeldLease:
+    """The lease the current run holds: when it was last acquired or renewed (event-loop time at
+    which that request was sent, so never later than the service counted it), and why it is lost."""
+
+    name: str
+    duration: float
+    renewed_at: float
+    lost: str | None = None
+
+    def check(self, now: float) -> None:
+        if self.lost is None and now >= self.renewed_at + self.duration - EXPIRY_MARGIN_SECONDS:
+            self.lost = f"not renewed for {now - self.renewed_at:.0f} s (the process stalled?)"
+        if self.lost is not None:
+            raise LeaseLost(f"this run lost the lease on identity {self.name!r} ({self.lost}); it stopped before "
+                            "its next write and runs again", retry_after=min(self.duration, 15))
+
+
+_held: ContextVar[HeldLease | None] = ContextVar("exo_automation_identity_lease", default=None)
+
+
+def ensure_held() -> None:
+    """Raise `LeaseLost` if the current run's identity lease is lost or may have run out (a no-op
+    outside a lease: dry runs and reads take none). Called before every write of a run."""
+    held = _held.get()
+    if held is not None:
+        held.check(asyncio.get_running_loop().time())
+
+
 class LeaseStore:
     """Blob leases on identities, through the host's storage connection (AzureWebJobsStorage)."""
 
@@ -54,11 +98,14 @@ class LeaseStore:
         service, credential = storage_client("blob", self.settings, self.env, quick=True)
         try:
             async with service:
-                lease = await self._acquire(service, name, wait_seconds, on_wait)
-                renewer = asyncio.create_task(self._renew(lease, name))
+                lease, sent_at = await self._acquire(service, name, wait_seconds, on_wait)
+                held = HeldLease(name, float(self.duration), sent_at)
+                renewer = asyncio.create_task(self._renew(lease, held))
+                token = _held.set(held)
                 try:
                     yield
                 finally:
+                    _held.reset(token)
                     renewer.cancel()
                     await asyncio.gather(renewer, return_exceptions=True)
                     try:
@@ -72,7 +119,8 @@ class LeaseStore:
                 await credential.close()
 
     async def _acquire(self, service: Any, name: str, wait_seconds: float,
-                       on_wait: Callable[[str], None] | None) -> Any:
+                       on_wait: Callable[[str], None] | None) -> tuple[Any, float]:
+        """The lease, and the event-loop time its successful acquire request was sent."""
         from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
         loop = asyncio.get_running_loop()
@@ -81,8 +129,9 @@ class LeaseStore:
         attempt = 0
         told = False
         while True:
+            sent_at = loop.time()
             try:
-                return await blob.acquire_lease(lease_duration=self.duration)
+                return await blob.acquire_lease(lease_duration=self.duration), sent_at
             except ResourceNotFoundError:
                 await self._create(service, name)
                 continue
@@ -120,13 +169,24 @@ class LeaseStore:
             raise StorageUnavailable(f"the identity lease blob could not be created ({type(exc).__name__})",
                                      retry_after=10) from exc
 
-    async def _renew(self, lease: Any, name: str) -> None:
-        from azure.core.exceptions import AzureError
+    async def _renew(self, lease: Any, held: HeldLease) -> None:
+        from azure.core.exceptions import AzureError, HttpResponseError
 
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.duration / 3)
+            sent_at = loop.time()
             try:
                 await lease.renew()
+                held.renewed_at = sent_at
+            except HttpResponseError as exc:
+                if exc.status_code == 409:
+                    # Broken, or expired and taken by another run: it cannot come back.
+                    held.lost = f"renewal refused: {getattr(exc, 'error_code', None) or exc.status_code}"
+                    log.warning("identity=%s lease lost (%s); the run stops before its next write", held.name,
+                                held.lost)
+                    return
+                log.warning("identity=%s lease renewal failed (%s)", held.name, exc.status_code)
             except AzureError as exc:
-                # Two more tries before the lease lapses; the run's steps are idempotent either way.
-                log.warning("identity=%s lease renewal failed (%s)", name, type(exc).__name__)
+                # Two more tries before the lease lapses; ensure_held() stops the run if none succeeds.
+                log.warning("identity=%s lease renewal failed (%s)", held.name, type(exc).__name__)

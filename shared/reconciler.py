@@ -64,12 +64,17 @@ from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import CONSENT_ASSIGNMENT, ROLE_ASSIGNMENTS, LastRun, RecordedGrants
 from shared.core.spec import IdentityNames, IdentitySpec, managed_identity_refusal, registry_spec
 from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
+from shared.lease import ensure_held
 from shared.notify import CLEARED
 
 log = logging.getLogger("exo_automation.reconciler")
 
 Clock = Callable[[], dt.datetime]
-PROBE_MAX_INTERVAL_SECONDS = 2.0
+# The sign-in probe asks Entra for a token every half second for the first minute (a new key is
+# usually accepted within seconds to tens of seconds, and a job can use it from then on), then every 2 s.
+PROBE_INTERVAL_SECONDS = 0.5
+PROBE_FAST_PHASE_SECONDS = 60.0
+PROBE_SLOW_INTERVAL_SECONDS = 2.0
 
 
 def utc_now() -> dt.datetime:
@@ -123,9 +128,12 @@ class SignInProbe:
         from azure.identity.aio import CertificateCredential
 
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.budget_seconds
-        delay = 0.5
+        started = loop.time()
+        deadline = started + self.budget_seconds
         while True:
+            attempt_started = loop.time()
+            interval = PROBE_INTERVAL_SECONDS if attempt_started - started < PROBE_FAST_PHASE_SECONDS \
+                else PROBE_SLOW_INTERVAL_SECONDS
             credential = CertificateCredential(
                 self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
                 disable_instance_discovery=self.disable_instance_discovery,
@@ -136,6 +144,8 @@ class SignInProbe:
                 return
             except ClientAuthenticationError as exc:
                 # A key added seconds ago is not yet known everywhere (observed: 4-18 s).
+                # One attempt per interval, however long the attempt itself took.
+                delay = max(0.0, attempt_started + interval - loop.time())
                 if loop.time() + delay > deadline:
                     raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
                                     f"({_first_line(str(exc))})", reason="SignInNotYetPossible") from exc
@@ -143,8 +153,6 @@ class SignInProbe:
                 raise Retryable(f"the token service is unavailable ({_first_line(str(exc))})",
                                 reason="TokenServiceUnavailable") from exc
             await asyncio.sleep(delay)
-            # Short: a job can use the key as soon as Entra accepts it, and a token request is cheap.
-            delay = min(delay * 2, PROBE_MAX_INTERVAL_SECONDS)
 
 
 def _first_line(text: str) -> str:
@@ -282,6 +290,7 @@ class Reconciler:
         # A repeated bootstrap that finds nothing to do writes nothing; a queued reconcile records
         # that it checked, which is how the sweep knows when the next deep check is due.
         if result.executed or result.error is not None or operation == "reconcile":
+            ensure_held()
             await executor.record_outcome(result)
         return result
 
@@ -315,6 +324,7 @@ class Reconciler:
 
     async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
         for action in actions:
+            ensure_held()  # a run that lost its identity's lease stops before its next write (LeaseLost)
             before = executor.snapshot()
             await progress.step(action)
             try:
@@ -401,6 +411,8 @@ class _Executor(_GrantRecords):
         assert self.names is not None
         self.observed = observed
         self.fresh_principal = False  # created by this run: dependent writes may meet replication delay
+        # The app was created by this run's POST, and no key was added since: it has no keys.
+        self.fresh_application = False
         self.planned: tuple[Action, ...] = ()  # the plan being applied (a managed identity's grants are intended first)
         self._handlers: dict[type[Action], Callable[[Any], Awaitable[Outcome]]] = {
             CreateCertificateVersion: self._create_certificate, AwaitCertificate: self._await_certificate,
@@ -510,8 +522,8 @@ class _Executor(_GrantRecords):
 
     async def _upsert_application(self, action: UpsertApplication) -> Outcome:
         # Created by this call, re-read as provably ours, or a repair of an app observed as ours.
-        app = await self.r.directory.upsert_application(self._names.unique_name, self._names.display_name,
-                                                        self.observed.application)
+        app, self.fresh_application = await self.r.directory.upsert_application(
+            self._names.unique_name, self._names.display_name, self.observed.application)
         return Outcome(f"appId {app.app_id}", application=app)
 
     async def _create_service_principal(self, action: CreateServicePrincipal) -> Outcome:
@@ -531,8 +543,11 @@ class _Executor(_GrantRecords):
     async def _add_key(self, action: AddKeyCredential) -> Outcome:
         version = self._resolve(action.thumbprint)
         der = version.der or await self.r.vault.certificate_der(self._names.certificate, version.version)
+        # An app this run's POST created moments ago, under the identity's lease, has only the keys this
+        # run adds: nothing to read back before the first (later key edits read back again).
+        created_empty, self.fresh_application = self.fresh_application, False
         added = await self.r.directory.add_key_credential(self._app().object_id, self._spec.name, version, der,
-                                                          self.r.clock())
+                                                          self.r.clock(), created_empty=created_empty)
         return Outcome(f"keyId {key_id_for(version.thumbprint)}" if added else "already present")
 
     async def _retire_key(self, action: RetireKeyCredential) -> Outcome:

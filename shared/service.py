@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,13 +17,17 @@ from shared.core.renewal import jittered_renewal_time
 from shared.core.roles import role_name
 from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from shared.errors import IdentityNotFound
-from shared.lease import LeaseStore
+from shared.lease import IdentityBusy, LeaseStore, ensure_held
 from shared.platform import Platform
 from shared.reconciler import RunResult, recorded_spec_without_certificate
+
+log = logging.getLogger("exo_automation.service")
 
 # How long a run waits for another run of the same identity by default (HTTP passes what is left
 # of its inline budget, the queue a few seconds, the CLI longer).
 DEFAULT_LEASE_WAIT_SECONDS = 60.0
+# Recording a poisoned message waits only briefly: a run that holds the identity records its own outcome.
+POISON_LEASE_WAIT_SECONDS = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -120,21 +125,38 @@ async def list_identities(platform: Platform) -> list[dict[str, Any]]:
     return sorted(items, key=lambda item: item["name"])
 
 
-async def record_poison(platform: Platform, name: str) -> None:
-    """Show in the identity's status that its reconcile exhausted the host's redeliveries."""
+async def record_poison(platform: Platform, name: str, *,
+                        lease_wait: float = POISON_LEASE_WAIT_SECONDS) -> bool:
+    """Show in the identity's status that its reconcile exhausted the host's redeliveries.
+
+    The tags are the identity's registry, written by one run at a time: this takes the identity's
+    lease like any writer. If another run holds it, nothing is written (False): that run records
+    its own outcome, which is newer than the poisoned message's.
+    """
     names = IdentityNames(validate_name(name))
-    poisoned = {"lastResult": "PoisonMessage", "lastRun": format_time(platform.reconciler.clock()),
-                "lastError": "the reconcile failed on every delivery; see the function logs for the cause"}
-    cert = await platform.vault.observe_certificate(names.certificate)
-    if cert is None:
-        # An identity without a certificate: its registry entry is its connection secret's tags.
-        _, _, owned, tags = await platform.vault.read_record_entry(names.connection_secret)
-        if owned and recorded_spec_without_certificate(tags, name, platform.settings.organization) is not None:
-            await platform.vault.update_record_tags(names.connection_secret, {**tags, **poisoned})
-        return
-    if not cert.owned or cert.current is None:
-        return
-    await platform.vault.update_certificate_tags(names.certificate, cert.current.version, {**cert.tags, **poisoned})
+    poisoned = {registry.LAST_RESULT: "PoisonMessage", registry.LAST_RUN: format_time(platform.reconciler.clock()),
+                registry.LAST_ERROR: "the reconcile failed on every delivery; see the function logs for the cause"}
+    try:
+        async with writer(platform, name, dry_run=False, lease_wait=lease_wait):
+            cert = await platform.vault.observe_certificate(names.certificate)
+            if cert is None:
+                # An identity without a certificate: its registry entry is its connection secret's tags.
+                _, _, owned, tags = await platform.vault.read_record_entry(names.connection_secret)
+                if not owned or recorded_spec_without_certificate(tags, name, platform.settings.organization) is None:
+                    return False
+                ensure_held()
+                await platform.vault.update_record_tags(names.connection_secret, {**tags, **poisoned})
+                return True
+            if not cert.owned or cert.current is None:
+                return False
+            ensure_held()
+            await platform.vault.update_certificate_tags(names.certificate, cert.current.version,
+                                                         {**cert.tags, **poisoned})
+            return True
+    except IdentityBusy:
+        log.info("identity=%s is being changed by another run: its poisoned message is not recorded in the tags; "
+                 "that run records its own outcome", name)
+        return False
 
 
 def plan_document(plan: Plan) -> dict[str, Any]:

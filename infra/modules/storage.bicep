@@ -11,6 +11,12 @@ param reconcileQueueName string
 param reportsContainerName string
 @description('Public network access off: only the private endpoints reach the account.')
 param privateOnly bool = false
+@description('The container of the operation documents (shared/operations.py OPERATIONS_CONTAINER).')
+param operationsContainerName string = 'identity-operations'
+@description('Days after its last change that an operation document (GET /api/operations/{id}) is deleted.')
+@minValue(1)
+@maxValue(365)
+param operationRetentionDays int = 30
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35: the network rules deny by default with networkIsolation (privateOnly); without it the host's storage is reached with Entra identities only, shared keys off (tests/infra/test_network.py)
@@ -56,6 +62,43 @@ resource reportsContainer 'Microsoft.Storage/storageAccounts/blobServices/contai
   name: reportsContainerName
   properties: {
     publicAccess: 'None'
+  }
+}
+
+// Operation documents (one small JSON blob per write that answered 202) are history once their
+// operation ended: deleted operationRetentionDays after their last change. The identity leases
+// (identity-leases: one empty blob per identity name) are kept: they cost nothing, and a run
+// recreates a missing one (docs/deploy.md, "Storage lifecycle").
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'expire-operation-documents'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${operationsContainerName}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: operationRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
   }
 }
 

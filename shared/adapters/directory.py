@@ -348,8 +348,12 @@ class DirectoryGateway:
 
     @_in_product_terms
     async def upsert_application(self, unique_name: str, display_name: str,
-                                 existing: ObservedApplication | None) -> ObservedApplication:
-        """Create the app, or repair the drifted parts of it, keeping what others added."""
+                                 existing: ObservedApplication | None) -> tuple[ObservedApplication, bool]:
+        """Create the app, or repair the drifted parts of it, keeping what others added.
+
+        Returns the app and whether this call's POST created it (Graph answered 201): only then is
+        its key collection known to be the one in the answer, empty.
+        """
         if existing is not None:
             # PATCH keeps omitted properties: an admin's display name, notes and the like stay.
             tags = _with_owner_tag(list(existing.tags))
@@ -357,7 +361,7 @@ class DirectoryGateway:
             await self.graph.request("PATCH", f"/applications/{existing.object_id}", json={
                 "signInAudience": "AzureADMyOrg", "tags": tags, "requiredResourceAccess": declared})
             return dataclasses.replace(existing, owned=True, tags=tuple(tags), sign_in_audience="AzureADMyOrg",
-                                       declares_exchange_permission=True, declared_permissions=tuple(declared))
+                                       declares_exchange_permission=True, declared_permissions=tuple(declared)), False
         body = {"displayName": display_name, "uniqueName": unique_name, "signInAudience": "AzureADMyOrg",
                 "tags": [APP_OWNER_TAG], "requiredResourceAccess": [EXCHANGE_PERMISSION]}
         # POST, not the uniqueName upsert: an app created app-only with POST gets its creator as owner,
@@ -377,8 +381,8 @@ class DirectoryGateway:
             if not await self._owns(str(found["id"])):
                 raise ForeignObject(f"an app registration with uniqueName {unique_name} was created meanwhile by "
                                     "someone else; this product does not own it") from exc
-            return application_from_graph(found, owned=True)
-        return application_from_graph(response.json(), owned=True)
+            return application_from_graph(found, owned=True), False
+        return application_from_graph(response.json(), owned=True), True
 
     @_in_product_terms
     async def owns_application(self, app_object_id: str) -> bool:
@@ -413,13 +417,15 @@ class DirectoryGateway:
 
     @_in_product_terms
     async def add_key_credential(self, app_object_id: str, identity: str, version: CertificateVersion, der: bytes,
-                                 now: dt.datetime) -> bool:
+                                 now: dt.datetime, *, created_empty: bool = False) -> bool:
         """Add the certificate's public key to the app (False: it was there already).
 
-        Always read back first: a concurrent run may have added its key since the app was observed,
-        and the PATCH must send every key that stays.
+        The PATCH must send every key that stays, so the keys are read back first: a concurrent run may
+        have added one since the app was observed. `created_empty`: this run's own POST created the app
+        moments ago (Graph's answer had no keys) and its lease makes it their one writer, so there is
+        nothing to read back.
         """
-        existing = await self._key_credentials_with_keys(app_object_id)
+        existing = [] if created_empty else await self._key_credentials_with_keys(app_object_id)
         entries = with_key_added(existing, key_credential_entry(identity, version, der), now)
         if entries is None:
             return False

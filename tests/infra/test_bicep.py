@@ -78,6 +78,33 @@ def test_storage_has_no_shared_keys_and_https_tls12_only() -> None:
     assert props["allowBlobPublicAccess"] is False
 
 
+def test_operation_documents_expire_and_identity_leases_are_kept() -> None:
+    from shared.lease import LEASE_CONTAINER
+    from shared.operations import OPERATIONS_CONTAINER
+
+    from .render import render
+
+    (policy,) = render().of_type("Microsoft.Storage/storageAccounts/managementPolicies")
+    assert policy.module == "storage" and policy.body["name"] == "default"  # an account has one policy
+    (rule,) = policy.properties["policy"]["rules"]
+    assert rule["enabled"] is True and rule["type"] == "Lifecycle"
+    declared = parameters(INFRA / "modules" / "storage.bicep")
+    assert declared["operationsContainerName"]["default"] == OPERATIONS_CONTAINER, "the container the code writes"
+    # A prefix is `<container>/<blob prefix>`: the whole operations container, and nothing else.
+    assert rule["definition"]["filters"] == {"blobTypes": ["blockBlob"], "prefixMatch": ["${operationsContainerName}/"]}
+    assert rule["definition"]["actions"] == {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": 30}}}
+    assert LEASE_CONTAINER not in str(policy.body), "identity leases are kept"
+    # The retention is a deployment parameter (OPERATION_RETENTION_DAYS), within bounds.
+    (shorter,) = render(operationRetentionDays=7).of_type("Microsoft.Storage/storageAccounts/managementPolicies")
+    assert shorter.properties["policy"]["rules"][0]["definition"]["actions"]["baseBlob"]["delete"] == {
+        "daysAfterModificationGreaterThan": 7}
+    bounds = {d["type"]: d["argument"] for d in parameters(INFRA / "main.bicep")["operationRetentionDays"]["decorators"]
+              if d["type"] in ("min_value", "max_value")}
+    assert bounds == {"min_value": 1, "max_value": 365}
+    assert load_json(INFRA / "main.parameters.json")["parameters"]["operationRetentionDays"]["value"] == \
+        "${OPERATION_RETENTION_DAYS=30}"
+
+
 def test_no_template_reads_or_builds_a_key_or_connection_string() -> None:
     for path in bicep_files():
         source = text(path)

@@ -160,6 +160,26 @@ def test_concurrent_bootstraps_of_one_name_create_one_of_everything(stack: Stack
     assert run_job_get_mailbox(stack, "racer")
 
 
+def test_only_an_app_this_run_created_is_keyed_without_reading_its_keys_back(stack: Stack) -> None:
+    def key_reads() -> int:  # GET /applications/{id}?$select=keyCredentials, the only read of `key`
+        return sum(r["count"] for r in stack.world.counter.snapshot()
+                   if r["service"] == "graph" and r["method"] == "GET" and r["route"].endswith("/applications/{id}"))
+
+    stack.world.counter.reset()
+    assert post_identity({"name": "fresh-keys"}).status == 201
+    assert key_reads() == 0, "created by this run under its lease: its keys are the POST's answer (none)"
+    app = only(list(stack.world.directory.applications.values()), uniqueName="exo-automation-fresh-keys")
+    assert len(app["keyCredentials"]) == 1
+    with stack.world.lock:
+        app["keyCredentials"] = []  # removed by hand: the next run repairs an app it did not create
+    stack.world.counter.reset()
+    repaired = post_identity({"name": "fresh-keys"})
+    assert repaired.status == 201 and "AddKeyCredential" in [e["action"] for e in repaired.body["executed"]]
+    assert key_reads() == 1, "an app that was there before the run: its keys are read back before the PATCH"
+    assert len(app["keyCredentials"]) == 1
+    assert run_job_get_mailbox(stack, "fresh-keys")
+
+
 def test_bootstrap_survives_replication_delay(stack: Stack) -> None:
     stack.world.replication_delay = 1.5
     response = post_identity({"name": "slow-tenant"})

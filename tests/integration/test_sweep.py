@@ -16,7 +16,7 @@ from devstack.world import EXCHANGE_APP_ID, EXCHANGE_MANAGE_AS_APP
 from shared.core.model import key_id_for
 
 from .helpers import call, call_trigger, run_job_get_mailbox
-from .platform_helpers import bootstrap, converge, reconcile, sweep
+from .platform_helpers import bootstrap, converge, reconcile, sweep, with_platform
 
 DAY = 86400.0
 
@@ -290,6 +290,35 @@ def test_poison_message_shows_in_status(stack: Stack) -> None:
     call_trigger("record_poisoned_reconcile", message=func.QueueMessage(id="1", body=body.encode()))
     status = call("identity", "GET", "http://localhost/api/identities/poisoned", route_params={"name": "poisoned"})
     assert status.body["lastResult"]["result"] == "PoisonMessage"
+
+
+def test_a_poisoned_message_is_recorded_under_the_lease_and_never_over_a_run_in_progress(
+        stack: Stack, azurite: str) -> None:
+    from azure.storage.blob import BlobClient
+
+    from shared import service
+    from shared.lease import LEASE_CONTAINER
+
+    assert bootstrap(stack, "contended").error is None
+    certificate = "exo-contended-cert"
+
+    def tags() -> dict[str, str]:
+        (cert,) = [c for c in stack.world.services["keyvault"].snapshot()["certificates"] if c["name"] == certificate]
+        return dict(cert["versions"][-1]["tags"])
+
+    before = tags()
+    blob = BlobClient.from_connection_string(azurite, LEASE_CONTAINER, "contended")
+    holder = blob.acquire_lease(lease_duration=15)  # another run is changing the identity
+    try:
+        recorded = with_platform(stack, lambda p: service.record_poison(p, "contended", lease_wait=0.5))
+        assert recorded is False
+        assert tags() == before, "the registry tags are the holder's to write: nothing changed"
+    finally:
+        holder.release()
+    assert with_platform(stack, lambda p: service.record_poison(p, "contended")) is True
+    assert tags()["lastResult"] == "PoisonMessage"
+    assert blob.get_blob_properties().lease.state == "available", "the lease was taken and handed back"
+    blob.close()
 
 
 def test_application_drift_is_repaired_without_undoing_an_admins_changes(stack: Stack) -> None:

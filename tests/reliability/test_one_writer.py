@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from azure.storage.blob import BlobClient
+from azure.storage.blob import BlobClient, BlobLeaseClient
 
 from devstack import Stack
 from tests.integration.helpers import run_job_get_mailbox
+from tests.integration.platform_helpers import bootstrap, with_platform
 
 from . import leakscan
-from .common import cert_versions, one_of_everything
+from .common import app_named, cert_versions, one_of_everything
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,3 +77,47 @@ def test_a_killed_runs_lease_expires_and_the_next_run_completes(stack: Stack, az
     assert len(app["keyCredentials"]) == 1
     assert run_job_get_mailbox(stack, "phoenix")
     lease.close()
+
+
+def _leased(blob: BlobClient) -> bool:
+    try:
+        return bool(blob.get_blob_properties().lease.state == "leased")
+    except Exception:
+        return False  # not created yet
+
+
+def test_a_run_whose_lease_is_broken_stops_before_its_next_write(stack: Stack, azurite: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared import service
+    from shared.lease import LEASE_CONTAINER, LeaseLost
+
+    monkeypatch.setenv("IDENTITY_LEASE_SECONDS", "15")  # renewed every 5 s
+    stack.world.services["keyvault"].creation_delay = 8.0  # the run waits for issuance past a renewal
+    blob = BlobClient.from_connection_string(azurite, LEASE_CONTAINER, "severed")
+
+    async def scenario(platform: Any) -> BaseException | None:
+        run = asyncio.create_task(service.bootstrap(platform, {"name": "severed"}))
+        while not await asyncio.to_thread(_leased, blob):
+            assert not run.done(), run
+            await asyncio.sleep(0.1)
+        # Someone outside breaks the lease (as `az storage blob lease break` would): the run's next
+        # renewal is refused, and another run could take the identity now.
+        await asyncio.to_thread(lambda: BlobLeaseClient(blob).break_lease(lease_break_period=0))
+        return (await asyncio.gather(run, return_exceptions=True))[0]
+
+    outcome = with_platform(stack, scenario)
+    assert isinstance(outcome, LeaseLost), outcome
+    assert outcome.reason == "LeaseLost" and outcome.retry_after
+    versions = cert_versions(stack, "severed")
+    assert len(versions) == 1, "the write in flight (the certificate's creation) completed..."
+    assert app_named(stack, "severed") == [], "...and the next write (the app) never started"
+    assert "lastRun" not in versions[0]["tags"], "no outcome recorded without the lease either"
+    blob.close()
+
+    stack.world.services["keyvault"].creation_delay = 0.0
+    result = bootstrap(stack, "severed")  # the next run takes a fresh lease and completes the identity
+    assert result.error is None, result.error
+    assert len(cert_versions(stack, "severed")) == 1
+    app = one_of_everything(stack, "severed")
+    assert len(app["keyCredentials"]) == 1
+    assert run_job_get_mailbox(stack, "severed")

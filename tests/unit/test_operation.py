@@ -1,4 +1,5 @@
-"""The pure parts of long operations: the operation document, capped waits, and races as retryable."""
+"""The pure parts of long operations: the operation document, capped waits, races as retryable, and
+how often a pending certificate is polled."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import datetime as dt
 import pytest
 
 from shared.adapters.graph import GraphError
+from shared.adapters.vault import (
+    ISSUANCE_FAST_PHASE_SECONDS,
+    ISSUANCE_FAST_POLL_SECONDS,
+    ISSUANCE_SLOW_POLL_SECONDS,
+    issuance_poll_delay,
+)
 from shared.core import operation as ops
 from shared.errors import NeedsOperator, Retryable
 
@@ -74,3 +81,16 @@ def test_the_lease_poll_backs_off_and_stops_at_the_budget() -> None:
 def test_graph_races_are_retryable(status: int, code: str, kind: type, reason: str) -> None:
     error = GraphError(status, code, "message").classified()
     assert isinstance(error, kind) and error.reason == reason
+
+
+@pytest.mark.parametrize(("elapsed", "previous", "expected"), [
+    (0.0, None, ISSUANCE_FAST_POLL_SECONDS),
+    (ISSUANCE_FAST_PHASE_SECONDS - 0.1, ISSUANCE_FAST_POLL_SECONDS, ISSUANCE_FAST_POLL_SECONDS),
+    (ISSUANCE_FAST_PHASE_SECONDS, ISSUANCE_FAST_POLL_SECONDS, 2 * ISSUANCE_FAST_POLL_SECONDS),
+    (100.0, 2.0, 4.0),
+    (200.0, 4.0, ISSUANCE_SLOW_POLL_SECONDS),
+    (300.0, ISSUANCE_SLOW_POLL_SECONDS, ISSUANCE_SLOW_POLL_SECONDS),
+])
+def test_a_pending_certificate_is_polled_often_at_first_then_less(elapsed: float, previous: float | None,
+                                                                  expected: float) -> None:
+    assert issuance_poll_delay(elapsed, previous) == expected
