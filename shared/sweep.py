@@ -18,20 +18,15 @@ import datetime as dt
 import functools
 import json
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from azure.core.exceptions import AzureError
-
 import shared.telemetry as telemetry
-from shared.adapters.vault import TaggedSecret, vault_error
+from shared.adapters.vault import TaggedSecret
 from shared.core import registry
 from shared.core.checks import CheckResult, Facet, IdentityView, State, run_checks
 from shared.core.model import (
-    OWNER_TAG,
-    OWNER_TAG_VALUE,
     CertificateVersion,
     ObservedApplication,
 )
@@ -45,7 +40,6 @@ from shared.notify import notify_near_expiry
 from shared.platform import Platform
 
 log = logging.getLogger("exo_automation.sweep")
-_ADOPTABLE = re.compile(r"^exo-[a-z0-9-]+-cert$")
 
 
 @dataclass(frozen=True)
@@ -187,33 +181,25 @@ def _entries_without_certificate(platform: Platform, secrets: list[TaggedSecret]
 
 async def _certificate_entries(platform: Platform) -> list[RegistryEntry]:
     entries = []
-    try:
-        async for props in platform.vault.certificates.list_properties_of_certificates(max_page_size=25):
-            tags = dict(props.tags or {})
-            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE and props.name and _ADOPTABLE.match(props.name):
-                # A version made outside the product: one versions listing, only for such names.
-                tags = await platform.vault.adopted_tags(props.name) or tags
-            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or "identity" not in tags:
-                continue
-            name = tags[registry.IDENTITY]
-            try:
-                # Tags are editable by any vault writer: a spec that does not describe this very
-                # certificate's identity of this organization is reported, never acted on.
-                registry_spec(tags, name, platform.settings.organization)
-                if props.name != IdentityNames(name).certificate:
-                    raise NeedsOperator(f"certificate {props.name} claims to be identity {name!r}",
-                                        reason="RegistryTagsInvalid")
-            except NeedsOperator as exc:
-                log.warning("registry entry %s skipped: %s", props.name, exc.message)
-                continue
-            entries.append(RegistryEntry(
-                name=name, tags=tags,
-                thumbprint=bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
-                not_before=props.not_before, not_after=props.expires_on, enabled=bool(props.enabled),
-                version=props.version, updated_on=props.updated_on,
-            ))
-    except AzureError as exc:
-        raise vault_error(exc, "listing certificates") from exc
+    for listed in await platform.vault.owned_certificates():
+        tags = listed.tags
+        if registry.IDENTITY not in tags:
+            continue
+        name = tags[registry.IDENTITY]
+        try:
+            # Tags are editable by any vault writer: a spec that does not describe this very
+            # certificate's identity of this organization is reported, never acted on.
+            registry_spec(tags, name, platform.settings.organization)
+            if listed.name != IdentityNames(name).certificate:
+                raise NeedsOperator(f"certificate {listed.name} claims to be identity {name!r}",
+                                    reason="RegistryTagsInvalid")
+        except NeedsOperator as exc:
+            log.warning("registry entry %s skipped: %s", listed.name, exc.message)
+            continue
+        entries.append(RegistryEntry(
+            name=name, tags=tags, thumbprint=listed.thumbprint, not_before=listed.not_before,
+            not_after=listed.not_after, enabled=listed.enabled, version=listed.version,
+            updated_on=listed.updated_on))
     return entries
 
 
@@ -227,15 +213,8 @@ async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
     async def holders(role_id: str) -> tuple[str, frozenset[str]]:
         return role_id, await directory.role_holders(role_id)
 
-    async def deleted_secrets() -> frozenset[str]:
-        try:
-            return frozenset([s.name async for s in platform.vault.secrets.list_deleted_secrets(max_page_size=25)
-                              if s.name])
-        except AzureError as exc:
-            raise vault_error(exc, "listing deleted secrets") from exc
-
     apps, consented, deleted, role_pairs = await asyncio.gather(
-        applications(), directory.exchange_grantees(), deleted_secrets(),
+        applications(), directory.exchange_grantees(), platform.vault.deleted_secret_names(),
         asyncio.gather(*(holders(r) for r in sorted(role_ids))))
     return TenantSnapshot(apps, consented, dict(role_pairs), deleted)
 
@@ -284,16 +263,8 @@ async def read_deleted_identities(platform: Platform) -> list[str]:
     """Live identities whose certificate was deleted by hand (one paged listing of deleted
     certificates): ours by our create tags and not being decommissioned, so the queue's reconcile
     recovers them instead of nobody noticing until their jobs fail."""
-    names = []
-    try:
-        async for deleted in platform.vault.certificates.list_deleted_certificates(max_page_size=25):
-            tags = deleted.properties.tags if deleted.properties else None
-            if deleted.name and tags and started_by_us(tags, deleted.name) \
-                    and tags.get(registry.STATE) != registry.DECOMMISSIONING:
-                names.append(tags[registry.IDENTITY])
-    except AzureError as exc:
-        raise vault_error(exc, "listing deleted certificates") from exc
-    return sorted(names)
+    return sorted(tags[registry.IDENTITY] for name, tags in await platform.vault.deleted_certificates()
+                  if started_by_us(tags, name) and tags.get(registry.STATE) != registry.DECOMMISSIONING)
 
 
 def parse_message(body: str) -> dict[str, Any]:

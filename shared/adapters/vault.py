@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,26 @@ class TaggedSecret:
     name: str
     tags: dict[str, str]
     updated_on: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class ListedCertificate:
+    """A certificate as Key Vault's certificate listing shows its current version (no key material).
+    `tags`: the current version's, or for a name whose newest version was made outside the product,
+    the newest version of ours (`VaultGateway.adopted_tags`)."""
+
+    name: str
+    tags: dict[str, str]
+    thumbprint: str | None
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
+    enabled: bool
+    version: str | None
+    updated_on: dt.datetime | None
+
+
+# Certificate names this product gives identities: only these are looked at for adoption.
+_ADOPTABLE = re.compile(r"^exo-[a-z0-9-]+-cert$")
 
 
 def _timestamp(value: dt.datetime | None) -> dt.datetime:
@@ -428,6 +449,43 @@ class VaultGateway:
             await self.secrets.recover_deleted_secret(name)  # returns once it is recovered
         except AzureError as exc:
             raise vault_error(exc, f"recovering the deleted connection secret {name}") from exc
+
+    async def owned_certificates(self) -> list[ListedCertificate]:
+        """Every certificate carrying this product's owner tag (or an adoptable newest version), from one
+        paged listing: Key Vault's list items carry the tags, thumbprint and dates."""
+        listed = []
+        try:
+            async for props in self.certificates.list_properties_of_certificates(max_page_size=25):
+                tags = dict(props.tags or {})
+                if tags.get(OWNER_TAG) != OWNER_TAG_VALUE and props.name and _ADOPTABLE.match(props.name):
+                    # A version made outside the product: one versions listing, only for such names.
+                    tags = await self.adopted_tags(props.name) or tags
+                if tags.get(OWNER_TAG) != OWNER_TAG_VALUE or not props.name:
+                    continue
+                listed.append(ListedCertificate(
+                    name=props.name, tags=tags,
+                    thumbprint=bytes(props.x509_thumbprint).hex().upper() if props.x509_thumbprint else None,
+                    not_before=props.not_before, not_after=props.expires_on, enabled=bool(props.enabled),
+                    version=props.version, updated_on=props.updated_on))
+        except AzureError as exc:
+            raise vault_error(exc, "listing certificates") from exc
+        return listed
+
+    async def deleted_certificates(self) -> list[tuple[str, dict[str, str]]]:
+        """Soft-deleted certificates and their tags (one paged listing)."""
+        try:
+            return [(deleted.name, dict(deleted.properties.tags or {}))
+                    async for deleted in self.certificates.list_deleted_certificates(max_page_size=25)
+                    if deleted.name and deleted.properties is not None]
+        except AzureError as exc:
+            raise vault_error(exc, "listing deleted certificates") from exc
+
+    async def deleted_secret_names(self) -> frozenset[str]:
+        """The names of soft-deleted secrets (one paged listing)."""
+        try:
+            return frozenset([s.name async for s in self.secrets.list_deleted_secrets(max_page_size=25) if s.name])
+        except AzureError as exc:
+            raise vault_error(exc, "listing deleted secrets") from exc
 
     async def owned_secrets(self) -> list[TaggedSecret]:
         """Every secret carrying this product's owner tag, from one paged listing: Key Vault's list items carry
