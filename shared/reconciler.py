@@ -69,8 +69,9 @@ from shared.core.planner import (
 from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import LastRun
 from shared.core.spec import FEDERATED, IdentityNames, IdentitySpec, registry_spec
-from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
+from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable, first_line
 from shared.notify import CLEARED
+from shared.retry import Backoff, retry
 
 log = logging.getLogger("exo_automation.reconciler")
 
@@ -129,10 +130,7 @@ class SignInProbe:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
         from azure.identity.aio import CertificateCredential
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.budget_seconds
-        delay = 0.5
-        while True:
+        async def sign_in() -> None:
             credential = CertificateCredential(
                 self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
                 disable_instance_discovery=self.disable_instance_discovery,
@@ -140,22 +138,19 @@ class SignInProbe:
             try:
                 async with credential:
                     await credential.get_token(self.scope)
-                return
-            except ClientAuthenticationError as exc:
-                # A key added seconds ago is not yet known everywhere (observed: 4-18 s).
-                if loop.time() + delay > deadline:
-                    raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
-                                    f"({_first_line(str(exc))})", reason="SignInNotYetPossible") from exc
+            except ClientAuthenticationError:
+                raise  # a key added seconds ago is not yet known everywhere (observed: 4-18 s): tried again
             except AzureError as exc:
-                raise Retryable(f"the token service is unavailable ({_first_line(str(exc))})",
+                raise Retryable(f"the token service is unavailable ({first_line(exc)})",
                                 reason="TokenServiceUnavailable") from exc
-            await asyncio.sleep(delay)
-            # Short: a job can use the key as soon as Entra accepts it, and a token request is cheap.
-            delay = min(delay * 2, PROBE_MAX_INTERVAL_SECONDS)
 
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else ""
+        # Short waits: a job can use the key as soon as Entra accepts it, and a token request is cheap.
+        policy = Backoff(first=0.5, max_delay=PROBE_MAX_INTERVAL_SECONDS, budget=self.budget_seconds)
+        try:
+            await retry(sign_in, policy, retry_on=lambda exc: isinstance(exc, ClientAuthenticationError))
+        except ClientAuthenticationError as exc:
+            raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
+                            f"({first_line(exc)})", reason="SignInNotYetPossible") from exc
 
 
 class Reconciler:

@@ -22,10 +22,12 @@ from shared.core.operation import MAX_RETRY_AFTER_SECONDS
 from shared.core.record import CONTENT_TYPE, ConnectionRecord
 from shared.core.registry import started_by_us
 from shared.core.spec import IdentitySpec
-from shared.errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable
+from shared.errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable, first_line
+from shared.retry import Backoff, NotYet, retry
 from shared.settings import Settings
 
-CREATE_TIMEOUT_SECONDS = 300.0
+# Polls a certificate being created: from 0.2 s, doubling, at most 5 s apart, 5 minutes in all.
+CREATE_POLL = Backoff(first=0.2, max_delay=5.0, budget=300.0)
 
 
 def _timestamp(value: dt.datetime | None) -> dt.datetime:
@@ -43,7 +45,7 @@ def vault_error(exc: AzureError, what: str) -> ExoAutomationError:
     if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
         # No status: the token itself failed (see graph.GraphClient._token for why this is retryable).
         return Retryable(f"the platform identity could not get a Key Vault token while {what}: "
-                         f"{_first_line(exc)}", reason="PlatformTokenUnavailable")
+                         f"{first_line(exc)}", reason="PlatformTokenUnavailable")
     if not isinstance(exc, HttpResponseError):
         return Retryable(f"Key Vault did not answer while {what} ({type(exc).__name__})", reason="VaultUnreachable")
     status = exc.status_code or 0
@@ -67,11 +69,6 @@ def _inner_code(exc: HttpResponseError) -> str:
     if exc.error is not None and isinstance(getattr(exc.error, "innererror", None), dict):
         return str(exc.error.innererror.get("code", ""))
     return ""
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # Never "purge": our vault has purge protection (nobody can purge), and a purge of a live identity's
@@ -290,25 +287,23 @@ class VaultGateway:
         return await self.await_pending(name)
 
     async def await_pending(self, name: str) -> CertificateVersion:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CREATE_TIMEOUT_SECONDS
-        delay = 0.2
-        while True:
+        async def completed() -> None:
             try:
                 operation = await self.certificates.get_certificate_operation(name)
             except AzureError as exc:
                 raise vault_error(exc, f"polling the creation of {name}") from exc
             status = (operation.status or "").lower()
-            if status == "completed":
-                break
-            if status not in ("inprogress", ""):
+            if status in ("inprogress", ""):
+                raise NotYet(f"certificate {name} is still being created")
+            if status != "completed":
                 raise NeedsOperator(f"Key Vault could not create certificate {name}: {operation.status} "
                                     f"{operation.error.message if operation.error else ''}".strip(),
                                     reason="CertificateCreationFailed")
-            if loop.time() + delay > deadline:
-                raise Retryable(f"certificate {name} is still being created", reason="CertificatePending")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+
+        try:
+            await retry(completed, CREATE_POLL)
+        except NotYet as exc:
+            raise Retryable(str(exc), reason="CertificatePending") from exc
         cert = await self.certificates.get_certificate(name)
         if cert.properties is None or not started_by_us(cert.properties.tags or {}, name):
             raise ForeignObject(f"the certificate version of {name} that was being created was not started by this "

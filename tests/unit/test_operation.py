@@ -58,11 +58,6 @@ def test_every_wait_on_retry_after_is_capped(retry_after: float | None, remainin
     assert ops.capped_retry_after(retry_after, default=30.0, remaining=remaining) == expected
 
 
-def test_the_lease_poll_backs_off_and_stops_at_the_budget() -> None:
-    delays = [ops.lease_poll_delay(attempt, 100.0) for attempt in range(6)]
-    assert delays == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
-    assert ops.lease_poll_delay(0, 0.1) is None
-
 
 @pytest.mark.parametrize(("status", "code", "kind", "reason"), [
     (409, "Request_MultipleObjectsWithSameKeyValue", Retryable, "DirectoryConflict"),

@@ -1,5 +1,5 @@
 """The one retry helper: its policy, Retry-After parsing, the runner (on a fake clock, never sleeping),
-and `first_line`."""
+the policies each adapter runs with, and `first_line`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shared.adapters.graph import REPLICATION_BACKOFF
+from shared.adapters.vault import CREATE_POLL
+from shared.core.operation import MAX_RETRY_AFTER_SECONDS
 from shared.errors import first_line
+from shared.lease import LEASE_POLL
 from shared.retry import Backoff, NotYet, parse_retry_after, retry
+from shared.runtime.exchange import RetryPolicy
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -204,6 +209,32 @@ def test_retry_after_delay_seconds_and_dates_agree(seconds: int) -> None:
     assert parse_retry_after(date, NOW) == seconds
 
 
+# -- the policies the adapters run with (as before the helper, except where noted) -------------------
+def test_replication_waits_double_from_half_a_second_to_15_seconds_jittered_by_a_quarter() -> None:
+    assert [REPLICATION_BACKOFF.delay(n) for n in range(1, 8)] == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert REPLICATION_BACKOFF.delay(3, None, 0.0) == 1.5 and REPLICATION_BACKOFF.delay(3, None, 1.0) == 2.5
+    assert REPLICATION_BACKOFF.budget == 180.0
+
+
+def test_certificate_creation_polls_from_0_2_seconds_to_5_for_5_minutes() -> None:
+    assert [CREATE_POLL.delay(n) for n in range(1, 8)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert CREATE_POLL.budget == 300.0
+
+
+def test_a_held_lease_is_polled_from_a_quarter_second_to_2_within_the_wait() -> None:
+    assert [LEASE_POLL.delay(n) for n in range(1, 7)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert Backoff(first=0.25, max_delay=2.0, budget=0.1).wait(1, 0.0) is None
+
+
+def test_the_exchange_policy_keeps_its_public_shape() -> None:
+    backoff = RetryPolicy().backoff
+    assert (backoff.attempts, backoff.budget, backoff.max_delay, backoff.max_retry_after) == (5, 180.0, 60.0, 60.0)
+    assert [backoff.delay(n, None, 1.0) for n in range(1, 5)] == [1.0, 2.0, 4.0, 8.0]
+    assert backoff.delay(1, None, 0.0) == 0.5, "jittered down to half"
+    assert backoff.wait(5, 0.0) is None, "five attempts"
+    assert MAX_RETRY_AFTER_SECONDS == 60.0
+
+
 # -- first_line -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(("error", "expected"), [
     (ValueError("bad\nsecond line"), "bad"), (ValueError("  \n padded \n"), "padded"), (ValueError(), "ValueError"),
@@ -216,3 +247,7 @@ def test_first_line(error: BaseException | str, expected: str) -> None:
 def test_first_line_takes_a_limit() -> None:
     assert first_line("abcdef", limit=3) == "abc"
 
+
+def test_an_exchange_policy_that_could_retry_without_waiting_is_refused_when_made() -> None:
+    with pytest.raises(ValueError, match="backoff_seconds must be above 0"):
+        RetryPolicy(backoff_seconds=0)
