@@ -38,7 +38,7 @@ from shared.doctor import (
     evaluate,
     summary,
 )
-from shared.errors import ExoAutomationError, SettingsError
+from shared.errors import ExoAutomationError, SettingsError, first_line
 from shared.runtime.jobs import STORAGE_CONNECTION
 from shared.settings import Settings
 
@@ -90,7 +90,7 @@ class RecordingCredential:
         try:
             token = await self._inner.get_token(*scopes, **kwargs)
         except AzureError as exc:
-            self.outcomes[scope] = Failure("PlatformTokenUnavailable", _first_line(exc))
+            self.outcomes[scope] = Failure("PlatformTokenUnavailable", first_line(exc))
             raise
         self.outcomes[scope] = None
         self.claims[scope] = _claims(token.token)
@@ -107,11 +107,6 @@ def _claims(jwt: str) -> dict[str, Any]:
         return {key: claims[key] for key in ("oid", "roles") if key in claims}  # nothing else is kept
     except (IndexError, ValueError):
         return {}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 async def _ask_token(credential: RecordingCredential, scope: str) -> None:
@@ -239,9 +234,9 @@ async def _first_page(pager: Any) -> Failure | None:
             break
     except HttpResponseError as exc:
         code = getattr(exc, "error_code", None) or exc.reason or "Refused"  # storage errors carry error_code
-        return Failure(str(code), _first_line(exc), exc.status_code)
+        return Failure(str(code), first_line(exc), exc.status_code)
     except AzureError as exc:
-        return Failure(type(exc).__name__, _first_line(exc))
+        return Failure(type(exc).__name__, first_line(exc))
     return None
 
 

@@ -9,7 +9,8 @@
     └── Retryable                      throttling, 5xx, replication delay: try again later
 
 Every error carries a stable `reason` (a named constant that shows up in status and logs) so that
-alerts and scripts never have to parse messages.
+alerts and scripts never have to parse messages. `first_line` is how a foreign error's text (an
+SDK's, often several lines) goes into one of these messages or a log line.
 """
 
 from __future__ import annotations
@@ -59,3 +60,14 @@ class Retryable(ExoAutomationError):
     def __init__(self, message: str, *, reason: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after
+
+
+def first_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first line of an error's text, at most `limit` characters, for one-line messages and logs.
+
+    An exception without text gives its type's name; an empty string gives "".
+    """
+    text = (error if isinstance(error, str) else str(error)).strip()
+    if text:
+        return text.splitlines()[0][:limit]
+    return "" if isinstance(error, str) else type(error).__name__

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,13 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.adapters.storage import storage_client
-from shared.core.operation import lease_poll_delay
 from shared.errors import Retryable
+from shared.retry import Backoff, NotYet, retry
 from shared.settings import Settings
 
 log = logging.getLogger("exo_automation.lease")
 
 LEASE_CONTAINER = "identity-leases"
+# Polls a held lease: from a quarter second, doubling, at most 2 s apart, within the run's wait budget.
+LEASE_POLL = Backoff(first=0.25, max_delay=2.0)
 
 
 class IdentityBusy(Retryable):
@@ -123,34 +126,34 @@ class LeaseStore:
         """The lease, and the event-loop time its successful acquire request was sent."""
         from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait_seconds
         blob = service.get_blob_client(LEASE_CONTAINER, name)
-        attempt = 0
-        told = False
-        while True:
-            sent_at = loop.time()
-            try:
-                return await blob.acquire_lease(lease_duration=self.duration), sent_at
-            except ResourceNotFoundError:
-                await self._create(service, name)
-                continue
-            except HttpResponseError as exc:
-                if exc.status_code != 409:
+        loop = asyncio.get_running_loop()
+
+        async def acquire() -> tuple[Any, float]:
+            while True:
+                sent_at = loop.time()
+                try:
+                    return await blob.acquire_lease(lease_duration=self.duration), sent_at
+                except ResourceNotFoundError:
+                    await self._create(service, name)  # the identity's first run: lease it at once
+                except HttpResponseError as exc:
+                    if exc.status_code == 409:
+                        raise NotYet(f"the lease on {name} is held") from exc
                     raise StorageUnavailable(f"the Functions storage account refused the identity lease "
                                              f"({exc.status_code} {getattr(exc, 'error_code', None)})") from exc
-            except AzureError as exc:
-                raise StorageUnavailable(f"the Functions storage account is unreachable ({type(exc).__name__})",
-                                         retry_after=10) from exc
-            delay = lease_poll_delay(attempt, deadline - loop.time())
-            if delay is None:
-                raise IdentityBusy(f"another run is changing identity {name!r}; it continues once that run ends",
-                                   retry_after=min(self.duration, 15))
-            if on_wait is not None and not told:
+                except AzureError as exc:
+                    raise StorageUnavailable(f"the Functions storage account is unreachable ({type(exc).__name__})",
+                                             retry_after=10) from exc
+
+        def waiting(exc: Exception, attempt: int, wait: float) -> None:
+            if on_wait is not None and attempt == 1:
                 on_wait(f"waiting for another run of {name} to finish (its lease is held)")
-                told = True
-            attempt += 1
-            await asyncio.sleep(delay)
+
+        try:
+            return await retry(acquire, dataclasses.replace(LEASE_POLL, budget=wait_seconds), on_retry=waiting)
+        except NotYet:
+            raise IdentityBusy(f"another run is changing identity {name!r}; it continues once that run ends",
+                               retry_after=min(self.duration, 15)) from None
 
     async def _create(self, service: Any, name: str) -> None:
         from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError

@@ -3,7 +3,7 @@
 One POST per notification to `NOTIFY_WEBHOOK_URL`, shaped for Teams (an Adaptive Card message),
 Slack (`text` + blocks) or as generic JSON. Every payload names the platform instance and the
 vault. Delivery is bounded (3 attempts, short timeouts, back-off that honours `Retry-After` up to
-a cap); a failure is logged and swallowed: a webhook never fails or blocks a rotation.
+a cap, 30 s in all); a failure is logged and swallowed: a webhook never fails or blocks a rotation.
 
 The webhook URL is a secret (Slack and Teams put the credential in it): logs name its host only.
 Payloads carry names, ids, thumbprints and reasons, never key material or tokens.
@@ -22,13 +22,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.audit import AuditEvent
+from shared.core.record import format_time
+from shared.retry import Backoff, NotYet, parse_retry_after, retry
 
 log = logging.getLogger("exo_automation.notify")
 
 ATTEMPTS = 3
 TIMEOUT_SECONDS = 5.0
 BACKOFF_SECONDS = 0.5
-MAX_RETRY_AFTER_SECONDS = 5.0
+MAX_RETRY_AFTER_SECONDS = 5.0  # also the longest wait between attempts
+BUDGET_SECONDS = 30.0  # no wait ends later than this after the first attempt began
 ROTATION_FACETS = frozenset({"certificate", "keyCredential", "connectionRecord"})
 CLEARED = "Cleared"  # the audit result of a run that ends a notified failure
 NEAR_EXPIRY_REPEAT = dt.timedelta(hours=24)
@@ -79,7 +82,7 @@ def payload(note: Notification, fmt: str, instance: str, vault: str) -> dict[str
     return {"type": "exo-automation.notification", "version": 1, "kind": note.kind, "severity": note.severity,
             "instance": instance, "vault": vault, "identity": note.identity, "summary": note.summary,
             "facts": note.facts, "correlationId": note.correlation_id,
-            "time": note.time.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "time": format_time(note.time)}
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -92,28 +95,34 @@ async def deliver(url: str, body: dict[str, Any], *, attempts: int = ATTEMPTS, t
 
     data = json.dumps(body).encode()
     where = redact(url)
-    for attempt in range(1, attempts + 1):
-        delay = backoff * 2 ** (attempt - 1)
+    tries = 0
+
+    async def post() -> bool:
+        nonlocal tries
+        tries += 1
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, \
                     session.post(url, data=data, headers={"Content-Type": "application/json"},
                                  allow_redirects=False) as response:
                 if 200 <= response.status < 300:
                     return True
-                retry = response.status in (408, 429) or response.status >= 500
-                log.warning("webhook %s answered %d (attempt %d of %d)", where, response.status, attempt, attempts)
-                if not retry:
+                log.warning("webhook %s answered %d (attempt %d of %d)", where, response.status, tries, attempts)
+                if not (response.status in (408, 429) or response.status >= 500):
                     return False
-                retry_after = response.headers.get("Retry-After", "")
-                if retry_after.isdigit():
-                    delay = min(float(retry_after), MAX_RETRY_AFTER_SECONDS)
+                raise NotYet(f"answered {response.status}", retry_after=parse_retry_after(
+                    response.headers.get("Retry-After"), dt.datetime.now(dt.UTC)))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("webhook %s failed (attempt %d of %d): %s", where, attempt, attempts, type(exc).__name__)
-        if attempt < attempts:
-            await sleep(delay)
-    log.error("webhook %s: giving up after %d attempts; the notification is lost (the logs have the event)",
-              where, attempts)
-    return False
+            log.warning("webhook %s failed (attempt %d of %d): %s", where, tries, attempts, type(exc).__name__)
+            raise NotYet(type(exc).__name__) from exc
+
+    policy = Backoff(first=backoff, max_delay=max(backoff, MAX_RETRY_AFTER_SECONDS), budget=BUDGET_SECONDS,
+                     attempts=attempts, max_retry_after=MAX_RETRY_AFTER_SECONDS)
+    try:
+        return await retry(post, policy, sleep=sleep)
+    except NotYet:
+        log.error("webhook %s: giving up after %d attempts; the notification is lost (the logs have the event)",
+                  where, tries)
+        return False
 
 
 class Notifier:

@@ -63,18 +63,18 @@ from shared.core.planner import (
 from shared.core.record import ConnectionRecord, format_time
 from shared.core.registry import CONSENT_ASSIGNMENT, ROLE_ASSIGNMENTS, LastRun, RecordedGrants
 from shared.core.spec import IdentityNames, IdentitySpec, managed_identity_refusal, registry_spec
-from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable
+from shared.errors import ExoAutomationError, ForeignObject, IdentityNotFound, NeedsOperator, Retryable, first_line
 from shared.lease import ensure_held
 from shared.notify import CLEARED
+from shared.retry import Backoff, retry
 
 log = logging.getLogger("exo_automation.reconciler")
 
 Clock = Callable[[], dt.datetime]
 # The sign-in probe asks Entra for a token every half second for the first minute (a new key is
-# usually accepted within seconds to tens of seconds, and a job can use it from then on), then every 2 s.
-PROBE_INTERVAL_SECONDS = 0.5
-PROBE_FAST_PHASE_SECONDS = 60.0
-PROBE_SLOW_INTERVAL_SECONDS = 2.0
+# usually accepted within seconds to tens of seconds, and a job can use it from then on: a token
+# request is cheap), then at most every 2 s.
+PROBE_POLICY = Backoff(first=0.5, steady=60.0, max_delay=2.0, budget=120.0)
 
 
 def utc_now() -> dt.datetime:
@@ -127,13 +127,7 @@ class SignInProbe:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
         from azure.identity.aio import CertificateCredential
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + self.budget_seconds
-        while True:
-            attempt_started = loop.time()
-            interval = PROBE_INTERVAL_SECONDS if attempt_started - started < PROBE_FAST_PHASE_SECONDS \
-                else PROBE_SLOW_INTERVAL_SECONDS
+        async def sign_in() -> None:
             credential = CertificateCredential(
                 self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
                 disable_instance_discovery=self.disable_instance_discovery,
@@ -141,22 +135,18 @@ class SignInProbe:
             try:
                 async with credential:
                     await credential.get_token(self.scope)
-                return
-            except ClientAuthenticationError as exc:
-                # A key added seconds ago is not yet known everywhere (observed: 4-18 s).
-                # One attempt per interval, however long the attempt itself took.
-                delay = max(0.0, attempt_started + interval - loop.time())
-                if loop.time() + delay > deadline:
-                    raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
-                                    f"({_first_line(str(exc))})", reason="SignInNotYetPossible") from exc
+            except ClientAuthenticationError:
+                raise  # a key added seconds ago is not yet known everywhere (observed: 4-18 s): tried again
             except AzureError as exc:
-                raise Retryable(f"the token service is unavailable ({_first_line(str(exc))})",
+                raise Retryable(f"the token service is unavailable ({first_line(exc)})",
                                 reason="TokenServiceUnavailable") from exc
-            await asyncio.sleep(delay)
 
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:200] if text.strip() else ""
+        try:
+            await retry(sign_in, dataclasses.replace(PROBE_POLICY, budget=self.budget_seconds),
+                        retry_on=lambda exc: isinstance(exc, ClientAuthenticationError))
+        except ClientAuthenticationError as exc:
+            raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
+                            f"({first_line(exc)})", reason="SignInNotYetPossible") from exc
 
 
 class Reconciler:

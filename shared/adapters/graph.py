@@ -9,11 +9,10 @@ which would dominate a Functions cold start. Every call names the fields it need
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import json
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +21,9 @@ from urllib.parse import quote
 import httpx
 
 from shared.core.operation import MAX_RETRY_AFTER_SECONDS
-from shared.errors import ExoAutomationError, NeedsOperator, Retryable
+from shared.core.record import format_time
+from shared.errors import ExoAutomationError, NeedsOperator, Retryable, first_line
+from shared.retry import Backoff, parse_retry_after, retry
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -112,7 +113,7 @@ def permission_verdict(now: dt.datetime, granted_at: dt.datetime | None, hours: 
 
 
 def _iso(moment: dt.datetime | None) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "?"
+    return format_time(moment) if moment else "?"
 
 
 def literal(value: str) -> str:
@@ -149,7 +150,7 @@ class GraphClient:
             raise Retryable(f"Microsoft Graph could not be reached: {type(exc).__name__}",
                             reason="GraphUnreachable") from exc
         if response.status_code >= 400:
-            error = _error_from(response, method, path)
+            error = _error_from(response, method, path, self._clock())
             if error.status == 403:
                 error.permission_window = permission_verdict(self._clock(), self._settings.platform_deployed_at,
                                                              self._settings.permission_propagation_hours)
@@ -164,8 +165,7 @@ class GraphClient:
         except AzureError as exc:
             # DefaultAzureCredential folds every cause (an outage, a misconfigured identity) into one
             # status-less error: retry, and say why, so a lasting cause shows in status and logs.
-            text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise Retryable(f"the platform identity could not get a Microsoft Graph token: {text}",
+            raise Retryable(f"the platform identity could not get a Microsoft Graph token: {first_line(exc)}",
                             reason="PlatformTokenUnavailable") from exc
 
     async def caller_object_id(self) -> str:
@@ -249,7 +249,7 @@ def _capped_retry_handler() -> Any:
     return CappedRetryHandler()
 
 
-def _error_from(response: httpx.Response, method: str, path: str) -> GraphError:
+def _error_from(response: httpx.Response, method: str, path: str, now: dt.datetime) -> GraphError:
     code, message = "UnknownError", response.reason_phrase
     details: list[dict[str, Any]] = []
     try:
@@ -259,33 +259,25 @@ def _error_from(response: httpx.Response, method: str, path: str) -> GraphError:
         details = error.get("details") or []
     except ValueError:
         pass
-    retry_after = None
-    if "retry-after" in response.headers:
-        try:
-            retry_after = float(response.headers["retry-after"])
-        except ValueError:
-            retry_after = None
+    retry_after = parse_retry_after(response.headers.get("retry-after"), now)
     return GraphError(response.status_code, code, message, details, retry_after, method, path.split("?")[0])
 
 
+# Waits on replication: from half a second, doubling, at most 15 s apart, jittered, 3 minutes in all.
+REPLICATION_BACKOFF = Backoff(first=0.5, max_delay=15.0, budget=180.0, jitter=(0.75, 1.25))
+
+
 async def retry_while_replicating(operation: Callable[[], Awaitable[T]], is_replication: Callable[[GraphError], bool],
-                                  *, budget_seconds: float = 180.0, first_delay: float = 0.5) -> T:
+                                  *, budget_seconds: float = REPLICATION_BACKOFF.budget) -> T:
     """Retry `operation` while Graph says a just-created object has not replicated yet.
 
     Entra ID is eventually consistent: a service principal created a moment ago can be unknown to
-    the next write for seconds to minutes (docs/reference.md). Bounded, with jittered back-off.
+    the next write for seconds to minutes (docs/reference.md). No wait ends later than `budget_seconds`
+    after the first try; these answers are not throttling, so a Retry-After on them does not pace the tries.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + budget_seconds
-    delay = first_delay
-    while True:
-        try:
-            return await operation()
-        except GraphError as exc:
-            if not is_replication(exc) or loop.time() + delay > deadline:
-                raise
-        await asyncio.sleep(delay * (0.75 + random.random() / 2))
-        delay = min(delay * 2, 15.0)
+    policy = dataclasses.replace(REPLICATION_BACKOFF, budget=budget_seconds)
+    return await retry(operation, policy, retry_on=lambda exc: isinstance(exc, GraphError) and is_replication(exc),
+                       retry_after=lambda exc: None)
 
 
 def path_for_unique_name(unique_name: str) -> str:

@@ -24,23 +24,15 @@ from shared.core.operation import MAX_RETRY_AFTER_SECONDS
 from shared.core.record import CONTENT_TYPE, ConnectionRecord
 from shared.core.registry import started_by_us
 from shared.core.spec import IdentitySpec
-from shared.errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable
+from shared.errors import ExoAutomationError, ForeignObject, NeedsOperator, Retryable, first_line
+from shared.retry import Backoff, NotYet, retry
 from shared.settings import Settings
 
-CREATE_TIMEOUT_SECONDS = 300.0
-# Polling a pending creation: four times a second while a self-issued certificate is usually done
-# (seconds), then backing off to 5 s for a CA that takes minutes. Cheap next to the vault's limits
-# (4,000 transactions per 10 s): its RSA creations (20 per 10 s) bound how many creations poll at once.
-ISSUANCE_FAST_POLL_SECONDS = 0.25
-ISSUANCE_FAST_PHASE_SECONDS = 15.0
-ISSUANCE_SLOW_POLL_SECONDS = 5.0
-
-
-def issuance_poll_delay(elapsed: float, previous: float | None) -> float:
-    """The pause before the next poll of a pending certificate creation, `elapsed` seconds into it."""
-    if previous is None or elapsed < ISSUANCE_FAST_PHASE_SECONDS:
-        return ISSUANCE_FAST_POLL_SECONDS
-    return min(max(previous, ISSUANCE_FAST_POLL_SECONDS) * 2, ISSUANCE_SLOW_POLL_SECONDS)
+# Polls a certificate being created: four times a second for the first 15 s, while a self-issued
+# certificate is usually done, then doubling up to 5 s apart for a CA that takes minutes; 5 minutes in
+# all. Cheap next to the vault's limits (4,000 transactions per 10 s): its RSA creations (20 per 10 s)
+# bound how many creations poll at once.
+CREATE_POLL = Backoff(first=0.25, steady=15.0, max_delay=5.0, budget=300.0)
 
 
 @dataclass(frozen=True)
@@ -87,7 +79,7 @@ def vault_error(exc: AzureError, what: str) -> ExoAutomationError:
     if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
         # No status: the token itself failed (see graph.GraphClient._token for why this is retryable).
         return Retryable(f"the platform identity could not get a Key Vault token while {what}: "
-                         f"{_first_line(exc)}", reason="PlatformTokenUnavailable")
+                         f"{first_line(exc)}", reason="PlatformTokenUnavailable")
     if not isinstance(exc, HttpResponseError):
         return Retryable(f"Key Vault did not answer while {what} ({type(exc).__name__})", reason="VaultUnreachable")
     status = exc.status_code or 0
@@ -111,11 +103,6 @@ def _inner_code(exc: HttpResponseError) -> str:
     if exc.error is not None and isinstance(getattr(exc.error, "innererror", None), dict):
         return str(exc.error.innererror.get("code", ""))
     return ""
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # Never "purge": our vault has purge protection (nobody can purge), and a purge of a live identity's
@@ -334,26 +321,23 @@ class VaultGateway:
         return await self.await_pending(name)
 
     async def await_pending(self, name: str) -> CertificateVersion:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + CREATE_TIMEOUT_SECONDS
-        delay: float | None = None
-        while True:
+        async def completed() -> None:
             try:
                 operation = await self.certificates.get_certificate_operation(name)
             except AzureError as exc:
                 raise vault_error(exc, f"polling the creation of {name}") from exc
             status = (operation.status or "").lower()
-            if status == "completed":
-                break
-            if status not in ("inprogress", ""):
+            if status in ("inprogress", ""):
+                raise NotYet(f"certificate {name} is still being created")
+            if status != "completed":
                 raise NeedsOperator(f"Key Vault could not create certificate {name}: {operation.status} "
                                     f"{operation.error.message if operation.error else ''}".strip(),
                                     reason="CertificateCreationFailed")
-            delay = issuance_poll_delay(loop.time() - started, delay)
-            if loop.time() + delay > deadline:
-                raise Retryable(f"certificate {name} is still being created", reason="CertificatePending")
-            await asyncio.sleep(delay)
+
+        try:
+            await retry(completed, CREATE_POLL)
+        except NotYet as exc:
+            raise Retryable(str(exc), reason="CertificatePending") from exc
         cert = await self.certificates.get_certificate(name)
         if cert.properties is None or not started_by_us(cert.properties.tags or {}, name):
             raise ForeignObject(f"the certificate version of {name} that was being created was not started by this "

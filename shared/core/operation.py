@@ -46,12 +46,6 @@ def capped_retry_after(retry_after: float | None, *, default: float, remaining: 
     return max(0.0, min(wait, remaining)) if remaining is not None else wait
 
 
-def lease_poll_delay(attempt: int, remaining: float) -> float | None:
-    """The pause before asking for a held lease again, or None when the wait budget is spent."""
-    delay = min(0.25 * 2 ** attempt, 2.0)
-    return None if remaining < delay else delay
-
-
 def new_operation(operation_id: str, kind: str, name: str, *, caller: str, now: dt.datetime,
                   spec: Any = None, force_rotate: bool = False) -> dict[str, Any]:
     if kind not in KINDS:

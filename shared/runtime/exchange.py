@@ -43,10 +43,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import email.utils
+import datetime as dt
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,7 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR, EXCHANGE_SUPPORTED_ROLES, role_name
 from shared.core.spec import MANAGED_IDENTITY
-from shared.errors import ExoAutomationError, NeedsOperator, Retryable
+from shared.errors import ExoAutomationError, NeedsOperator, Retryable, first_line
+from shared.retry import Backoff, NotYet, parse_retry_after, retry
 from shared.runtime.connection import Connection, ConnectionCache, connection_cache, run_sync
 from shared.settings import Settings
 
@@ -204,6 +204,27 @@ class RetryPolicy:
     budget_seconds: float = 180.0
     backoff_seconds: float = 1.0
 
+    def __post_init__(self) -> None:
+        try:
+            self.backoff  # noqa: B018
+        except ValueError:  # refused here rather than at a job's first retry
+            raise ValueError(f"not a retry policy: {self} (backoff_seconds must be above 0 and at most "
+                             "max_wait_seconds, max_attempts at least 1, budget_seconds not negative)") from None
+
+    @property
+    def backoff(self) -> Backoff:
+        # Jittered down to half, so that jobs throttled together do not come back together.
+        return Backoff(first=self.backoff_seconds, max_delay=self.max_wait_seconds, budget=self.budget_seconds,
+                       attempts=self.max_attempts, jitter=(0.5, 1.0), max_retry_after=self.max_wait_seconds)
+
+
+class _Again(NotYet):
+    """A 429, 5xx or no answer (`what`), asked again after a wait; `error` is what the caller gets if not."""
+
+    def __init__(self, what: str, error: ExchangeError, retry_after: float | None = None) -> None:
+        super().__init__(what, retry_after=retry_after)
+        self.error = error
+
 
 class ExchangeClient:
     """Runs cmdlets as one automation identity. Cheap to create; the connections and HTTP pool are shared."""
@@ -271,56 +292,59 @@ class ExchangeClient:
     # -- one request, with refresh and retries ----------------------------------------------------
     async def _post(self, url: str, body: dict[str, Any], cmdlet: str, current: Connection
                     ) -> tuple[dict[str, Any], Connection]:
+        """One request: 429, 5xx and no answer are asked again within `self.retry`; a refusal (by Entra ID,
+        or 401/403 from Exchange) refreshes the connection once per request and asks again at once."""
         import httpx
         from azure.core.exceptions import AzureError, ClientAuthenticationError
 
         refreshed = False
-        attempt = 0
-        waited = 0.0
-        while True:
-            attempt += 1
-            try:
-                token = (await current.credential.get_token(current.exchange_scope)).token
-            except ClientAuthenticationError as exc:
-                if not refreshed:
-                    refreshed = True
-                    logger.info("Entra ID refused certificate %s of %s; refreshing the connection once",
-                                current.thumbprint, current.identity)
-                    current = await self.cache.refresh(current)
+        attempts = 0
+
+        async def refresh(why: str) -> None:
+            nonlocal current, refreshed
+            refreshed = True
+            logger.info("%s; refreshing the connection once", why)
+            current = await self.cache.refresh(current)
+
+        async def attempt() -> tuple[dict[str, Any], Connection]:
+            nonlocal attempts
+            attempts += 1
+            while True:
+                try:
+                    token = (await current.credential.get_token(current.exchange_scope)).token
+                except ClientAuthenticationError as exc:
+                    if refreshed:
+                        raise _sign_in_failed(current, cmdlet, exc) from exc
+                    await refresh(f"Entra ID refused certificate {current.thumbprint} of {current.identity}")
                     continue
-                raise _sign_in_failed(current, cmdlet, exc) from exc
-            except AzureError as exc:
-                raise ExchangeUnavailable(f"the token service did not answer for {_who(current)} "
-                                          f"({type(exc).__name__})", cmdlet=cmdlet) from exc
-            try:
-                response = await self.cache.http().post(url, json=body, headers=self._headers(current, token))
-            except httpx.TransportError as exc:
-                wait = self._backoff(attempt)
-                if attempt >= self.retry.max_attempts or waited + wait > self.retry.budget_seconds:
-                    raise ExchangeUnavailable(f"Exchange Online did not answer {cmdlet} after {attempt} attempts "
+                except AzureError as exc:
+                    raise ExchangeUnavailable(f"the token service did not answer for {_who(current)} "
                                               f"({type(exc).__name__})", cmdlet=cmdlet) from exc
-                waited += wait
-                await self._sleep(wait)
-                continue
-            status = response.status_code
-            if status == 200:
-                return _json_object(response), current
-            if status in (401, 403) and not refreshed:
-                refreshed = True
-                logger.info("Exchange answered %d to %s for %s; refreshing the connection once", status, cmdlet,
-                            current.identity)
-                current = await self.cache.refresh(current)
-                continue
-            if status in _RETRIED_STATUSES:
-                asked = _retry_after(response)
-                wait = min(self._backoff(attempt) if asked is None else asked, self.retry.max_wait_seconds)
-                if attempt >= self.retry.max_attempts or waited + wait > self.retry.budget_seconds:
-                    raise _gave_up(status, cmdlet, attempt, _retry_after(response))
-                logger.info("Exchange answered %d to %s; retrying in %.1f s", status, cmdlet, wait)
-                waited += wait
-                await self._sleep(wait)
-                continue
-            raise _refusal(response, cmdlet, current, token)
+                try:
+                    response = await self.cache.http().post(url, json=body, headers=self._headers(current, token))
+                except httpx.TransportError as exc:
+                    raise _Again(f"Exchange did not answer {cmdlet} ({type(exc).__name__})", ExchangeUnavailable(
+                        f"Exchange Online did not answer {cmdlet} after {attempts} attempts ({type(exc).__name__})",
+                        cmdlet=cmdlet)) from exc
+                status = response.status_code
+                if status == 200:
+                    return _json_object(response), current
+                if status in (401, 403) and not refreshed:
+                    await refresh(f"Exchange answered {status} to {cmdlet} for {current.identity}")
+                    continue
+                if status in _RETRIED_STATUSES:
+                    asked = parse_retry_after(response.headers.get("Retry-After"), dt.datetime.now(dt.UTC))
+                    raise _Again(f"Exchange answered {status} to {cmdlet}", _gave_up(status, cmdlet, attempts, asked),
+                                 asked)
+                raise _refusal(response, cmdlet, current, token)
+
+        def retrying(exc: Exception, attempt: int, wait: float) -> None:
+            logger.info("%s; retrying in %.1f s", exc, wait)
+
+        try:
+            return await retry(attempt, self.retry.backoff, on_retry=retrying, sleep=self._sleep)
+        except _Again as exc:
+            raise exc.error from exc.__cause__
 
     def _endpoint(self, connection: Connection) -> str:
         return f"{connection.exchange_endpoint}/adminapi/beta/{connection.tenant_id}/InvokeCommand"
@@ -341,10 +365,6 @@ class ExchangeClient:
             raise ExchangeError(f"Exchange returned a next link for {cmdlet} outside {connection.exchange_endpoint}; "
                                 "refusing to follow it", reason="ExchangeBadNextLink", cmdlet=cmdlet)
         return link
-
-    def _backoff(self, attempt: int) -> float:
-        base: float = self.retry.backoff_seconds * 2 ** (attempt - 1)
-        return min(base * (0.5 + random.random() / 2), self.retry.max_wait_seconds)  # jitter, not security
 
 
 def exchange_client(identity: str, *, settings: Settings | None = None, **options: Any) -> ExchangeClient:
@@ -373,21 +393,6 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
         raise ExchangeError("Exchange answered 200 with a body that is not a JSON object",
                             reason="ExchangeBadResponse", status=200)
     return payload
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
 
 
 def _gave_up(status: int, cmdlet: str, attempts: int, retry_after: float | None) -> ExchangeError:
@@ -520,7 +525,7 @@ def _refusal(response: httpx.Response, cmdlet: str, connection: Connection, toke
 
 def _sign_in_failed(connection: Connection, cmdlet: str, exc: Exception) -> ExchangeError:
     text = str(getattr(exc, "message", "") or exc)
-    first = text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+    first = first_line(text) or type(exc).__name__
     hints = {
         "AADSTS700027": f"certificate {connection.thumbprint} is not (or no longer) a key of the app: reconcile "
                         "the identity so the platform publishes a certificate the app accepts",

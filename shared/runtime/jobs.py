@@ -43,7 +43,7 @@ import azure.functions as func
 
 from shared.adapters.storage import STORAGE_CONNECTION as STORAGE_CONNECTION
 from shared.core.spec import NAME_PATTERN
-from shared.errors import ExoAutomationError, SettingsError
+from shared.errors import ExoAutomationError, SettingsError, first_line
 from shared.runtime.connection import Connection
 from shared.runtime.exchange import CmdletCall, ExchangeClient
 from shared.settings import Settings
@@ -139,17 +139,13 @@ async def run_job(name: str, identity_setting: str, body: JobBody, *, timer: Any
     except Exception as exc:
         run.items = sum(call.items for call in run.calls)
         run.result = exc.reason if isinstance(exc, ExoAutomationError) else type(exc).__name__
-        run.message = exc.message if isinstance(exc, ExoAutomationError) else _first_line(str(exc))
+        run.message = exc.message if isinstance(exc, ExoAutomationError) else first_line(str(exc))
         run.duration_ms = int((time.perf_counter() - started) * 1000)
         logger.error(audit_line(run))
         raise
     run.duration_ms = int((time.perf_counter() - started) * 1000)
     logger.info(audit_line(run))
     return run
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else ""
 
 
 def exchange_job(bp: func.Blueprint, *, name: str, identity_setting: str, schedule_setting: str

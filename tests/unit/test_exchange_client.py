@@ -40,7 +40,6 @@ from shared.runtime.exchange import (
     ExchangeUnavailable,
     RetryPolicy,
     _error_fields,
-    _retry_after,
     token_claims,
 )
 
@@ -211,19 +210,28 @@ def test_the_retry_budget_bounds_a_long_retry_after(stack: Stack) -> None:
     assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize(("header", "expected"), [
-    ("2", 2.0), ("0.5", 0.5), ("-3", 0.0), ("soon", None), (None, None),
-], ids=["seconds", "fraction", "negative", "garbage", "absent"])
-def test_retry_after_forms(header: str | None, expected: float | None) -> None:
-    response = httpx.Response(429, headers={"Retry-After": header} if header is not None else {})
-    assert _retry_after(response) == expected
-
-
-def test_retry_after_as_http_date() -> None:
+def test_a_retry_after_date_is_waited_until(stack: Stack) -> None:
     from email.utils import formatdate
 
-    response = httpx.Response(429, headers={"Retry-After": formatdate(time.time() + 120, usegmt=True)})
-    assert 100 < (_retry_after(response) or 0) <= 121
+    from shared.runtime.exchange import ExchangeClient
+
+    answers = [httpx.Response(503, headers={"Retry-After": formatdate(time.time() + 30, usegmt=True)}),
+               httpx.Response(200, json={"value": [{"Name": "x"}]})]
+    sleeps: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(lambda request: answers.pop(0))) as client:
+            cache = FakeCache([make_connection(stack, Credential(token(stack)))], client)
+            exchange = ExchangeClient("unit", cache=cache, sleep=no_sleep)  # type: ignore[arg-type]
+            return await exchange.invoke("Get-Mailbox")
+
+    assert asyncio.run(scenario()) == [{"Name": "x"}]
+    (slept,) = sleeps
+    assert 25 < slept <= 30
+
 
 
 # -- errors ---------------------------------------------------------------------------------------

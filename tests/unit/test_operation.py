@@ -8,12 +8,7 @@ import datetime as dt
 import pytest
 
 from shared.adapters.graph import GraphError
-from shared.adapters.vault import (
-    ISSUANCE_FAST_PHASE_SECONDS,
-    ISSUANCE_FAST_POLL_SECONDS,
-    ISSUANCE_SLOW_POLL_SECONDS,
-    issuance_poll_delay,
-)
+from shared.adapters.vault import CREATE_POLL
 from shared.core import operation as ops
 from shared.errors import NeedsOperator, Retryable
 
@@ -65,11 +60,6 @@ def test_every_wait_on_retry_after_is_capped(retry_after: float | None, remainin
     assert ops.capped_retry_after(retry_after, default=30.0, remaining=remaining) == expected
 
 
-def test_the_lease_poll_backs_off_and_stops_at_the_budget() -> None:
-    delays = [ops.lease_poll_delay(attempt, 100.0) for attempt in range(6)]
-    assert delays == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
-    assert ops.lease_poll_delay(0, 0.1) is None
-
 
 @pytest.mark.parametrize(("status", "code", "kind", "reason"), [
     (409, "Request_MultipleObjectsWithSameKeyValue", Retryable, "DirectoryConflict"),
@@ -83,14 +73,14 @@ def test_graph_races_are_retryable(status: int, code: str, kind: type, reason: s
     assert isinstance(error, kind) and error.reason == reason
 
 
-@pytest.mark.parametrize(("elapsed", "previous", "expected"), [
-    (0.0, None, ISSUANCE_FAST_POLL_SECONDS),
-    (ISSUANCE_FAST_PHASE_SECONDS - 0.1, ISSUANCE_FAST_POLL_SECONDS, ISSUANCE_FAST_POLL_SECONDS),
-    (ISSUANCE_FAST_PHASE_SECONDS, ISSUANCE_FAST_POLL_SECONDS, 2 * ISSUANCE_FAST_POLL_SECONDS),
-    (100.0, 2.0, 4.0),
-    (200.0, 4.0, ISSUANCE_SLOW_POLL_SECONDS),
-    (300.0, ISSUANCE_SLOW_POLL_SECONDS, ISSUANCE_SLOW_POLL_SECONDS),
-])
-def test_a_pending_certificate_is_polled_often_at_first_then_less(elapsed: float, previous: float | None,
-                                                                  expected: float) -> None:
-    assert issuance_poll_delay(elapsed, previous) == expected
+def test_a_pending_certificate_is_polled_often_at_first_then_less() -> None:
+    """Four times a second while a self-issued certificate is usually done (15 s), then doubling to 5 s."""
+    elapsed, attempt, waits = 0.0, 0, []
+    while (wait := CREATE_POLL.wait(attempt + 1, elapsed)) is not None:
+        attempt += 1
+        waits.append((elapsed, wait))
+        elapsed += wait
+    assert all(wait == 0.25 for at, wait in waits if at < 15.0)
+    after = [wait for at, wait in waits if at >= 15.0]
+    assert after[:5] == [0.25, 0.5, 1.0, 2.0, 4.0] and set(after[5:]) == {5.0}
+    assert elapsed <= 300.0 and elapsed > 295.0, "polled for the whole five minutes, and not past them"
