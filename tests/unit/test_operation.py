@@ -67,7 +67,8 @@ def test_the_lease_poll_backs_off_and_stops_at_the_budget() -> None:
 @pytest.mark.parametrize(("status", "code", "kind", "reason"), [
     (409, "Request_MultipleObjectsWithSameKeyValue", Retryable, "DirectoryConflict"),
     (412, "Request_PreconditionFailed", Retryable, "DirectoryConflict"),
-    (429, "TooManyRequests", Retryable, "GraphUnavailable"),
+    (429, "TooManyRequests", Retryable, "GraphThrottled"),
+    (503, "ServiceUnavailable", Retryable, "GraphUnavailable"),
     (409, "Request_BadRequest", NeedsOperator, "GraphRequestRefused"),
     (403, "Authorization_RequestDenied", NeedsOperator, "GraphPermissionMissing"),
 ])
