@@ -1,4 +1,4 @@
-"""The control API tests use: clock, faults, replication delay, counters, state, reset."""
+"""The control API tests use: clock, faults, replication delay, throttling, counters, state, reset."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class ControlService(Service):
         self.route("GET", "/control/requests", self.get_requests)
         self.route("DELETE", "/control/requests", self.reset_requests)
         self.route("POST", "/control/replication", self.set_replication)
+        self.route("GET", "/control/throttling/key-credential-reads", self.get_key_credential_reads)
+        self.route("POST", "/control/throttling/key-credential-reads", self.set_key_credential_reads)
         self.route("POST", "/control/platform/graph-roles", self.set_graph_roles)
         self.route("POST", "/control/platform/vault-roles", self.set_vault_roles)
         self.route("GET", "/control/state", self.get_state)
@@ -85,6 +87,21 @@ class ControlService(Service):
             self.world.key_replication_delay = key_replication_delay
             self.world.sp_replication_error = refusal
         return Response.empty()
+
+    def get_key_credential_reads(self, request: Request) -> Response:
+        return Response.json(200, self.world.key_credential_reads.to_json())
+
+    def set_key_credential_reads(self, request: Request) -> Response:
+        body = self._body(request)
+        throttle = self.world.key_credential_reads
+        try:
+            if set(body) - {"limit", "windowSeconds"}:
+                raise ValueError(f"unknown fields {sorted(set(body) - {'limit', 'windowSeconds'})}")
+            throttle.configure(body.get("limit", throttle.limit), float(body.get("windowSeconds", throttle.window)))
+        except (TypeError, ValueError) as exc:
+            raise HttpError(400, "BadRequest", 'Expected {"limit": <whole number >= 1>, "windowSeconds": '
+                                               f"<number above 0>}}: {exc}") from exc
+        return self.get_key_credential_reads(request)
 
     def set_graph_roles(self, request: Request) -> Response:
         try:

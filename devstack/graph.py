@@ -454,6 +454,7 @@ class GraphService(Service):
             route, match = matched
             # Paths arrive decoded already; decoding the captured values again would corrupt '%'.
             request.params = {k: v for k, v in match.groupdict().items() if v is not None}
+            self._throttle_key_credential_reads(request, route.handler)
             if route.handler == self.batch:
                 # Each inner request takes the lock itself; an injected latency must not stall the world.
                 return route.template, route.handler(request)
@@ -461,6 +462,24 @@ class GraphService(Service):
                 return route.template, route.handler(request)
         except HttpError as error:
             return (matched[0].template if matched else "(unrouted)"), self.error_response(error, request)
+
+    def _throttle_key_credential_reads(self, request: Request, handler: Callable[[Request], Response]) -> None:
+        """429 for a read of applications' keyCredentials with $select over the tenant's limit
+        (docs/reference.md "Throttling"; devstack/throttle.py)."""
+        if request.method != "GET" or handler not in (self.list_applications, self.get_application,
+                                                      self.list_owned_applications, self.list_owned_objects):
+            return
+        selected = {item.strip().lower() for item in (self._option(request, "select") or "").split(",")}
+        if "keycredentials" not in selected:
+            return
+        throttle = self.world.key_credential_reads
+        retry_after = throttle.take(self._caller(request).object_id)
+        if retry_after is not None:
+            # Code and status as Graph throttles (doc); the message is the stand-in's (unverified).
+            raise HttpError(429, "TooManyRequests",
+                            f"Too many requests: reading keyCredentials with $select is limited to {throttle.limit} "
+                            f"requests per {throttle.window:g} seconds for this tenant. Retry after "
+                            f"{retry_after} seconds.", headers={"Retry-After": str(retry_after)})
 
     def _authenticate(self, request: Request) -> Caller:
         token = bearer_token(request)

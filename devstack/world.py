@@ -16,6 +16,7 @@ from typing import Any
 
 from .clock import SimulatedClock
 from .faults import FaultTable, RequestCounter
+from .throttle import KeyCredentialReadThrottle
 from .tokens import TokenIssuer
 
 EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
@@ -213,6 +214,8 @@ class World:
         self.clock = SimulatedClock()
         self.faults = FaultTable()
         self.counter = RequestCounter()
+        # Graph's per-tenant limit on reads of key credentials with $select (devstack/throttle.py)
+        self.key_credential_reads = KeyCredentialReadThrottle()
         self.issuer = TokenIssuer(self.tenant_id)
         self.replication_delay = 0.0  # seconds of real time before new directory objects show
         # How `POST /servicePrincipals` refuses an application that has not replicated yet (both seen):
@@ -415,6 +418,7 @@ class World:
             self.clock.reset()
             self.faults.clear()
             self.counter.reset()
+            self.key_credential_reads.reset()
             self.replication_delay = 0.0
             self.sp_replication_error = "mixed"
             self.sp_replication_refusals = 0

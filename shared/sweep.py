@@ -26,6 +26,7 @@ import shared.telemetry as telemetry
 from shared.adapters.vault import TaggedSecret
 from shared.core import registry
 from shared.core.checks import CheckResult, Facet, IdentityView, State, run_checks
+from shared.core.fanout import fan_out
 from shared.core.model import (
     CertificateVersion,
     ObservedApplication,
@@ -75,9 +76,18 @@ class SweepResult:
     due: dict[str, list[str]] = field(default_factory=dict)  # name -> reasons
     skipped: list[str] = field(default_factory=list)
 
+    def message(self, name: str) -> dict[str, Any]:
+        return {"name": name, "reasons": self.due[name], "sweepId": self.sweep_id}
+
     def messages(self) -> list[str]:
-        return [json.dumps({"name": name, "reasons": reasons, "sweepId": self.sweep_id}, sort_keys=True)
-                for name, reasons in sorted(self.due.items())]
+        return [json.dumps(self.message(name), sort_keys=True) for name in sorted(self.due)]
+
+    def schedule(self, *, window_seconds: float = 60.0) -> tuple[list[tuple[dict[str, Any], int]], list[str]]:
+        """The messages to queue, each with its visibility delay in seconds, spread so the reconciles'
+        key-credential reads stay below Graph's per-tenant limit (shared/core/fanout.py); and the names
+        left for the next sweep."""
+        scheduled, deferred = fan_out(sorted(self.due.items()), window_seconds=window_seconds)
+        return [(self.message(name), delay) for name, delay in scheduled], deferred
 
 
 # A run writes its outcome to the certificate's tags: a change later than this after the run's

@@ -10,10 +10,13 @@ which would dominate a Functions cold start. Every call names the fields it need
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -26,6 +29,7 @@ from shared.errors import ExoAutomationError, NeedsOperator, Retryable, first_li
 from shared.retry import Backoff, parse_retry_after, retry
 from shared.settings import Settings
 
+log = logging.getLogger("exo_automation.graph")
 T = TypeVar("T")
 REQUEST_OPTIONS_KEY = "kiota_request_options"  # msgraph_core.middleware.async_graph_transport
 
@@ -66,8 +70,13 @@ class GraphError(Exception):
 
     def classified(self) -> ExoAutomationError:
         """As one of the product's errors: retryable, or needs an operator."""
+        if self.status == 429:
+            # Still throttled after every wait the run could afford (GraphWaitBudget): the caller tries
+            # again after Retry-After (an HTTP 503, a queue message delivered again later).
+            return Retryable(f"Microsoft Graph is throttling the platform ({self.code}); retry after "
+                             f"{_seconds(self.retry_after)}", reason="GraphThrottled", retry_after=self.retry_after)
         if self.retryable:
-            return Retryable(f"Microsoft Graph is unavailable or throttling ({self.status} {self.code})",
+            return Retryable(f"Microsoft Graph is unavailable ({self.status} {self.code})",
                              reason="GraphUnavailable", retry_after=self.retry_after)
         if self.race:
             return Retryable(f"Microsoft Graph reported a concurrent change ({self.status} {self.code}); the next "
@@ -112,8 +121,48 @@ def permission_verdict(now: dt.datetime, granted_at: dt.datetime | None, hours: 
     return PermissionWindow(granted_at, until, now < until)
 
 
+def _seconds(value: float | None) -> str:
+    return "a while" if value is None else f"{value:g} s"
+
+
 def _iso(moment: dt.datetime | None) -> str:
     return format_time(moment) if moment else "?"
+
+
+class GraphWaitBudget:
+    """Seconds a run may still spend waiting out Graph's Retry-After (429) and back-off (503, 504).
+
+    msgraph-core's retry handler sleeps up to 3 times per request; a run makes several requests. So
+    the waits of one run share a budget: `graph_wait_budget` for an HTTP request or a queued run,
+    otherwise each request gets its own of REQUEST_WAIT_SECONDS. A wait that does not fit is not
+    started: the 429 goes back as Retryable with its Retry-After, and the caller answers (HTTP 503)
+    or the queue delivers the message again later.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.remaining = max(0.0, seconds)
+
+    def spend(self, seconds: float) -> bool:
+        if seconds > self.remaining:
+            return False
+        self.remaining -= seconds
+        return True
+
+
+_wait_budget: ContextVar[GraphWaitBudget | None] = ContextVar("exo_automation_graph_wait_budget", default=None)
+# One request's waits when no run budget is set (the CLI, the sweep): one longest Retry-After.
+REQUEST_WAIT_SECONDS = MAX_RETRY_AFTER_SECONDS
+
+
+@contextlib.contextmanager
+def graph_wait_budget(seconds: float) -> Iterator[GraphWaitBudget]:
+    """Every Graph wait inside (tasks started inside included) comes out of one budget of `seconds`."""
+    budget = GraphWaitBudget(seconds)
+    token = _wait_budget.set(budget)
+    try:
+        yield budget
+    finally:
+        _wait_budget.reset(token)
 
 
 def literal(value: str) -> str:
@@ -141,6 +190,7 @@ class GraphClient:
         token = await self._token()
         all_headers = {"Authorization": f"Bearer {token.token}", "Accept": "application/json"}
         all_headers.update(headers or {})
+        own_budget = _wait_budget.set(GraphWaitBudget(REQUEST_WAIT_SECONDS)) if _wait_budget.get() is None else None
         try:
             # The request-options extension is what makes msgraph-core run its middleware (retry
             # with Retry-After, redirects); without it the pipeline is bypassed.
@@ -149,6 +199,9 @@ class GraphClient:
         except httpx.TransportError as exc:
             raise Retryable(f"Microsoft Graph could not be reached: {type(exc).__name__}",
                             reason="GraphUnreachable") from exc
+        finally:
+            if own_budget is not None:
+                _wait_budget.reset(own_budget)
         if response.status_code >= 400:
             error = _error_from(response, method, path, self._clock())
             if error.status == 403:
@@ -239,12 +292,27 @@ def _capped_retry_handler() -> Any:
     from kiota_http.middleware.options import RetryHandlerOption
 
     class CappedRetryHandler(RetryHandler):
-        """Sleeps on a Retry-After of at most MAX_RETRY_AFTER_SECONDS; a longer one is not waited out
-        in the request: the error goes back (as Retryable, with its Retry-After) so the run answers."""
+        """Sleeps on a Retry-After of at most MAX_RETRY_AFTER_SECONDS, and only while the run's wait
+        budget (GraphWaitBudget) covers it; otherwise the request is not retried: the error goes back
+        (as Retryable, with its Retry-After) so the run answers."""
 
-        def get_delay_time(self, *args: Any, **kwargs: Any) -> float:
-            delay: float = super().get_delay_time(*args, **kwargs)
-            return delay if delay <= MAX_RETRY_AFTER_SECONDS else RetryHandlerOption.MAX_DELAY
+        def get_delay_time(self, retry_count: int, response: httpx.Response | None = None,
+                           delay: float = RetryHandlerOption.DEFAULT_DELAY) -> float:
+            wanted: float = super().get_delay_time(retry_count, response, delay)
+            if response is None or response.status_code not in self.retry_on_status_codes \
+                    or retry_count >= self.options.max_retry:
+                return wanted  # the handler will not sleep on it (kiota's send: check_retry_valid)
+            budget = _wait_budget.get()
+            if wanted > MAX_RETRY_AFTER_SECONDS or (budget is not None and not budget.spend(wanted)):
+                log.warning("Graph %s %s: %s, Retry-After %s; not waiting (%s s of this run's waiting budget left)",
+                            response.request.method, response.request.url.path, response.status_code,
+                            response.headers.get("retry-after", "none"),
+                            f"{budget.remaining:.0f}" if budget is not None else "?")
+                return RetryHandlerOption.MAX_DELAY
+            if response.status_code == 429:
+                log.info("Graph %s %s throttled (429); retrying in %.1f s", response.request.method,
+                         response.request.url.path, wanted)
+            return wanted
 
     return CappedRetryHandler()
 

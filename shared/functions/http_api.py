@@ -37,6 +37,9 @@ OPERATION_ID = re.compile(r"[0-9a-f]{32}")
 READ_ROLE = "ExoIdentities.Read"
 WRITE_ROLE = "ExoIdentities.ReadWrite"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+# All of one request's waits on Microsoft Graph's Retry-After together (shared/adapters/graph.py): an
+# HTTP answer must come within 230 s (docs/reference.md), and a caller is better told 503 + Retry-After.
+HTTP_GRAPH_WAIT_SECONDS = 60.0
 
 
 def _json(status: int, document: Any, headers: dict[str, str] | None = None) -> func.HttpResponse:
@@ -126,6 +129,7 @@ async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.Htt
 
     `work` gets the platform and the run's audit context (`caller`, `correlation_id`).
     """
+    from shared.adapters.graph import graph_wait_budget
     from shared.platform import current_platform
 
     try:
@@ -145,7 +149,8 @@ async def _handle(req: func.HttpRequest, write: bool, work: Handler) -> func.Htt
         return denied
     who = {"caller": caller.audit_name, "correlation_id": _correlation_id(req)}
     try:
-        return await work(current_platform(settings), who)
+        with graph_wait_budget(HTTP_GRAPH_WAIT_SECONDS):
+            return await work(current_platform(settings), who)
     except _TooLarge:
         return _problem(413, "BodyTooLarge", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
     except _UnsupportedMediaType as exc:

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from kiota_abstractions.base_request_configuration import RequestConfiguration
+from kiota_http.middleware.options import RetryHandlerOption
 from msgraph import GraphServiceClient
 from msgraph.generated.models.app_role_assignment import AppRoleAssignment
 from msgraph.generated.models.application import Application
@@ -473,6 +474,34 @@ def app_without_service_principal(chain: Chain) -> Callable[[], object]:
     return lambda: chain.exchange_token(registration.app_id, vault_cert.pfx)
 
 
+def key_credential_reads_over_the_tenant_limit(chain: Chain) -> Callable[[], object]:
+    """150 reads of an app's keyCredentials with $select through msgraph-sdk, then the 151st within the
+    minute, with the SDK's own retry turned off so that the refusal shows (it would wait Retry-After)."""
+    async def read_150(client: GraphServiceClient) -> str:
+        app = await client.applications.post(Application(display_name="exo-job"))
+        assert app is not None and app.id
+        item = client.applications.by_application_id(app.id)
+        select = item.ApplicationItemRequestBuilderGetQueryParameters(select=["keyCredentials"])
+        for _ in range(150):
+            assert await item.get(RequestConfiguration(query_parameters=select)) is not None
+        return app.id
+
+    app_id = chain.graph(read_150)
+
+    async def the_151st(client: GraphServiceClient) -> object:
+        item = client.applications.by_application_id(app_id)
+        select = item.ApplicationItemRequestBuilderGetQueryParameters(select=["keyCredentials"])
+        try:
+            return await item.get(RequestConfiguration(query_parameters=select,
+                                                       options=[RetryHandlerOption(should_retry=False)]))
+        except ODataError as error:
+            retry_after = int((error.response_headers or {})["retry-after"])
+            assert 1 <= retry_after <= 60, retry_after
+            raise
+
+    return lambda: chain.graph(the_151st)
+
+
 REFUSALS: list[tuple[str, Callable[[Chain], Callable[[], object]], Refusal]] = [
     # docs/reference.md "Entra ID tokens": checked against the app's key credentials ...
     ("unknown certificate", unknown_certificate,
@@ -518,6 +547,10 @@ REFUSALS: list[tuple[str, Callable[[Chain], Callable[[], object]], Refusal]] = [
     # docs/reference.md "Data-plane roles": Certificates Officer does not read secret values.
     ("backing secret without a secrets role", backing_secret_without_a_secrets_role,
      Refusal("keyvault", 403, "Forbidden", "ForbiddenByRbac")),
+    # docs/reference.md "Throttling": reading keyCredentials with $select is limited to 150 requests a
+    # minute per tenant (doc: List applications); 429 with Retry-After in seconds (doc: Throttling guidance).
+    ("151st keyCredentials read in a minute", key_credential_reads_over_the_tenant_limit,
+     Refusal("graph", 429, "TooManyRequests")),
     # An app whose service principal is gone cannot sign in (AADSTS7000229).
     ("token for an app without service principal", app_without_service_principal,
      Refusal("entra", None, "AADSTS7000229")),

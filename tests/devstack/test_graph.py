@@ -698,3 +698,78 @@ def test_wire_details_of_alternate_keys_and_empty_collections(stack: Stack) -> N
               if c["service"] == "graph"}
     assert routes[("PATCH", "/v1.0/applications({alt}='{key}')")] == 2
     assert routes[("GET", "/v1.0/servicePrincipals/{id}/appRoleAssignments")] == 1
+
+
+# -- docs/reference.md "Throttling": reading keyCredentials with $select, 150 a minute per tenant ---------
+
+def test_key_credential_reads_are_throttled_per_tenant_across_apps_routes_and_batch(stack: Stack) -> None:
+    import ssl
+
+    import httpx
+
+    control = f"{stack.url('control')}/control/throttling/key-credential-reads"
+    platform = platform_credential(stack).bearer()
+    neighbour = other_caller(stack, ["Application.Read.All"], name="another-app-of-the-tenant").bearer()
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(stack.ca_file))) as admin:
+        assert admin.get(control).json() == {"limit": 150, "windowSeconds": 60.0, "inWindow": 0, "admitted": 0,
+                                             "refused": 0, "peakInWindow": 0}
+        assert admin.post(control, json={"limit": 0}).status_code == 400
+        assert admin.post(control, json={"limit": 3, "window": 2}).status_code == 400
+        assert admin.post(control, json={"limit": 3, "windowSeconds": 2}).json()["limit"] == 3
+    with raw_client(stack) as http:
+        app = http.post("/applications", headers=platform, json={"displayName": "throttled"}).json()
+        item = f"/applications/{app['id']}"
+        # Reads that do not select keyCredentials are not counted, however many.
+        for _ in range(5):
+            assert http.get(item, headers=platform, params={"$select": "id,displayName"}).status_code == 200
+            assert http.get(item, headers=platform).status_code == 200
+        # The limit is the tenant's: one read by the platform, one by another app, one of owned objects.
+        assert http.get(item, headers=platform, params={"$select": "keyCredentials"}).status_code == 200
+        assert http.get("/applications", headers=neighbour, params={"$select": "id,KeyCredentials"}).status_code == 200
+        owned = f"/servicePrincipals/{stack.world.platform.object_id}/ownedObjects/microsoft.graph.application"
+        assert http.get(owned, headers=platform, params={"$select": "id,keyCredentials"}).status_code == 200
+
+        throttled = http.get(item, headers=platform, params={"$select": "keyCredentials"})
+        assert throttled.status_code == 429, throttled.text
+        error = throttled.json()["error"]
+        assert error["code"] == "TooManyRequests" and error["innerError"]["request-id"]
+        assert 1 <= int(throttled.headers["Retry-After"]) <= 2
+        # Inside $batch each request is throttled on its own (docs/reference.md "Batching").
+        batch = http.post("/$batch", headers=platform, json={"requests": [
+            {"id": "1", "method": "GET", "url": f"{item}?$select=keyCredentials"},
+            {"id": "2", "method": "GET", "url": f"{item}?$select=displayName"}]}).json()["responses"]
+        by_id = {r["id"]: r for r in batch}
+        assert by_id["1"]["status"] == 429 and by_id["1"]["body"]["error"]["code"] == "TooManyRequests"
+        assert by_id["2"]["status"] == 200
+        retry_after = int(by_id["1"]["headers"]["Retry-After"])
+
+        # Refused reads accrue too (doc: Throttling guidance); waiting out Retry-After gets through.
+        time.sleep(retry_after)
+        assert http.get(item, headers=platform, params={"$select": "keyCredentials"}).status_code == 200
+    counts = stack.world.key_credential_reads.to_json()
+    assert (counts["admitted"], counts["refused"], counts["peakInWindow"]) == (4, 2, 5)
+    assert stack.world.key_credential_reads.refused[stack.world.platform.object_id] == 2
+    stack.world.reset()
+    assert stack.world.key_credential_reads.to_json()["limit"] == 150
+
+
+def test_the_throttle_window_slides_and_retry_after_names_when_a_read_gets_through() -> None:
+    from devstack.throttle import KeyCredentialReadThrottle
+
+    now = [100.0]
+    throttle = KeyCredentialReadThrottle(clock=lambda: now[0])
+    throttle.configure(3, 10.0)
+    for moment in (100.0, 104.0, 108.0):
+        now[0] = moment
+        assert throttle.take("a") is None
+    now[0] = 109.0
+    # Refused, and counted: three reads need two of 100, 104, 108, 109 gone, which is at 114.
+    assert throttle.take("b") == 5
+    now[0] = 113.0
+    assert throttle.take("b") == 5  # too early: 104, 108, 109 and this one are in it; 108 must go too
+    now[0] = 119.5
+    assert throttle.take("b") is None  # left in the window: 113
+    assert throttle.to_json() == {"limit": 3, "windowSeconds": 10.0, "inWindow": 2, "admitted": 4, "refused": 2,
+                                  "peakInWindow": 4}
+    with pytest.raises(ValueError):
+        throttle.configure(1, 0)

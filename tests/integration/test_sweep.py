@@ -7,7 +7,6 @@ import datetime as dt
 import json
 
 import pytest
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 from cryptography.hazmat.primitives import serialization
 
 from devstack import Stack
@@ -17,6 +16,7 @@ from shared.core.model import key_id_for
 
 from .helpers import call, call_trigger, run_job_get_mailbox
 from .platform_helpers import bootstrap, converge, reconcile, sweep, with_platform
+from .queue_helpers import queue_client, use_fresh_queue
 
 DAY = 86400.0
 
@@ -240,7 +240,7 @@ def test_timer_and_queue_handlers_round_trip_through_azurite(stack: Stack, azuri
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import azure.functions as func
 
-    monkeypatch.setenv("RECONCILE_QUEUE", "identity-reconcile")
+    queue_name = use_fresh_queue(monkeypatch)
     assert bootstrap(stack, "queued").error is None
     with stack.world.lock:
         sp = sp_of(stack, "queued")["id"]
@@ -248,31 +248,15 @@ def test_timer_and_queue_handlers_round_trip_through_azurite(stack: Stack, azuri
                     if a["principalId"] == sp and a["appRoleId"] == EXCHANGE_MANAGE_AS_APP]:
             del stack.world.directory.app_role_assignments[key]
 
-    class Out:
-        value: list[str] = []
-
-        def set(self, value: list[str]) -> None:
-            self.value = value
-
-        def get(self) -> list[str]:
-            return self.value
-
-    out = Out()
     class Timer:  # the host's TimerRequest: only past_due is read
         past_due = False
 
-    timer = Timer()
-    call_trigger("sweep_identities", timer=timer, reconcile=out)
-    assert [json.loads(m)["name"] for m in out.value] == ["queued"]
-
-    # The host base64-encodes queue messages (host.json messageEncoding): do as it does.
-    queue = QueueClient.from_connection_string(azurite, "identity-reconcile",
-                                               message_encode_policy=TextBase64EncodePolicy(),
-                                               message_decode_policy=TextBase64DecodePolicy())
-    queue.create_queue()
-    for body in out.value:
-        queue.send_message(body)
+    # The sweep sends its messages itself (visibility delays), base64-encoded as the host reads them.
+    call_trigger("sweep_identities", timer=Timer())
+    queue = queue_client(azurite, queue_name)
     (received,) = list(queue.receive_messages())
+    body = json.loads(received.content)
+    assert body["name"] == "queued" and body["reasons"] == ["ConsentMissing"] and body["sweepId"]
     message = func.QueueMessage(id=received.id, body=received.content.encode())
     call_trigger("reconcile_identity", message=message)
     queue.delete_message(received)

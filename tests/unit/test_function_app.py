@@ -41,8 +41,6 @@ FUNCTIONS: dict[str, list[dict[str, Any]]] = {
     "sweep_identities": [
         {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "%SWEEP_SCHEDULE%",
          "runOnStartup": False},
-        {"direction": "OUT", "type": "queue", "name": "reconcile", "queueName": "%RECONCILE_QUEUE%",
-         "connection": STORAGE},
     ],
     "reconcile_identity": [
         {"direction": "IN", "type": "queueTrigger", "name": "message", "queueName": "%RECONCILE_QUEUE%",

@@ -64,7 +64,8 @@ def test_every_wait_on_retry_after_is_capped(retry_after: float | None, remainin
 @pytest.mark.parametrize(("status", "code", "kind", "reason"), [
     (409, "Request_MultipleObjectsWithSameKeyValue", Retryable, "DirectoryConflict"),
     (412, "Request_PreconditionFailed", Retryable, "DirectoryConflict"),
-    (429, "TooManyRequests", Retryable, "GraphUnavailable"),
+    (429, "TooManyRequests", Retryable, "GraphThrottled"),
+    (503, "ServiceUnavailable", Retryable, "GraphUnavailable"),
     (409, "Request_BadRequest", NeedsOperator, "GraphRequestRefused"),
     (403, "Authorization_RequestDenied", NeedsOperator, "GraphPermissionMissing"),
 ])
