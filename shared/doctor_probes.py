@@ -25,6 +25,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from shared.adapters.credentials import platform_credential
 from shared.adapters.graph import GraphClient, GraphError, literal
 from shared.adapters.vault import VaultGateway, vault_error
+from shared.core import registry
 from shared.core.model import EXCHANGE_RESOURCE_APP_ID, OWNER_TAG, OWNER_TAG_VALUE
 from shared.core.permission_table import PermissionTable, load_table
 from shared.doctor import (
@@ -198,6 +199,26 @@ async def observe_vault(facts: Facts, vault: VaultGateway) -> None:
     except AzureError as exc:
         facts.secrets = _vault_failure(exc, "listing secrets")
     facts.recovery_level = level
+    if isinstance(facts.certificates, list) and facts.secrets is None:
+        await _add_entries_without_certificate(facts, vault)
+
+
+async def _add_entries_without_certificate(facts: Facts, vault: VaultGateway) -> None:
+    """Identities without a certificate keep their registry entry on the connection secret (one paged
+    secret listing, like the sweep's)."""
+    from shared.sweep import entries_without_certificate
+
+    assert isinstance(facts.certificates, list) and facts.settings is not None
+    try:
+        secrets = await vault.owned_secrets()
+    except ExoAutomationError as exc:
+        facts.secrets = Failure(exc.reason, exc.message)
+        return
+    known = {e.name for e in facts.certificates}
+    facts.certificates = facts.certificates + [
+        RegistryEntry(e.name, e.tags.get(registry.LAST_RESULT), e.tags.get(registry.LAST_ERROR),
+                      e.tags.get(registry.STATE, "active"))
+        for e in entries_without_certificate(facts.settings.organization, secrets) if e.name not in known]
 
 
 # -- Functions storage -------------------------------------------------------------------------------

@@ -166,20 +166,21 @@ async def read_registry(platform: Platform) -> list[RegistryEntry]:
     """Every identity: the certificate listing, and the secret listing for those without a certificate."""
     certificates, secrets = await asyncio.gather(_certificate_entries(platform), platform.vault.owned_secrets())
     held = {entry.name for entry in certificates}
-    return certificates + [e for e in _entries_without_certificate(platform, secrets) if e.name not in held]
+    return certificates + [e for e in entries_without_certificate(platform.settings.organization, secrets)
+                           if e.name not in held]
 
 
-def _entries_without_certificate(platform: Platform, secrets: list[TaggedSecret]) -> list[RegistryEntry]:
+def entries_without_certificate(organization: str, secrets: list[TaggedSecret]) -> list[RegistryEntry]:
     """The registry entries kept on connection secrets (identities without a certificate), checked like the
     certificates' (`registry_spec`): tags any secret writer can edit are reported, never acted on, when they
     do not describe this very secret's identity of this organization."""
     entries = []
     for secret in secrets:
-        name = secret.tags.get("identity", "")
+        name = secret.tags.get(registry.IDENTITY, "")
         if "credentials" not in secret.tags or secret.name != IdentityNames(name).connection_secret:
             continue  # a certificate identity's record, or a certificate's backing secret
         try:
-            spec = registry_spec(secret.tags, name, platform.settings.organization)
+            spec = registry_spec(secret.tags, name, organization)
         except NeedsOperator as exc:
             log.warning("registry entry %s skipped: %s", secret.name, exc.message)
             continue

@@ -252,8 +252,11 @@ def test_the_cost_is_bounded_whatever_the_number_of_identities(healthy: Stack) -
         assert write_count(healthy) == 0
     one, thirty = costs[1], costs[30]
     assert one["graph"] == thirty["graph"] and one["entra"] == thirty["entra"]
-    # Only the registry listing grows: one more Key Vault page per 25 identities.
-    assert thirty["keyvault"] - one["keyvault"] == math.ceil(30 / 25) - math.ceil(1 / 25)
+    # Only the registry listings grow, a Key Vault page per 25 items: the certificates, and the secrets
+    # (identities without a certificate keep their entry there; each certificate identity has two: the
+    # certificate's backing secret and its connection record).
+    pages = math.ceil(30 / 25) - math.ceil(1 / 25) + math.ceil(60 / 25) - math.ceil(2 / 25)
+    assert thirty["keyvault"] - one["keyvault"] == pages
     assert sum(one.values()) <= 15, one
 
 
@@ -345,3 +348,24 @@ def test_the_postprovision_hook_prints_the_doctors_table(healthy: Stack, monkeyp
     assert hook.run_doctor(args, environ) == 1
     out = capsys.readouterr().out
     assert "FAILING  callerAuth" in out and "--name func-contoso --resource-group rg-contoso" in out
+
+
+def test_an_identity_without_a_certificate_that_needs_an_operator_is_listed(
+        healthy: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its registry entry is on its connection secret, not on a certificate: the doctor reads it too."""
+    from .helpers import post_identity
+
+    monkeypatch.setenv("ALLOWED_MANAGED_IDENTITIES", healthy.world.platform.object_id)
+    issuer = f"{healthy.settings()['AZURE_AUTHORITY_HOST']}/{healthy.world.tenant_id}/v2.0"
+    trust = {"type": "federated", "issuer": issuer, "subject": healthy.world.platform.object_id}
+    assert post_identity({"name": "doctor-certless", "credentials": [trust]}).status == 201
+
+    async def fail_last_run(platform: Any) -> None:
+        _, _, _, tags = await platform.vault.read_record_entry("exo-doctor-certless-connection")
+        await platform.vault.update_record_tags("exo-doctor-certless-connection",
+                                                {**tags, "lastResult": "RoleRefused", "lastError": "not allowed"})
+
+    with_platform(healthy, fail_last_run)
+    document = doctor()
+    assert not_ok(document) == {"registry": "warning"}
+    assert "doctor-certless: RoleRefused (not allowed)" in by_name(document)["registry"]["observed"]
