@@ -60,6 +60,11 @@ NOTES = [
     "here and is not a cost of the product.",
     "The Key Vault stand-in builds every certificate item for each page it serves (O(N) per page): its own work "
     "per sweep grows as N^2/25.",
+    "throttledDue: before the platform held its requests after a 429 (ThrottleGate), the row with another app of "
+    "the tenant reading 60 key credentials a minute (that one ignoring its own 429s) collapsed: each run retried on "
+    "its own, refused reads count against the limit too, and the tenant stayed throttled (11,355 product 429s, 601 "
+    "of 1,000 converged in 35 minutes at this scale). With the gate, the same neighbour and 300 identities: 22 "
+    "429s, all converged; the row here (a neighbour waiting out its 429s): see graph429.",
 ]
 
 
@@ -345,7 +350,8 @@ async def _throttled_due(stack: Stack, identities: int, scale: float, neighbour_
         "wallSeconds": round(wall, 2),
         "realTimeEquivalentSeconds": round(wall * scale),
         # Paced by the fan-out when the deliveries end soon after the last message becomes visible.
-        "pacedBy": "fan-out" if delivered["wallSeconds"] <= spread + 0.25 * window else "this machine's CPU",
+        "pacedBy": "fan-out" if delivered["wallSeconds"] <= spread + 0.25 * window
+        else "waits on 429s or this machine's CPU (see graph429, queueLagSeconds)",
         "graph429": {"product": product_429, "neighbour": throttle.refused[NEIGHBOUR]},
         "keyCredentialReads": {"admitted": counts["admitted"], "peakInWindow": counts["peakInWindow"]},
         **{k: v for k, v in delivered.items() if k != "wallSeconds"},
