@@ -9,17 +9,21 @@ which would dominate a Functions cold start. Every call names the fields it need
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import dataclasses
 import datetime as dt
 import json
 import logging
+import math
+import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
@@ -149,6 +153,41 @@ class GraphWaitBudget:
         return True
 
 
+class ThrottleGate:
+    """After a 429, this client's next Graph requests of the same kind wait for its Retry-After instead
+    of being sent and refused too: refused requests count against Graph's limits as well
+    (docs/reference.md "Throttling"), so concurrent runs retrying on their own would keep the tenant
+    throttled. Reads of key credentials with $select have their own per-tenant limit, so they are a
+    kind of their own (`throttle_scope`). One per GraphClient, i.e. per Platform (per worker process)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def close_for(self, scope: str, seconds: float) -> None:
+        self._until[scope] = max(self._until.get(scope, 0.0), self._clock() + seconds)
+
+    def remaining(self, scope: str) -> float:
+        return max(0.0, self._until.get(scope, 0.0) - self._clock())
+
+
+KEY_CREDENTIAL_READS = "keyCredentialReads"
+
+
+def throttle_scope(select: str | None) -> str:
+    """Which of Graph's limits a request counts against, as far as the product tells them apart."""
+    fields = {field.strip().lower() for field in (select or "").split(",")}
+    return KEY_CREDENTIAL_READS if "keycredentials" in fields else "graph"
+
+
+# Requests released together from the gate, or retried together, are spread over up to a quarter of
+# the wait, at most this many seconds (random): enough to send them one after another, not at once.
+GATE_JITTER_SECONDS = 2.0
+
+
+def _jittered(wait: float) -> float:
+    return wait + random.uniform(0, min(wait / 4, GATE_JITTER_SECONDS))
+
 _wait_budget: ContextVar[GraphWaitBudget | None] = ContextVar("exo_automation_graph_wait_budget", default=None)
 # One request's waits when no run budget is set (the CLI, the sweep): one longest Retry-After.
 REQUEST_WAIT_SECONDS = MAX_RETRY_AFTER_SECONDS
@@ -178,7 +217,8 @@ class GraphClient:
         self._clock = clock
         # msgraph-core's transport wrapper does not close what it wraps: keep the real one to close.
         self._transport = httpx.AsyncHTTPTransport(retries=1, trust_env=True)
-        self._http = _graph_http(settings, self._transport)
+        self._gate = ThrottleGate()
+        self._http = _graph_http(settings, self._transport, self._gate)
         self._caller_oid: str | None = None
 
     async def aclose(self) -> None:
@@ -192,6 +232,8 @@ class GraphClient:
         all_headers.update(headers or {})
         own_budget = _wait_budget.set(GraphWaitBudget(REQUEST_WAIT_SECONDS)) if _wait_budget.get() is None else None
         try:
+            select = (params or {}).get("$select") or dict(parse_qsl(urlsplit(path).query)).get("$select")
+            await self._through_gate(throttle_scope(select), method, path)
             # The request-options extension is what makes msgraph-core run its middleware (retry
             # with Retry-After, redirects); without it the pipeline is bypassed.
             response = await self._http.request(method, path, params=params, json=json, headers=all_headers,
@@ -209,6 +251,18 @@ class GraphClient:
                                                              self._settings.permission_propagation_hours)
             raise error
         return response
+
+    async def _through_gate(self, scope: str, method: str, path: str) -> None:
+        """Wait while Graph throttles this client's requests of `scope` (ThrottleGate), out of the run's
+        waiting budget; a wait the budget cannot cover is not started and the request is not sent
+        (GraphThrottled)."""
+        while (closed := self._gate.remaining(scope)) > 0:
+            wait = _jittered(closed)
+            budget = _wait_budget.get()
+            if budget is not None and not budget.spend(wait):
+                raise GraphError(429, "TooManyRequests", "not sent: Microsoft Graph is throttling this platform's "
+                                 "requests", retry_after=math.ceil(closed), method=method, path=path.split("?")[0])
+            await asyncio.sleep(wait)
 
     async def _token(self) -> Any:
         from azure.core.exceptions import AzureError
@@ -271,7 +325,7 @@ class GraphClient:
         return items
 
 
-def _graph_http(settings: Settings, transport: httpx.AsyncHTTPTransport) -> httpx.AsyncClient:
+def _graph_http(settings: Settings, transport: httpx.AsyncHTTPTransport, gate: ThrottleGate) -> httpx.AsyncClient:
     from kiota_http.kiota_client_factory import KiotaClientFactory
     from kiota_http.middleware import RetryHandler
     from msgraph_core import GraphClientFactory
@@ -280,14 +334,14 @@ def _graph_http(settings: Settings, transport: httpx.AsyncHTTPTransport) -> http
     client = httpx.AsyncClient(base_url=f"{settings.graph_endpoint}/v1.0", timeout=httpx.Timeout(60.0),
                                transport=transport, trust_env=True)
     # msgraph-core's default pipeline, with a retry handler that never sleeps on a long Retry-After.
-    middleware = [_capped_retry_handler() if isinstance(m, RetryHandler) else m
+    middleware = [_capped_retry_handler(gate) if isinstance(m, RetryHandler) else m
                   for m in KiotaClientFactory.get_default_middleware(None)]
     middleware.append(GraphTelemetryHandler())
     result: httpx.AsyncClient = GraphClientFactory.create_with_custom_middleware(middleware, client=client)
     return result
 
 
-def _capped_retry_handler() -> Any:
+def _capped_retry_handler(gate: ThrottleGate) -> Any:
     from kiota_http.middleware import RetryHandler
     from kiota_http.middleware.options import RetryHandlerOption
 
@@ -299,11 +353,18 @@ def _capped_retry_handler() -> Any:
         def get_delay_time(self, retry_count: int, response: httpx.Response | None = None,
                            delay: float = RetryHandlerOption.DEFAULT_DELAY) -> float:
             wanted: float = super().get_delay_time(retry_count, response, delay)
+            scope = throttle_scope(response.request.url.params.get("$select")) if response is not None else ""
+            if response is not None and response.status_code == 429:
+                gate.close_for(scope, wanted)  # the client's other requests of the kind wait too
             if response is None or response.status_code not in self.retry_on_status_codes \
                     or retry_count >= self.options.max_retry:
                 return wanted  # the handler will not sleep on it (kiota's send: check_retry_valid)
+            too_long = wanted > MAX_RETRY_AFTER_SECONDS
+            if response.status_code == 429:
+                # Concurrent requests refused together are retried spread out, not all at once.
+                wanted = _jittered(max(wanted, gate.remaining(scope)))
             budget = _wait_budget.get()
-            if wanted > MAX_RETRY_AFTER_SECONDS or (budget is not None and not budget.spend(wanted)):
+            if too_long or (budget is not None and not budget.spend(wanted)):
                 log.warning("Graph %s %s: %s, Retry-After %s; not waiting (%s s of this run's waiting budget left)",
                             response.request.method, response.request.url.path, response.status_code,
                             response.headers.get("retry-after", "none"),

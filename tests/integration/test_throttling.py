@@ -26,21 +26,22 @@ from .helpers import call_trigger, get_identity
 from .platform_helpers import bootstrap, sweep
 from .queue_helpers import approximate_count, deliver_one, drain, queue_client, use_fresh_queue
 
-KEY_READ = {"$select": "keyCredentials"}
-
 
 def refused(stack: Stack) -> int:
     return int(stack.world.key_credential_reads.to_json()["refused"])
 
 
-def read_keys(stack: Stack, app_id: str, times: int, budget: float | None = None) -> list[object]:
-    """`times` reads of the app's key credentials through the product's GraphClient, within one run's
-    waiting budget when `budget` is given (as a queued reconcile or an HTTP request makes them)."""
+def read_keys(stack: Stack, app_id: str, times: int, budget: float | None = None,
+              selects: tuple[str, ...] = ()) -> list[object]:
+    """`times` reads of the app's key credentials (then one read selecting each of `selects`) through one
+    Platform's GraphClient, within one run's waiting budget when `budget` is given (as a queued
+    reconcile or an HTTP request makes them); each outcome: the selected value, or the GraphError."""
     async def reads(platform: Platform) -> list[object]:
         outcomes: list[object] = []
-        for _ in range(times):
+        for select in ["keyCredentials"] * times + list(selects):
             try:
-                outcomes.append((await platform.graph.get_json(f"/applications/{app_id}", KEY_READ))["keyCredentials"])
+                outcomes.append((await platform.graph.get_json(f"/applications/{app_id}", {"$select": select}))
+                                [select])
             except GraphError as exc:
                 outcomes.append(exc)
         return outcomes
@@ -93,8 +94,9 @@ def test_a_wait_the_budget_cannot_cover_is_not_started_and_ends_retryable(stack:
     assert bootstrap(stack, "hurried").error is None
     app = app_object_id(stack, "hurried")
     fresh_limit(stack, 1, 3.0)
-    # One budget of 4 s for the three reads: the second waits ~3 s, the third's wait no longer fits.
-    first, second, third = read_keys(stack, app, 3, budget=4.0)
+    # One budget of 5 s for the three reads: the second waits 3 s (and up to a quarter more, jitter),
+    # the third's wait no longer fits.
+    first, second, third = read_keys(stack, app, 3, budget=5.0)
     assert isinstance(first, list) and isinstance(second, list)
     assert isinstance(third, GraphError) and third.status == 429 and third.code == "TooManyRequests"
     assert third.retry_after is not None and 1 <= third.retry_after <= 3
@@ -112,6 +114,21 @@ def test_a_retry_after_longer_than_the_longest_wait_is_never_slept_on(stack: Sta
     assert isinstance(second, GraphError) and second.status == 429 and second.retry_after is not None
     assert second.retry_after > 60
     assert refused(stack) == 1
+
+
+def test_after_a_429_the_platform_holds_its_other_key_reads_instead_of_sending_them(stack: Stack) -> None:
+    """Refused requests count against Graph's limits too (docs/reference.md), so once throttled the
+    platform does not send more of the kind until the Retry-After is over; other reads still go."""
+    assert bootstrap(stack, "held").error is None
+    app = app_object_id(stack, "held")
+    fresh_limit(stack, 1, 600.0)
+    first, second, third, other = read_keys(stack, app, 3, selects=("id",))
+    assert isinstance(first, list) and other == app
+    assert isinstance(second, GraphError) and second.status == 429 and "not sent" not in second.message
+    assert isinstance(third, GraphError) and third.status == 429 and "not sent" in third.message
+    assert third.retry_after is not None and third.retry_after > 60
+    assert third.classified().reason == "GraphThrottled"
+    assert refused(stack) == 1  # the third read never reached Graph
 
 
 def test_an_http_status_read_while_throttled_answers_503_with_a_capped_retry_after(stack: Stack) -> None:

@@ -106,7 +106,16 @@ def test_sweep_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
     reconciled = written["seedFaithfulness"]["reconcileOfClone"]
     assert reconciled["succeeded"] is True and reconciled["changed"] is False
     assert written["seedFaithfulness"]["certificateTagsMatchClone"] is True
-    assert len(written["targets"]) == 3 and all(isinstance(t["met"], bool) for t in written["targets"])
+    throttled = written["throttledDue"]["rows"]
+    assert [r["neighbourReadsPerMinute"] for r in throttled] == [0, 60]
+    for row in throttled:
+        assert row["due"] == row["succeeded"] == 10 and row["converged"] is True, row
+        assert row["failed"] == {} and row["leftToNextSweep"] == 0 and row["sweepAfter"]["due"] == 0
+        assert row["fanOut"]["messages"] == 10 and row["fanOut"]["deferred"] == 0
+        assert row["standInLimit"]["reads"] == 150 and row["standInLimit"]["windowSeconds"] == 15.0
+        assert row["keyCredentialReads"]["admitted"] >= 10 and row["wallSeconds"] > 0
+        assert set(row["graph429"]) == {"product", "neighbour"}
+    assert len(written["targets"]) == 6 and all(isinstance(t["met"], bool) for t in written["targets"])
     routes = written["byRoute"]["routes"]
     assert all(len(r["counts"]) == len(written["byRoute"]["runs"]) == 4 for r in routes)
 

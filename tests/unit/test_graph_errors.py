@@ -54,3 +54,35 @@ def test_deployment_time_setting(value: str, expected: dt.datetime | None) -> No
     env = {"KEY_VAULT_URL": "https://kv.vault.azure.net/", "AZURE_TENANT_ID": "00000000-0000-0000-0000-000000000001",
            "EXO_ORGANIZATION": "contoso.onmicrosoft.com", "PLATFORM_DEPLOYED_AT": value}
     assert Settings.from_environment(env).platform_deployed_at == expected
+
+
+# -- throttling (docs/reference.md "Throttling") ----------------------------------------------------------
+
+def test_reads_of_key_credentials_are_a_throttling_kind_of_their_own() -> None:
+    from shared.adapters.graph import KEY_CREDENTIAL_READS, throttle_scope
+
+    assert throttle_scope("id,appId,keyCredentials,tags") == KEY_CREDENTIAL_READS
+    assert throttle_scope(" KeyCredentials ") == KEY_CREDENTIAL_READS
+    assert throttle_scope("id,keyCredentialsX") == throttle_scope(None) == throttle_scope("id") == "graph"
+
+
+def test_the_gate_stays_closed_for_the_longest_retry_after_of_its_kind() -> None:
+    from shared.adapters.graph import KEY_CREDENTIAL_READS, ThrottleGate
+
+    now = [10.0]
+    gate = ThrottleGate(clock=lambda: now[0])
+    gate.close_for(KEY_CREDENTIAL_READS, 30)
+    gate.close_for(KEY_CREDENTIAL_READS, 5)  # a shorter one does not reopen it early
+    assert gate.remaining(KEY_CREDENTIAL_READS) == 30 and gate.remaining("graph") == 0
+    now[0] = 39.0
+    assert gate.remaining(KEY_CREDENTIAL_READS) == 1
+    now[0] = 41.0
+    assert gate.remaining(KEY_CREDENTIAL_READS) == 0
+
+
+def test_a_wait_budget_is_spent_only_on_waits_it_covers() -> None:
+    from shared.adapters.graph import GraphWaitBudget
+
+    budget = GraphWaitBudget(10)
+    assert budget.spend(4) and budget.spend(6) and not budget.spend(0.5)
+    assert GraphWaitBudget(-1).remaining == 0
