@@ -384,10 +384,6 @@ class DirectoryGateway:
             return application_from_graph(found, owned=True), False
         return application_from_graph(response.json(), owned=True), True
 
-    @_in_product_terms
-    async def owns_application(self, app_object_id: str) -> bool:
-        return await self._owns(app_object_id)
-
     async def _owns(self, app_object_id: str) -> bool:
         """Whether the platform's own principal is among the app's owners (GET /applications/{id}/owners).
 
