@@ -134,7 +134,9 @@ def outcome_tags(spec_tags: Mapping[str, str], facts: Mapping[str, str], now: dt
     """The registry entry a run leaves: the spec's tags, the facts it saw (ids, publication, state, failure
     streak; empty ones left out, as Key Vault allows at most MAX_TAGS tags), when it ran and how it ended.
     `error`: the failure's (reason, message), or None for a success."""
-    tags = {**spec_tags, **{k: v[:MAX_TAG_VALUE] for k, v in facts.items() if v}, LAST_RUN: format_time(now),
+    # Facts are not cut to fit: a cut id list would misrecord what is ours (Key Vault refuses a value
+    # over MAX_TAG_VALUE instead, and the run logs it); only the free-text error is shortened.
+    tags = {**spec_tags, **{k: v for k, v in facts.items() if v}, LAST_RUN: format_time(now),
             LAST_RESULT: SUCCEEDED if error is None else error[0]}
     if error is not None:
         tags[LAST_ERROR] = error[1][:MAX_TAG_VALUE]
