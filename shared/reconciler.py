@@ -17,7 +17,7 @@ from typing import Any
 
 from shared import progress
 from shared.adapters.directory import DirectoryGateway, capped_validity_months
-from shared.adapters.vault import VaultGateway
+from shared.adapters.vault import SETTLE_POLL, StartedCertificate, VaultGateway
 from shared.audit import AuditEvent, emit
 from shared.core import registry
 from shared.core.checks import Facet, desired_certificate_tags
@@ -281,6 +281,8 @@ class Reconciler:
         # that it checked, which is how the sweep knows when the next deep check is due.
         if result.executed or result.error is not None or operation == "reconcile":
             ensure_held()
+            if result.error is not None:
+                await executor.settle_requested_version()
             await executor.record_outcome(result)
         return result
 
@@ -404,6 +406,8 @@ class _Executor(_GrantRecords):
         # The app was created by this run's POST, and no key was added since: it has no keys.
         self.fresh_application = False
         self.planned: tuple[Action, ...] = ()  # the plan being applied (a managed identity's grants are intended first)
+        self._started: StartedCertificate | None = None  # this run's create request, for AwaitCertificate
+        self._new_pfx: tuple[str, bytes] | None = None  # (version, PKCS#12) of the version this run awaited
         self._handlers: dict[type[Action], Callable[[Any], Awaitable[Outcome]]] = {
             CreateCertificateVersion: self._create_certificate, AwaitCertificate: self._await_certificate,
             TagCertificate: self._tag_certificate, MarkDecommissioning: self._mark_decommissioning,
@@ -487,14 +491,40 @@ class _Executor(_GrantRecords):
         tags = desired_certificate_tags(self._spec)
         # Checked before anything is created: a tenant that refuses even one month gets nothing.
         spec, capped = await self._within_key_lifetime_policy(self._spec)
-        version = await self.r.vault.create_certificate_version(self._names.certificate, spec, tags)
-        return Outcome(f"version {version.version} thumbprint {version.thumbprint}{capped}", version=version,
-                       tags=tags)
+        self._started = await self.r.vault.start_certificate_version(self._names.certificate, spec, tags)
+        if self._started.recovered is not None:
+            version = self._started.recovered
+            return Outcome(f"recovered version {version.version} thumbprint {version.thumbprint}{capped}",
+                           version=version, tags=tags)
+        return Outcome(f"requested; Key Vault is issuing it{capped}", tags=tags)
 
     async def _await_certificate(self, action: AwaitCertificate) -> Outcome:
-        version = await self.r.vault.await_pending(self._names.certificate)
+        issued = await self.r.vault.await_certificate(self._names.certificate, self._started)
+        self._started = None
+        version = issued.version
+        # The private key came with the proof that the version is ours: kept for this run's sign-in proof only.
+        self._new_pfx = (version.version, issued.pfx) if issued.pfx is not None else None
         return Outcome(f"version {version.version} thumbprint {version.thumbprint}", version=version,
                        tags=desired_certificate_tags(self._spec))
+
+    async def settle_requested_version(self) -> None:
+        """After a failure before the version this run requested was awaited (a Graph step made while Key
+        Vault issued it): take the version if it is issued within seconds, so the outcome is recorded on it
+        (a new identity has no other version to hold its registry entry). Best effort: the run's own
+        error is what it reports."""
+        if self._started is None or self.spec is None:
+            return
+        try:
+            issued = await self.r.vault.await_certificate(self._names.certificate, self._started,
+                                                          patience=SETTLE_POLL)
+        except ExoAutomationError as exc:
+            log.info("identity=%s the requested certificate version is not issued yet (%s): the next run "
+                     "takes it", self.spec.name, exc.reason)
+            return
+        finally:
+            self._started = None
+        self.observed = apply(self.observed, AwaitCertificate(),
+                              Outcome(version=issued.version, tags=desired_certificate_tags(self.spec)))
 
     async def _tag_certificate(self, action: TagCertificate) -> Outcome:
         return Outcome("tags are written with the outcome")
@@ -557,7 +587,10 @@ class _Executor(_GrantRecords):
         version = self._resolve(action.thumbprint)
         if self.r.probe is None:
             return Outcome("skipped (no sign-in probe configured)")
-        await self.r.probe.prove(self._app().app_id, await self.r.vault.pfx(self._names.certificate, version.version))
+        kept, self._new_pfx = self._new_pfx, None
+        pfx = kept[1] if kept is not None and kept[0] == version.version else None
+        await self.r.probe.prove(self._app().app_id,
+                                 pfx or await self.r.vault.pfx(self._names.certificate, version.version))
         return Outcome(f"{version.thumbprint} obtained an Exchange token")
 
     async def _publish_record(self, action: PublishConnectionRecord) -> Outcome:

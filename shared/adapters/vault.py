@@ -13,7 +13,7 @@ import base64
 import datetime as dt
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
@@ -33,6 +33,9 @@ from shared.settings import Settings
 # all. Cheap next to the vault's limits (4,000 transactions per 10 s): its RSA creations (20 per 10 s)
 # bound how many creations poll at once.
 CREATE_POLL = Backoff(first=0.25, steady=15.0, max_delay=5.0, budget=300.0)
+# A failed run whose requested version is not awaited yet looks a few seconds more, so its outcome can
+# be recorded on the version (usually issued by then); a CA's longer issuance is left to the next run.
+SETTLE_POLL = Backoff(first=0.25, max_delay=1.0, budget=5.0)
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,47 @@ _DELETED_ADVICE = ("Key Vault keeps deleted objects for their retention period (
 def deleted_name_message(certificate_name: str) -> str:
     return (f"the certificate {certificate_name} belongs to a decommissioned identity and is soft-deleted, so its "
             "name cannot be used yet. " + _DELETED_ADVICE)
+
+
+@dataclass(frozen=True)
+class StartedCertificate:
+    """A create request this run made: the CSR Key Vault answered with (the new version's public key),
+    or the version a recovery brought back instead. Empty: the run joined a creation already running."""
+
+    csr: bytes | None = None
+    recovered: CertificateVersion | None = None
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A version that finished issuing; `pfx` (its private key) when the read that proved it returned it."""
+
+    version: CertificateVersion
+    pfx: bytes | None = field(default=None, repr=False)
+
+
+def version_from_pfx(pfx: bytes, version: str, csr: bytes, *, enabled: bool = True) -> CertificateVersion | None:
+    """The version a PKCS#12 holds, if its certificate carries the CSR's public key; else None."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs12
+
+    try:
+        _key, certificate, _chain = pkcs12.load_key_and_certificates(pfx, None)
+        requested = x509.load_der_x509_csr(csr).public_key()
+    except ValueError:
+        return None
+    if certificate is None:
+        return None
+    spki = (Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if certificate.public_key().public_bytes(*spki) != requested.public_bytes(*spki):
+        return None
+    # The thumbprint Exchange and Key Vault's x5t name a certificate by is SHA-1: an identifier, not a signature.
+    thumbprint = certificate.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303
+    return CertificateVersion(
+        version=version, thumbprint=thumbprint,
+        not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc, enabled=enabled,
+        der=certificate.public_bytes(Encoding.DER))
 
 
 def version_from_properties(props: Any, der: bytes | None = None) -> CertificateVersion:
@@ -299,8 +343,9 @@ class VaultGateway:
         except AzureError as exc:
             raise vault_error(exc, f"listing versions of {name}") from exc
 
-    async def create_certificate_version(self, name: str, spec: IdentitySpec,
-                                         tags: Mapping[str, str]) -> CertificateVersion:
+    async def start_certificate_version(self, name: str, spec: IdentitySpec,
+                                        tags: Mapping[str, str]) -> StartedCertificate:
+        """Ask Key Vault for a new version; `await_certificate` waits for it (the run goes on meanwhile)."""
         body = {"policy": certificate_policy_body(spec, self.issuer), "attributes": {"enabled": True},
                 "tags": dict(tags)}
         request = HttpRequest("POST", f"{self.vault_url}certificates/{name}/create",
@@ -308,19 +353,33 @@ class VaultGateway:
         response = await self.certificates.send_request(request)
         if response.status_code == 409 and b"ObjectIsDeletedButRecoverable" not in await response.read():
             # Another create is in progress for this name (a concurrent run): wait for it instead;
-            # await_pending adopts the result only if that create carried our tags.
-            return await self.await_pending(name)
+            # await_certificate adopts the result only if that create carried our tags.
+            return StartedCertificate()
         if response.status_code == 409 and await self.recover_deleted_identity(name):
             # A live identity's certificate deleted by hand: recovered, its current version serves.
             cert = await self.certificates.get_certificate(name)
             assert cert.properties is not None
-            return version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None)
+            return StartedCertificate(
+                recovered=version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None))
         if response.status_code >= 400:
             await response.read()
             raise vault_error(HttpResponseError(response=response), f"creating certificate {name}")
-        return await self.await_pending(name)
+        csr = response.json().get("csr")
+        return StartedCertificate(csr=base64.b64decode(csr) if isinstance(csr, str) and csr else None)
 
-    async def await_pending(self, name: str) -> CertificateVersion:
+    async def await_certificate(self, name: str, started: StartedCertificate | None = None, *,
+                                patience: Backoff = CREATE_POLL) -> IssuedCertificate:
+        """Wait for the name's pending creation and return its version, if it is ours.
+
+        The version a creation this run `started` made is recognised by its key: its certificate carries
+        the public key of the CSR Key Vault answered our create with. Reading it from the backing secret
+        also gives the private key the sign-in proof needs, so the new version costs one read. Anything
+        else (a creation found pending or joined after a 409, or a newer version than ours by the time it
+        is read) is ours only if its create carried our tags, as before.
+        """
+        if started is not None and started.recovered is not None:
+            return IssuedCertificate(started.recovered)
+
         async def completed() -> None:
             try:
                 operation = await self.certificates.get_certificate_operation(name)
@@ -335,14 +394,33 @@ class VaultGateway:
                                     reason="CertificateCreationFailed")
 
         try:
-            await retry(completed, CREATE_POLL)
+            await retry(completed, patience)
         except NotYet as exc:
             raise Retryable(str(exc), reason="CertificatePending") from exc
+        if started is not None and started.csr is not None:
+            issued = await self._issued_from_csr(name, started.csr)
+            if issued is not None:
+                return issued
         cert = await self.certificates.get_certificate(name)
         if cert.properties is None or not started_by_us(cert.properties.tags or {}, name):
             raise ForeignObject(f"the certificate version of {name} that was being created was not started by this "
                                 "product (its create request did not carry this product's tags); it is not used")
-        return version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None)
+        return IssuedCertificate(version_from_properties(cert.properties, bytes(cert.cer) if cert.cer else None))
+
+    async def _issued_from_csr(self, name: str, csr: bytes) -> IssuedCertificate | None:
+        """The newest version with its private key, if its key is the CSR's; None if it is not (a newer
+        version came in between) or the backing secret cannot be read: then tags decide, as for others."""
+        try:
+            secret = await self.secrets.get_secret(name)
+        except AzureError as exc:
+            if isinstance(exc, HttpResponseError) and exc.status_code in (403, 404):
+                return None
+            raise vault_error(exc, f"reading the new version of {name}") from exc
+        if not secret.value or secret.properties.version is None:
+            return None
+        pfx = base64.b64decode(secret.value)
+        version = version_from_pfx(pfx, secret.properties.version, csr, enabled=secret.properties.enabled is not False)
+        return IssuedCertificate(version, pfx) if version is not None else None
 
     async def certificate_der(self, name: str, version: str) -> bytes:
         try:

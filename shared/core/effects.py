@@ -57,7 +57,8 @@ class Outcome:
     # The id Graph gave what the action created: a service principal, a grant, a role assignment,
     # a federated identity credential.
     created_id: str | None = None
-    version: CertificateVersion | None = None  # the certificate version created or awaited
+    # The certificate version awaited (or recovered); None for a creation requested and still being issued.
+    version: CertificateVersion | None = None
     # The registry tags as written: the certificate's, or the connection secret's for an identity
     # without a certificate.
     tags: Mapping[str, str] | None = None
@@ -73,7 +74,15 @@ def apply(observed: Observed, action: Action, outcome: Outcome) -> Observed:
     """The state after `action` succeeded with `outcome`."""
     replace = dataclasses.replace
     match action:
+        case CreateCertificateVersion() if outcome.version is None:
+            # Requested: Key Vault issues it while the run goes on; AwaitCertificate brings the version.
+            assert outcome.tags is not None
+            before = observed.certificate
+            return replace(observed, certificate=ObservedCertificate(
+                owned=True, tags=dict(outcome.tags), current=before.current if before else None,
+                pending=True, versions=before.versions if before else ()))
         case CreateCertificateVersion() | AwaitCertificate():
+            # Awaited, or at once when the create recovered a deleted certificate instead.
             assert outcome.version is not None and outcome.tags is not None
             before = observed.certificate
             older = (*before.versions, *([before.current] if before.current else [])) if before else ()

@@ -6,6 +6,10 @@ credential continuity (docs/architecture.md):
 certificate → application → service principal → consent → key credential → federated credentials →
 roles → sign-in proof → connection record → retirement of the previous key.
 
+A new certificate version is requested first and waited for (`AwaitCertificate`) only where the plan
+first needs it: Key Vault issues it (seconds when self-signed, minutes with a CA) while the app
+registration, its service principal and grants are made.
+
 Actions that depend on a certificate version created earlier in the same plan name it with
 `thumbprint=None` ("the version this plan creates"); the executor resolves it.
 """
@@ -317,7 +321,25 @@ def plan_actions(spec: IdentitySpec, observed: Observed, now: dt.datetime, conte
                 pass  # the retirement actions below also cover keys the sweep cannot see
     if not any(f.violated for f in checked.findings if f.facet is Facet.CONNECTION_RECORD):
         actions.extend(_retirement(observed, now, context))
-    return Plan(checked.findings, tuple(actions), needs_operator=tuple(needs_operator))
+    return Plan(checked.findings, _wait_where_needed(actions), needs_operator=tuple(needs_operator))
+
+
+# Actions that work without the certificate version being issued: they run while Key Vault issues it.
+_INDEPENDENT_OF_CERTIFICATE = (UpsertApplication, CreateServicePrincipal, GrantConsent, AssignRole,
+                               RemoveRoleAssignment, AddFederatedCredential, RemoveFederatedCredential)
+
+
+def _wait_where_needed(actions: list[Action]) -> tuple[Action, ...]:
+    """The plan with its wait for the certificate version (the one it requests, or one already being
+    issued) moved just before the first action that needs the version (or to the end)."""
+    starts = [i for i, a in enumerate(actions) if isinstance(a, CreateCertificateVersion | AwaitCertificate)]
+    if not starts:
+        return tuple(actions)
+    rest = [a for a in actions if not isinstance(a, AwaitCertificate)]
+    first = starts[0] + 1 if isinstance(actions[starts[0]], CreateCertificateVersion) else starts[0]
+    at = next((i for i in range(first, len(rest)) if not isinstance(rest[i], _INDEPENDENT_OF_CERTIFICATE)),
+              len(rest))
+    return (*rest[:at], AwaitCertificate(), *rest[at:])
 
 
 def _kind_change(spec: IdentitySpec, observed: Observed) -> Finding | None:

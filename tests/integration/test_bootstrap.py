@@ -100,7 +100,7 @@ def test_dry_run_returns_the_plan_and_writes_nothing(stack: Stack) -> None:
     assert response.body["dryRun"] is True
     assert [a["action"] for a in response.body["plan"]["actions"]] == [
         "CreateCertificateVersion", "UpsertApplication", "CreateServicePrincipal", "GrantConsent",
-        "AddKeyCredential", "AssignRole", "VerifySignIn", "PublishConnectionRecord"]
+        "AwaitCertificate", "AddKeyCredential", "AssignRole", "VerifySignIn", "PublishConnectionRecord"]
     assert write_count(stack) == 0
     assert stack.world.directory.applications == {}
 

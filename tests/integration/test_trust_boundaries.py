@@ -292,7 +292,8 @@ def test_racing_a_foreign_pending_creation_is_refused_after_it_completes(stack: 
             try:
                 spec = parse_spec({"name": "race"}, settings)
                 ours = {"managed-by": "exo-automation-identities", "identity": "race"}
-                await vault.create_certificate_version("exo-race-cert", spec, ours)
+                started = await vault.start_certificate_version("exo-race-cert", spec, ours)
+                await vault.await_certificate("exo-race-cert", started)
             finally:
                 await vault.aclose()
 

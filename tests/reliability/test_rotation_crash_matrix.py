@@ -140,7 +140,7 @@ def test_the_matrix_covers_every_action_boundary() -> None:
     counted by tests/conftest.py as their tests pass); rotation rows run above."""
     bootstrap_rows = {c[0] for c in BOOTSTRAP_CRASH_POINTS}
     decommission_rows = {c[0] for c in DECOMMISSION_CRASH_POINTS}
-    assert len(bootstrap_rows) == 9 and len(decommission_rows) == 6
+    assert len(bootstrap_rows) == 10 and len(decommission_rows) == 6
     assert {p[0].split(" (")[0] for p in ROTATION_CRASH_POINTS} >= {
         "CreateCertificateVersion", "AddKeyCredential", "VerifySignIn", "PublishConnectionRecord",
         "outcome tags", "RetireKeyCredential", "clearing PublishConnectionRecord"}

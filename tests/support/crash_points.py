@@ -6,6 +6,10 @@ from __future__ import annotations
 BOOTSTRAP_CRASH_POINTS = [
     ("certificate create", {"service": "keyvault", "method": "POST", "path": "/create$", "status": 403}),
     ("app create", {"service": "graph", "method": "POST", "path": r"/applications$", "status": 500}),
+    # The wait for the version, after the Graph steps made while it was issued (the first poll is the
+    # observation's look for a creation in progress).
+    ("certificate issuance", {"service": "keyvault", "method": "GET", "path": "/pending$", "status": 403,
+                              "after": 1}),
     ("service principal", {"service": "graph", "method": "POST", "path": r"/servicePrincipals$", "status": 500}),
     ("consent", {"service": "graph", "method": "POST", "path": r"/appRoleAssignedTo$", "status": 500}),
     ("key credential", {"service": "graph", "method": "PATCH", "path": r"/applications/[^/(]+$", "status": 500}),

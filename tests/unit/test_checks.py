@@ -145,7 +145,7 @@ def test_verify_only_role_mode_plans_no_role_write_and_needs_an_operator() -> No
 def test_without_sign_in_verification_a_rotation_publishes_without_proof() -> None:
     context = dataclasses.replace(CONTEXT, verify_sign_in=False)
     plan = plan_actions(SPEC, ready(), T0 + 250 * DAY, context)
-    assert [a.kind for a in plan.actions] == ["CreateCertificateVersion", "AddKeyCredential",
+    assert [a.kind for a in plan.actions] == ["CreateCertificateVersion", "AwaitCertificate", "AddKeyCredential",
                                               "PublishConnectionRecord"]
 
 

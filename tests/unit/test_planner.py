@@ -15,6 +15,7 @@ from shared.core.model import KeyCredential, Observed, ObservedApplication, Obse
 from shared.core.planner import (
     AddKeyCredential,
     AssignRole,
+    AwaitCertificate,
     CreateCertificateVersion,
     CreateServicePrincipal,
     DeleteApplication,
@@ -41,16 +42,18 @@ def kinds(plan):
     return [a.kind for a in plan.actions]
 
 
+# The version is waited for where it is first needed: the app, service principal and grant are made while
+# Key Vault issues it.
 FULL_BOOTSTRAP = ["CreateCertificateVersion", "UpsertApplication", "CreateServicePrincipal", "GrantConsent",
-                  "AddKeyCredential", "AssignRole", "VerifySignIn", "PublishConnectionRecord"]
+                  "AwaitCertificate", "AddKeyCredential", "AssignRole", "VerifySignIn", "PublishConnectionRecord"]
+ROTATION = ["CreateCertificateVersion", "AwaitCertificate", "AddKeyCredential", "VerifySignIn",
+            "PublishConnectionRecord"]
 
 SCENARIOS = [
     ("nothing exists: all five steps, record last", Observed(), T0, FULL_BOOTSTRAP),
     ("ready and early in life: nothing to do", ready(), T0 + 10 * DAY, []),
-    ("renewal due at two thirds of the lifetime", ready(), T0 + 250 * DAY,
-     ["CreateCertificateVersion", "AddKeyCredential", "VerifySignIn", "PublishConnectionRecord"]),
-    ("expired certificate is replaced", ready(), T0 + 400 * DAY,
-     ["CreateCertificateVersion", "AddKeyCredential", "VerifySignIn", "PublishConnectionRecord"]),
+    ("renewal due at two thirds of the lifetime", ready(), T0 + 250 * DAY, ROTATION),
+    ("expired certificate is replaced", ready(), T0 + 400 * DAY, ROTATION),
     ("key removed behind our back is re-added, nothing else", ready(keys=()), T0 + DAY, ["AddKeyCredential"]),
     ("consent revoked is re-granted", dataclasses.replace(ready(), consent_assignment_id=None), T0 + DAY,
      ["GrantConsent"]),
@@ -80,10 +83,18 @@ def test_plan_scenarios(observed: Observed, now: dt.datetime, expected: list[str
     assert kinds(plan_actions(SPEC, observed, now, CONTEXT)) == expected
 
 
+def test_a_first_version_still_being_issued_is_awaited_after_the_app_is_made() -> None:
+    """A run that finds its first version pending (a crash after the create request) does the Graph steps
+    while Key Vault finishes, as the run that requested it would have."""
+    pending = Observed(certificate=ObservedCertificate(owned=True, tags=desired_certificate_tags(SPEC), current=None,
+                                                       pending=True))
+    assert kinds(plan_actions(SPEC, pending, T0, CONTEXT)) == FULL_BOOTSTRAP[1:]
+
+
 def test_rotation_requested_bypasses_the_policy() -> None:
     plan = plan_actions(SPEC, ready(), T0 + DAY, CONTEXT, force_rotate=True)
-    assert kinds(plan)[0] == "CreateCertificateVersion"
-    assert plan.actions[1] == AddKeyCredential(None)
+    assert kinds(plan)[:2] == ["CreateCertificateVersion", "AwaitCertificate"]
+    assert plan.actions[2] == AddKeyCredential(None)
 
 
 def test_foreign_certificate_blocks_everything() -> None:
@@ -175,6 +186,13 @@ def test_invariants(state: tuple[Observed, dt.datetime], force: bool) -> None:
         if any(isinstance(a, CreateCertificateVersion) for a in actions):
             assert adds, "a new version is always added to the app"
             assert any(isinstance(a, VerifySignIn) for a in actions[:publish_at])
+    # A version is requested before it is waited for, once, and waited for before anything uses it.
+    if any(isinstance(a, CreateCertificateVersion | AwaitCertificate) for a in actions):
+        waits = [i for i, a in enumerate(actions) if isinstance(a, AwaitCertificate)]
+        assert len(waits) == 1
+        assert all(i < waits[0] for i, a in enumerate(actions) if isinstance(a, CreateCertificateVersion))
+        assert all(waits[0] < i for i, a in enumerate(actions)
+                   if isinstance(a, AddKeyCredential | VerifySignIn | PublishConnectionRecord | RetireKeyCredential))
     # Nothing foreign touched; retirement never takes the published or the current key.
     for action in actions:
         if isinstance(action, RetireKeyCredential):
@@ -211,6 +229,8 @@ def _simulate(observed: Observed, plan, now: dt.datetime) -> Observed:
 def _answer(observed: Observed, action, now: dt.datetime) -> Outcome:
     """What the services would answer for `action` (new versions, ids, the record as published)."""
     if isinstance(action, CreateCertificateVersion):
+        return Outcome(tags=desired_certificate_tags(SPEC))  # requested: issued by the AwaitCertificate after it
+    if isinstance(action, AwaitCertificate):
         return Outcome(version=version(99, start=now, days=365), tags=desired_certificate_tags(SPEC))
     if isinstance(action, UpsertApplication):
         app = observed.application or ObservedApplication("o-new", "app-new", owned=True, tags=(),
