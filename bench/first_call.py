@@ -99,11 +99,19 @@ def _drain_until_done(handlers: dict[str, Any], queue_name: str, operation_id: s
 
 
 def _first_exchange_call(name: str, deadline: float) -> int:
-    """Call Get-Mailbox as the identity until it succeeds; returns the attempts it took."""
-    from shared.runtime.exchange import ExchangeClient
+    """Call Get-Mailbox as the identity until it succeeds; returns the attempts it took.
+
+    Each attempt is a script that owns its loop, so it closes the loop's connections before the loop
+    ends (docs/jobs.md), as a job's process would.
+    """
+    from shared.runtime.connection import close_connections
+    from shared.runtime.exchange import exchange_client
 
     async def call() -> None:
-        await ExchangeClient(name).invoke("Get-Mailbox", {"ResultSize": "1"})
+        try:
+            await exchange_client(name).invoke("Get-Mailbox", {"ResultSize": "1"})
+        finally:
+            await close_connections()
 
     attempts = 0
     while True:

@@ -71,11 +71,15 @@ class Fault:
 
 
 class FaultTable:
+    """The faults in force. `injected` counts the faults applied since the last reset (what
+    `GET /control/faults` reports); `injected_total` those applied since the stand-ins started."""
+
     def __init__(self) -> None:
         self._faults: list[Fault] = []
         self._next_id = 1
         self._lock = threading.Lock()
         self.injected = 0
+        self.injected_total = 0
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -87,6 +91,12 @@ class FaultTable:
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
+
+    def reset(self) -> None:
+        """No faults, and none counted as injected (the total since the start stays)."""
+        with self._lock:
+            self._faults.clear()
+            self.injected = 0
 
     def list(self) -> list[Fault]:
         with self._lock:
@@ -103,6 +113,7 @@ class FaultTable:
                     continue
                 fault.hits += 1
                 self.injected += 1
+                self.injected_total += 1
                 if fault.count is not None:
                     fault.count -= 1
                     if fault.count <= 0:

@@ -416,7 +416,7 @@ class World:
         """Back to the seeded tenant (ids of the seeded objects change)."""
         with self.lock:
             self.clock.reset()
-            self.faults.clear()
+            self.faults.reset()
             self.counter.reset()
             self.key_credential_reads.reset()
             self.replication_delay = 0.0

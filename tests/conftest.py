@@ -97,7 +97,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leakscan.SCAN.records == 0 and leakscan.SCAN.responses == 0:
         return  # nothing ran that the scan covers (e.g. --collect-only, or only pure unit tests)
     stack = _session_stack_started[0] if _session_stack_started else None
-    document = leakscan.write_summary(stack.world.faults.injected if stack is not None else None)
+    document = leakscan.write_summary(stack.world.faults.injected_total if stack is not None else None)
     session.config.stash[_SUMMARY_KEY] = document
     if document["leakScan"]["leaksFound"] and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

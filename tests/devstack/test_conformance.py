@@ -575,3 +575,15 @@ def test_a_wildcard_fault_hits_the_services_but_never_the_control_api(stack: Sta
     assert httpx.get(f"{control}/control/faults").json()["injected"] == 1
     assert httpx.delete(f"{control}/control/faults").status_code == 204
     assert httpx.get(f"{os.environ['GRAPH_ENDPOINT']}/v1.0/applications").status_code == 401  # no token
+
+
+def test_a_reset_forgets_the_faults_and_the_count_of_those_injected(stack: Stack) -> None:
+    # What a test counts must not depend on the tests that ran before it in the session.
+    control = os.environ["DEVSTACK_CONTROL_URL"]
+    added = httpx.post(f"{control}/control/faults", json={"service": "graph", "status": 503, "count": 3})
+    assert added.status_code == 201, added.text
+    assert [httpx.get(f"{os.environ['GRAPH_ENDPOINT']}/v1.0/applications").status_code for _ in range(2)] == [503] * 2
+    assert httpx.get(f"{control}/control/faults").json()["injected"] == 2
+    assert httpx.post(f"{control}/control/reset").status_code == 204
+    assert httpx.get(f"{control}/control/faults").json() == {"value": [], "injected": 0}
+    assert httpx.get(f"{os.environ['GRAPH_ENDPOINT']}/v1.0/applications").status_code == 401  # no token, no fault

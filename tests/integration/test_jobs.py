@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import gc
 import io
 import logging
 import uuid
@@ -449,6 +450,39 @@ def test_connection_is_cached_costs_two_reads_cold_and_never_shows_the_key(
             await close_connections()
 
     asyncio.run(scenario())
+
+
+def open_clients() -> list[Any]:
+    """Every aiohttp session (Key Vault, azure-identity) and httpx async client (Exchange) not closed yet."""
+    import aiohttp
+    import httpx
+
+    gc.collect()
+    return [o for o in gc.get_objects() if (isinstance(o, aiohttp.ClientSession) and not o.closed)
+            or (isinstance(o, httpx.AsyncClient) and not o.is_closed)]
+
+
+def test_a_script_that_owns_its_loop_closes_every_session_it_opened(
+        stack: Stack, job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/jobs.md: a script that runs its own loop calls close_connections() before the loop ends;
+    then the Key Vault client, the credentials and the Exchange HTTP client are closed, none left to
+    warn "Unclosed client session" at exit."""
+    from shared.runtime.exchange import exchange_client
+
+    bootstrap("conn-closed", monkeypatch)
+    before = open_clients()  # kept alive, so that no new client can take an id of theirs
+
+    async def script() -> list[dict[str, Any]]:
+        try:
+            conn = await connection("conn-closed")
+            assert (await conn.credential.get_token(conn.graph_scope)).token
+            return await exchange_client("conn-closed").invoke("Get-Mailbox", {"ResultSize": "1"})
+        finally:
+            await close_connections()
+
+    assert len(asyncio.run(script())) == 1
+    known = {id(o) for o in before}
+    assert [o for o in open_clients() if id(o) not in known] == []
 
 
 def test_connection_sync_serves_a_plain_script(stack: Stack, job_env: dict[str, str],
