@@ -119,7 +119,7 @@ class OperationStore:
 
                 async def send(message: dict[str, Any], delay_seconds: int) -> None:
                     # The Functions host reads queue messages base64-encoded (host.json messageEncoding).
-                    content = base64.b64encode(json.dumps(message, sort_keys=True).encode("utf-8")).decode("ascii")
+                    content = base64.b64encode(continuation_message(message).encode("utf-8")).decode("ascii")
                     async with gate:
                         await queue.send_message(content, visibility_timeout=delay_seconds or None)
 
@@ -189,6 +189,11 @@ def _finish(document: dict[str, Any], result: RunResult) -> dict[str, Any]:
     return ops.finished(document, run_document(result), error, utc_now(), location)
 
 
+def continuation_message(message: Mapping[str, Any]) -> str:
+    """A reconcile queue message's text (an output binding's value; the host base64-encodes it)."""
+    return json.dumps(message, sort_keys=True)
+
+
 @dataclass
 class Submitted:
     """What a write request ends with: the run's result (inline), or the operation that goes on."""
@@ -209,8 +214,13 @@ def new_document(platform: Platform, kind: str, name: str, *, caller: str, spec:
 
 
 async def submit(platform: Platform, kind: str, name: str, *, caller: str, correlation_id: str | None = None,
-                 spec: Any = None, force_rotate: bool = False, budget: float | None = None) -> Submitted:
-    """Run a write inline within `budget` seconds (HTTP_INLINE_BUDGET_SECONDS), else hand it to the queue."""
+                 spec: Any = None, force_rotate: bool = False, budget: float | None = None,
+                 hand_off: Callable[[str], None] | None = None) -> Submitted:
+    """Run a write inline within `budget` seconds (HTTP_INLINE_BUDGET_SECONDS), else hand it to the queue.
+
+    `hand_off`: the HTTP trigger's queue output binding (`func.Out.set`), which the host sends when the
+    function returns, telling its own queue listener to poll at once; without it the message is sent here.
+    """
     validate_name(name)
     budget = platform.settings.http_inline_budget_seconds if budget is None else budget
     # The operation id is fresh per request: a client's correlation id may repeat.
@@ -238,7 +248,11 @@ async def submit(platform: Platform, kind: str, name: str, *, caller: str, corre
             await task
     document = ops.handed_to_queue(tracker.document, utc_now(), why)
     await store.save(document)
-    await store.enqueue({"name": name, "operationId": document["id"]})
+    continuation = {"name": name, "operationId": document["id"]}
+    if hand_off is not None:
+        hand_off(continuation_message(continuation))
+    else:
+        await store.enqueue(continuation)
     log.info("identity=%s operation=%s %s continues from the queue: %s", name, document["id"], kind, why)
     return Submitted(None, document)
 

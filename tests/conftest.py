@@ -59,6 +59,9 @@ def stack(_session_stack: Stack, azurite: str, monkeypatch: pytest.MonkeyPatch) 
     for name, value in _session_stack.settings().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("AzureWebJobsStorage", azurite)
+    # Bindings name the queue by app setting (`%RECONCILE_QUEUE%`), which the host must resolve; the value
+    # of local.settings.sample.json (the product's default).
+    monkeypatch.setenv("RECONCILE_QUEUE", "identity-reconcile")
     for name in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri",
                  "AzureWebJobsStorage__accountName"):
         monkeypatch.delenv(name, raising=False)

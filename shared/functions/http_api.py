@@ -9,7 +9,10 @@ Routes (function auth level; see README "HTTP API" and openapi.yaml):
     GET    /api/operations/{operationId}   progress of a write that answered 202 Accepted
 
 Writes run inline for up to HTTP_INLINE_BUDGET_SECONDS, then answer 202 with `Location` (the
-operation) and `Retry-After`, and continue from the queue (shared/operations.py).
+operation) and `Retry-After`, and continue from the queue (shared/operations.py). The continuation is
+sent through the write routes' queue output binding (`continuation`) rather than the storage SDK: the
+host's queue listener is told when a function of the same host adds a message through a binding and
+polls at once, instead of up to host.json's maxPollingInterval later.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ OPERATION_ID = re.compile(r"[0-9a-f]{32}")
 READ_ROLE = "ExoIdentities.Read"
 WRITE_ROLE = "ExoIdentities.ReadWrite"
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+# The write routes' output binding to the reconcile queue, which carries a run on after a 202.
+CONTINUATION_QUEUE = "%RECONCILE_QUEUE%"
 # All of one request's waits on Microsoft Graph's Retry-After together (shared/adapters/graph.py): an
 # HTTP answer must come within 230 s (docs/reference.md), and a caller is better told 503 + Retry-After.
 HTTP_GRAPH_WAIT_SECONDS = 60.0
@@ -193,7 +198,8 @@ def _submitted(submitted: Any, created_status: int = 200) -> func.HttpResponse:
 
 
 @bp.route(route="identities", methods=ALL_METHODS, auth_level=func.AuthLevel.FUNCTION)
-async def identities(req: func.HttpRequest) -> func.HttpResponse:
+@bp.queue_output(arg_name="continuation", queue_name=CONTINUATION_QUEUE, connection="AzureWebJobsStorage")
+async def identities(req: func.HttpRequest, continuation: func.Out[str]) -> func.HttpResponse:
     if req.method == "GET":
         async def list_all(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
             from shared.service import list_identities
@@ -213,14 +219,16 @@ async def identities(req: func.HttpRequest) -> func.HttpResponse:
             from shared.core.spec import parse_spec
 
             spec = parse_spec(body, platform.settings)  # a bad request is answered at once, never queued
-            return _submitted(await submit(platform, "bootstrap", spec.name, spec=body, **who), created_status=201)
+            return _submitted(await submit(platform, "bootstrap", spec.name, spec=body, hand_off=continuation.set,
+                                           **who), created_status=201)
 
         return await _handle(req, True, create)
     return _method_not_allowed(req, ["GET", "POST"])
 
 
 @bp.route(route="identities/{name}", methods=ALL_METHODS, auth_level=func.AuthLevel.FUNCTION)
-async def identity(req: func.HttpRequest) -> func.HttpResponse:
+@bp.queue_output(arg_name="continuation", queue_name=CONTINUATION_QUEUE, connection="AzureWebJobsStorage")
+async def identity(req: func.HttpRequest, continuation: func.Out[str]) -> func.HttpResponse:
     name = req.route_params.get("name", "")
     if req.method == "GET":
         async def show(platform: Any, who: dict[str, Any]) -> func.HttpResponse:
@@ -236,14 +244,15 @@ async def identity(req: func.HttpRequest) -> func.HttpResponse:
 
             if _dry_run(req):
                 return _run_response(await decommission(platform, name, dry_run=True, **who))
-            return _submitted(await submit(platform, "decommission", name, **who))
+            return _submitted(await submit(platform, "decommission", name, hand_off=continuation.set, **who))
 
         return await _handle(req, True, remove)
     return _method_not_allowed(req, ["GET", "DELETE"])
 
 
 @bp.route(route="identities/{name}/rotate", methods=ALL_METHODS, auth_level=func.AuthLevel.FUNCTION)
-async def rotate_identity(req: func.HttpRequest) -> func.HttpResponse:
+@bp.queue_output(arg_name="continuation", queue_name=CONTINUATION_QUEUE, connection="AzureWebJobsStorage")
+async def rotate_identity(req: func.HttpRequest, continuation: func.Out[str]) -> func.HttpResponse:
     name = req.route_params.get("name", "")
     if req.method != "POST":
         return _method_not_allowed(req, ["POST"])
@@ -256,7 +265,8 @@ async def rotate_identity(req: func.HttpRequest) -> func.HttpResponse:
             return _run_response(await reconcile(platform, name, force_rotate=True, dry_run=True,
                                                  operation="rotate", **who))
         await recorded_spec(platform, name)  # an unknown name is answered at once (404), never queued
-        return _submitted(await submit(platform, "rotate", name, force_rotate=True, **who))
+        return _submitted(await submit(platform, "rotate", name, force_rotate=True, hand_off=continuation.set,
+                                       **who))
 
     return await _handle(req, True, rotate)
 

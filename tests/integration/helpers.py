@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,21 @@ def registered_functions() -> list[Any]:
     return _FUNCTIONS
 
 
+def registered(name: str) -> Any:
+    return next(fn for fn in registered_functions() if fn.get_function_name() == name)
+
+
+def run_function(name: str, argument: Any, outputs: Mapping[str, Any]) -> Any:
+    """Run one function with its trigger's `argument` and output bindings, closing the platforms after."""
+    async def run() -> Any:
+        try:
+            return await registered(name).get_user_function()(argument, **outputs)
+        finally:
+            await close_platforms()
+
+    return asyncio.run(run())
+
+
 def handler(name: str) -> Any:
     return {fn.get_function_name(): fn.get_user_function() for fn in registered_functions()}[name]
 
@@ -63,18 +79,15 @@ def call(function: str, method: str, url: str, *, body: Any = None, raw: bytes |
 
 def invoke(function: str, method: str, url: str, body: bytes, params: dict[str, str],
            route_params: dict[str, str], headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    """Run one HTTP handler as the worker would; any body comes back raw. Response hooks run."""
+    """Run one HTTP handler as the worker and host would (queue output bindings sent after it returns);
+    any body comes back raw. Response hooks run."""
+    from devstack.host import queue_outputs, send_outputs
+
     request = func.HttpRequest(method=method, url=url, headers=headers, params=params, route_params=route_params,
                                body=body)
-
-    async def run() -> func.HttpResponse:
-        try:
-            response: func.HttpResponse = await handler(function)(request)
-            return response
-        finally:
-            await close_platforms()
-
-    response = asyncio.run(run())
+    outputs = queue_outputs(registered(function))
+    response: func.HttpResponse = run_function(function, request, outputs)
+    send_outputs(outputs)
     raw = response.get_body()
     response_headers = dict(response.headers)
     if not any(name.lower() == "content-type" for name in response_headers):

@@ -131,3 +131,34 @@ def test_a_busy_identity_answers_202_and_runs_after_the_holder(stack: Stack, azu
 
 def _operations_of(answers: list[Any]) -> list[str]:
     return [a.headers["Location"] for a in answers if a.status == 202]
+
+
+def test_the_continuation_leaves_through_the_functions_output_binding(
+        stack: Stack, azurite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 202's continuation is the write route's queue output binding: the host sends it when the function
+    returns and wakes its own queue listener at once (no wait for the next poll of an idle queue)."""
+    import json
+
+    import azure.functions as func
+
+    from devstack.host import queue_outputs, send_outputs
+
+    from .helpers import registered, run_function
+    from .queue_helpers import approximate_count
+
+    queue = use_fresh_queue(monkeypatch)
+    monkeypatch.setenv("HTTP_INLINE_BUDGET_SECONDS", "1")
+    stack.world.key_replication_delay = 5.0
+    outputs = queue_outputs(registered("identities"))
+    assert {name: output.queue for name, output in outputs.items()} == {"continuation": queue}
+    request = func.HttpRequest(method="POST", url="http://localhost/api/identities", params={}, route_params={},
+                               headers={"Content-Type": "application/json"}, body=b'{"name": "bound"}')
+    answer = run_function("identities", request, outputs)
+    assert answer.status_code == 202
+    operation_id = json.loads(answer.get_body())["id"]
+    assert json.loads(outputs["continuation"].value or "") == {"name": "bound", "operationId": operation_id}
+    assert approximate_count(azurite, queue) == 0, "the function sent nothing itself: the binding carries it"
+
+    assert send_outputs(outputs) == [queue]  # what the host does once the function returned
+    drain(azurite, queue, timeout=60)
+    assert operation(f"/api/operations/{operation_id}").body["status"] == "Succeeded"

@@ -30,11 +30,16 @@ def http(route: str) -> list[dict[str, Any]]:
             {"direction": "OUT", "type": "http", "name": "$return"}]
 
 
+# The write routes hand a 202's continuation to the reconcile queue through an output binding: the host then
+# tells its own queue listener to poll at once.
+CONTINUATION = {"direction": "OUT", "type": "queue", "name": "continuation", "queueName": "%RECONCILE_QUEUE%",
+                "connection": STORAGE}
+
 # function name -> its bindings (each expected binding must be present with at least these fields).
 FUNCTIONS: dict[str, list[dict[str, Any]]] = {
-    "identities": http("identities"),
-    "identity": http("identities/{name}"),
-    "rotate_identity": http("identities/{name}/rotate"),
+    "identities": [*http("identities"), CONTINUATION],
+    "identity": [*http("identities/{name}"), CONTINUATION],
+    "rotate_identity": [*http("identities/{name}/rotate"), CONTINUATION],
     "operation_status": http("operations/{operationId}"),
     "status_page": http("status"),
     "health": http("health"),
