@@ -13,6 +13,10 @@ A run can lose its lease: someone breaks it, or the process stalls past its end 
 takes it. The reconciler calls `ensure_held()` before each action and before it records the
 outcome, so a run whose renewal was refused, or that has not renewed in time, stops before its
 next write with `LeaseLost` (retryable: the queue redelivers, HTTP answers 503, the CLI says so).
+
+The blob's metadata has one more use: for a `managedIdentity` identity it is the witness of the grants
+the product made (`shared.adapters.witness`), written under this lease. So no lifecycle rule may delete
+these blobs (infra/modules/storage.bicep covers only the operation documents).
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ class HeldLease:
     duration: float
     renewed_at: float
     lost: str | None = None
+    # The lease blob's client and the lease (azure.storage.blob.aio), for writes the lease must cover: the
+    # witness of a managedIdentity identity's grants is this blob's metadata (`shared.adapters.witness`).
+    blob: Any = None
+    lease: Any = None
 
     def check(self, now: float) -> None:
         if self.lost is None and now >= self.renewed_at + self.duration - EXPIRY_MARGIN_SECONDS:
@@ -74,6 +82,12 @@ class HeldLease:
 
 
 _held: ContextVar[HeldLease | None] = ContextVar("exo_automation_identity_lease", default=None)
+
+
+def held_lease(name: str) -> HeldLease | None:
+    """The lease the current run holds on identity `name`, if it holds one."""
+    held = _held.get()
+    return held if held is not None and held.name == name else None
 
 
 def ensure_held() -> None:
@@ -102,7 +116,8 @@ class LeaseStore:
         try:
             async with service:
                 lease, sent_at = await self._acquire(service, name, wait_seconds, on_wait)
-                held = HeldLease(name, float(self.duration), sent_at)
+                held = HeldLease(name, float(self.duration), sent_at,
+                                 blob=service.get_blob_client(LEASE_CONTAINER, name), lease=lease)
                 renewer = asyncio.create_task(self._renew(lease, held))
                 token = _held.set(held)
                 try:

@@ -12,6 +12,7 @@ from shared.adapters.credentials import platform_credential
 from shared.adapters.directory import DirectoryGateway
 from shared.adapters.graph import GraphClient
 from shared.adapters.vault import VaultGateway
+from shared.adapters.witness import GrantWitness
 from shared.core.planner import PlanContext
 from shared.core.renewal import DEFAULT_RENEWAL_FRACTION, RenewalPolicy
 from shared.reconciler import Clock, Reconciler, SignInProbe, utc_now
@@ -51,7 +52,8 @@ class Platform:
         probe = SignInProbe(settings.tenant_id, settings.authority_host, settings.exo_scope,
                             settings.disable_instance_discovery,
                             budget_seconds=settings.verify_sign_in_timeout_seconds) if settings.verify_sign_in else None
-        return cls(settings, credential, graph, directory, vault, Reconciler(context, vault, directory, probe, clock))
+        reconciler = Reconciler(context, vault, directory, probe, clock, witness=GrantWitness(settings))
+        return cls(settings, credential, graph, directory, vault, reconciler)
 
     async def aclose(self) -> None:
         await self.graph.aclose()

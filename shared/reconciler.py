@@ -18,6 +18,7 @@ from typing import Any
 from shared import progress
 from shared.adapters.directory import DirectoryGateway, capped_validity_months
 from shared.adapters.vault import SETTLE_POLL, StartedCertificate, VaultGateway
+from shared.adapters.witness import GrantWitness
 from shared.audit import AuditEvent, emit
 from shared.core import registry
 from shared.core.checks import Facet, desired_certificate_tags
@@ -151,12 +152,13 @@ class SignInProbe:
 
 class Reconciler:
     def __init__(self, context: PlanContext, vault: VaultGateway, directory: DirectoryGateway,
-                 probe: SignInProbe | None, clock: Clock = utc_now) -> None:
+                 probe: SignInProbe | None, clock: Clock = utc_now, *, witness: GrantWitness) -> None:
         self.context = context
         self.vault = vault
         self.directory = directory
         self.probe = probe
         self.clock = clock
+        self.witness = witness
 
     # -- observation -----------------------------------------------------------------------------
     async def observe(self, names: IdentityNames, *, federated: bool = False,
@@ -246,6 +248,9 @@ class Reconciler:
             # A new name: refuse before the first write if a soft-deleted certificate holds it. When the
             # first write is the certificate's create, its own 409 (ObjectIsDeletedButRecoverable) says so.
             await self.vault.refuse_if_deleted(spec.names.certificate)
+        if spec.managed_identity is not None and (observed.record is not None or observed.record_unreadable):
+            # The witness of the grants recorded so far (a new identity starts its own: nothing to read).
+            observed = dataclasses.replace(observed, grant_witness=await self.witness.read(spec.name))
         executor = _Executor(self, spec, observed)
         executor.planned = plan.actions
         await self._run(executor, plan.actions, result)
@@ -300,6 +305,8 @@ class Reconciler:
             observed.registry_tags, name, observed.registry_tags.get("organization", ""))
         if spec is not None and spec.managed_identity is not None:
             observed = await self.observe_managed_identity(observed, spec.managed_identity)
+            # Its grants are removed only where the witness, which a Key Vault writer cannot write, agrees.
+            observed = dataclasses.replace(observed, grant_witness=await self.witness.read(name))
         plan = plan_decommission(observed, spec, assign_roles=self.context.assign_roles)
         result = RunResult(name, "decommission", plan, dry_run=dry_run, caller=caller,
                            correlation_id=correlation_id or uuid.uuid4().hex)
@@ -312,6 +319,18 @@ class Reconciler:
             return result
         executor = _Executor(self, spec, observed, names=names)
         await self._run(executor, plan.actions, result)
+        if result.error is None and plan.needs_operator:
+            # Everything else is done; the grants not proven ours are left, named, for an operator.
+            first = plan.needs_operator[0]
+            result.error = NeedsOperator(first.message, reason=first.reason)
+            await emit(AuditEvent(
+                correlation_id=result.correlation_id, caller=result.caller, operation=result.operation,
+                identity=result.name, action="Decommission", facet=first.facet.value, result=first.reason,
+                detail=first.message,
+                before={"consentAssignmentId": observed.consent_assignment_id,
+                        "roleAssignments": dict(sorted(observed.role_assignments.items()))},
+                after={"consentAssignmentId": executor.observed.consent_assignment_id,
+                       "roleAssignments": dict(sorted(executor.observed.role_assignments.items()))}))
         return result
 
     async def _run(self, executor: _Executor, actions: tuple[Action, ...], result: RunResult) -> None:
@@ -340,32 +359,60 @@ class Reconciler:
 
 
 class _GrantRecords:
-    """How an executor keeps the registry's record of the grants it makes to a managed identity."""
+    """How an executor keeps the two records of the grants it makes to a managed identity: the registry's (tags of
+    the connection secret) and the witness (its lease blob's metadata). Each is kept from its own previous state,
+    never from the other's, so an edit of the tags never reaches the witness; the witness is written first."""
 
     r: Reconciler
     spec: IdentitySpec | None
     names: IdentityNames | None
     observed: Observed
     planned: tuple[Action, ...]
+    # The witness's metadata as this run read or wrote it; None: unknown (a new identity's is written at once).
+    witness_known: Mapping[str, str] | None
 
     @property
     def _records_grants(self) -> bool:
         return self.spec is not None and self.spec.managed_identity is not None
 
     def _grants(self, *, resolve: bool = False) -> RecordedGrants:
-        """The grants recorded as ours; `resolve`: as this run leaves them, once it has observed the managed
-        identity's grants (only of an allowed managed identity: else the record is kept as it is)."""
-        recorded = RecordedGrants.from_tags(self.observed.registry_tags)
+        """The grants the registry records as ours; `resolve`: as this run leaves them."""
+        return self._resolved(RecordedGrants.from_tags(self.observed.registry_tags)) if resolve \
+            else RecordedGrants.from_tags(self.observed.registry_tags)
+
+    def _witnessed(self, *, resolve: bool = False) -> RecordedGrants:
+        """The grants the witness records as ours (none if it has no record for this managed identity)."""
+        assert self.spec is not None
+        witnessed = RecordedGrants.from_witness(self.observed.grant_witness, self.spec.managed_identity) \
+            or RecordedGrants()
+        return self._resolved(witnessed) if resolve else witnessed
+
+    def _resolved(self, recorded: RecordedGrants) -> RecordedGrants:
+        """A record as this run leaves it, once it has observed the managed identity's grants (only of an allowed
+        managed identity: else the record is kept as it is)."""
         principal = self.observed.managed_identity
-        if not resolve or self.spec is None or principal is None or not principal.is_managed_identity \
+        if self.spec is None or principal is None or not principal.is_managed_identity \
                 or principal.principal_id != self.spec.managed_identity \
                 or managed_identity_refusal(principal.principal_id, self.r.context.allowed_managed_identities):
             return recorded
         return recorded.resolved(self.observed.consent_assignment_id, self.observed.role_assignments)
 
+    def _intending(self, recorded: RecordedGrants) -> RecordedGrants:
+        return recorded.intending(any(isinstance(a, GrantConsent) for a in self.planned),
+                                  [a.role_id for a in self.planned if isinstance(a, AssignRole)])
+
     def _intended_grants(self) -> RecordedGrants:
-        return self._grants().intending(any(isinstance(a, GrantConsent) for a in self.planned),
-                                        [a.role_id for a in self.planned if isinstance(a, AssignRole)])
+        return self._intending(self._grants())
+
+    async def _witness(self, grants: RecordedGrants) -> None:
+        """Write the witness (under the lease this run holds), unless it already says exactly that."""
+        assert self.spec is not None and self.spec.managed_identity is not None and self.names is not None
+        metadata = grants.to_witness(self.spec.managed_identity)
+        if metadata == self.witness_known:
+            return
+        await self.r.witness.write(self.names.name, metadata)
+        self.witness_known = metadata
+        self.observed = dataclasses.replace(self.observed, grant_witness=metadata)
 
     def _registry(self) -> dict[str, str] | None:
         """The registry entry an identity without a certificate keeps on its connection secret; a managed
@@ -380,8 +427,10 @@ class _GrantRecords:
 
     async def _record_intent(self) -> None:
         """Before the first grant to a managed identity, record that this run makes it (a crash between the
-        grant and the outcome then still finds it ours); the connection secret was published before."""
+        grant and the outcome then still finds it ours): in the witness, then in the registry (the connection
+        secret was published before)."""
         assert self.names is not None
+        await self._witness(self._intending(self._witnessed()))
         intended = self._intended_grants()
         if intended == self._grants():
             return
@@ -408,6 +457,8 @@ class _Executor(_GrantRecords):
         self.planned: tuple[Action, ...] = ()  # the plan being applied (a managed identity's grants are intended first)
         self._started: StartedCertificate | None = None  # this run's create request, for AwaitCertificate
         self._new_pfx: tuple[str, bytes] | None = None  # (version, PKCS#12) of the version this run awaited
+        # Known only once read (an existing managedIdentity identity's reconcile or decommission reads it first).
+        self.witness_known = observed.grant_witness
         self._handlers: dict[type[Action], Callable[[Any], Awaitable[Outcome]]] = {
             CreateCertificateVersion: self._create_certificate, AwaitCertificate: self._await_certificate,
             TagCertificate: self._tag_certificate, MarkDecommissioning: self._mark_decommissioning,
@@ -447,6 +498,9 @@ class _Executor(_GrantRecords):
             raise UnknownAction(f"no handler for {action.kind}")
         if isinstance(action, GrantConsent | AssignRole) and self._records_grants:
             await self._record_intent()
+        elif isinstance(action, PublishConnectionRecord) and self._records_grants:
+            # The record's secret carries the registry entry with the intended grants: the witness says so first.
+            await self._witness(self._intending(self._witnessed()))
         outcome = await handler(action)
         self.observed = apply(self.observed, action, outcome)
         return outcome.detail
@@ -718,6 +772,10 @@ class _Executor(_GrantRecords):
         else:  # its principal is in `credentials`; the tags left hold the grants we made (at most 15 tags)
             facts.update({registry.APP_ID: principal.client_id if principal else "",
                           **self._grants(resolve=True).to_tags()})
+            try:
+                await self._witness(self._witnessed(resolve=True))
+            except ExoAutomationError as exc:  # the intents it holds still say the grants made are ours
+                log.warning("identity=%s could not record the outcome in the witness: %s", result.name, exc.message)
         tags = registry.outcome_tags({**desired_certificate_tags(self.spec), registry.IDENTITY: self.spec.name},
                                      facts, now, _error_of(result))
         try:

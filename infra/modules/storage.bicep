@@ -67,8 +67,9 @@ resource reportsContainer 'Microsoft.Storage/storageAccounts/blobServices/contai
 
 // Operation documents (one small JSON blob per write that answered 202) are history once their
 // operation ended: deleted operationRetentionDays after their last change. The identity leases
-// (identity-leases: one empty blob per identity name) are kept: they cost nothing, and a run
-// recreates a missing one (docs/deploy.md, "Storage lifecycle").
+// (identity-leases: one empty blob per identity name) are kept and no rule may cover them: their
+// metadata is the witness of a managedIdentity identity's grants, which decommission needs
+// (docs/deploy.md, "Storage lifecycle").
 resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
   parent: storage
   name: 'default'

@@ -128,3 +128,6 @@ class Observed:
     # see `managed_identity_looked_up`); its grant and roles are in the fields above.
     managed_identity: ObservedManagedIdentity | None = None
     managed_identity_looked_up: bool = False
+    # A managedIdentity identity's witness of the grants made (its lease blob's metadata, `shared.core.registry`
+    # `RecordedGrants.from_witness`); None: not read (status, a first bootstrap), or no lease blob.
+    grant_witness: Mapping[str, str] | None = None

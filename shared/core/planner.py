@@ -35,7 +35,8 @@ from shared.core.checks import (
     view_of_observed,
 )
 from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, Observed
-from shared.core.registry import RecordedGrants
+from shared.core.registry import HeldGrant, RecordedGrants, judge_grants
+from shared.core.roles import role_name
 from shared.core.spec import IdentitySpec
 
 
@@ -405,7 +406,8 @@ def plan_decommission(observed: Observed, spec: IdentitySpec | None, *, assign_r
             and observed.registry_tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE and observed.record_owned:
         actions.append(MarkDecommissioning())  # the registry entry of an identity without a certificate
     if spec is not None and spec.managed_identity is not None:
-        return Plan((), tuple(actions + _managed_identity_decommission(observed)))
+        removals, unconfirmed = _managed_identity_decommission(observed, spec.managed_identity)
+        return Plan(unconfirmed, tuple(actions + removals), needs_operator=unconfirmed)
     # In verify-only mode an administrator assigned the roles; deleting the service principal
     # removes its assignments without the product needing write access to directory roles.
     owned_roles = spec.role_ids if spec is not None and assign_roles else frozenset()
@@ -425,15 +427,35 @@ def plan_decommission(observed: Observed, spec: IdentitySpec | None, *, assign_r
     return Plan((), tuple(actions))
 
 
-def _managed_identity_decommission(observed: Observed) -> list[Action]:
-    """Exactly the grants the registry records making, among those the managed identity holds now; never its
-    service principal, nor a grant or role it had before (or that someone else gave it since)."""
-    ours = RecordedGrants.from_tags(observed.registry_tags)
-    actions: list[Action] = [RemoveRoleAssignment(assignment_id, role_id)
-                             for role_id, assignment_id in sorted(observed.role_assignments.items())
-                             if ours.owns_role(role_id, assignment_id)]
-    if observed.consent_assignment_id is not None and ours.owns_consent(observed.consent_assignment_id):
-        actions.append(RevokeConsent(observed.consent_assignment_id))
+GRANTS_UNCONFIRMED = "GrantsUnconfirmed"
+
+
+def _managed_identity_decommission(observed: Observed, principal_id: str) -> tuple[list[Action], tuple[Finding, ...]]:
+    """Exactly the grants both the registry and the witness record making, among those the managed identity holds
+    now; never its service principal, nor a grant or role it had before (or that someone else gave it since).
+    Where the two records disagree, none of its grants is removed: the finding names them for an operator."""
+    verdict = judge_grants(RecordedGrants.from_tags(observed.registry_tags),
+                           RecordedGrants.from_witness(observed.grant_witness, principal_id),
+                           observed.consent_assignment_id, observed.role_assignments)
+    actions: list[Action] = [RemoveRoleAssignment(g.assignment_id, g.role_id) for g in verdict.removable
+                             if g.role_id is not None]
+    actions.extend(RevokeConsent(g.assignment_id) for g in verdict.removable if g.role_id is None)
     if observed.record is not None or observed.record_unreadable:
         actions.append(DeleteConnectionSecret())
-    return actions
+    findings: tuple[Finding, ...] = ()
+    if verdict.unconfirmed:
+        findings = (Finding(
+            Facet.MANAGED_IDENTITY, State.REFUSED, GRANTS_UNCONFIRMED,
+            f"the registry's record of the grants this product made to managed identity {principal_id} (tags of the "
+            "connection secret) and its witness (the identity's lease blob in the Functions storage account) "
+            "disagree, so none of its grants was removed: someone may have edited the registry. Check these and "
+            "remove by hand those this product made: " + "; ".join(_describe(g) for g in verdict.unconfirmed)),)
+    return actions, findings
+
+
+def _describe(grant: HeldGrant) -> str:
+    what = "the Exchange.ManageAsApp grant (app-role assignment" if grant.role_id is None \
+        else f"the {role_name(grant.role_id)} role (role assignment"
+    says = "registry and witness" if grant.recorded and grant.witnessed else \
+        "registry only" if grant.recorded else "witness only"
+    return f"{what} {grant.assignment_id}; claimed by the {says})"

@@ -43,6 +43,13 @@ CONSENT_ASSIGNMENT = "consentAssignment"
 ROLE_ASSIGNMENTS = "roleAssignments"
 INTENDED = "?"
 
+# The witness of those grants: the same record, kept as metadata of the identity's lease blob in the Functions
+# storage account (`shared.adapters.witness`), which a Key Vault writer cannot write. Blob metadata names are
+# case-insensitive identifiers: these are lower-case; the principal binds the record to one managed identity.
+WITNESS_PRINCIPAL = "principalid"
+WITNESS_CONSENT = "consentassignment"
+WITNESS_ROLES = "roleassignments"
+
 # A failure already notified is repeated to operators at most this often while it lasts.
 REMINDER_INTERVAL = dt.timedelta(days=1)
 
@@ -90,11 +97,12 @@ class LastRun:
 
 @dataclass(frozen=True)
 class RecordedGrants:
-    """The grants to a managed identity this product recorded making; decommission removes exactly these.
+    """The grants to a managed identity this product recorded making, in the registry (tags) and the witness
+    (lease blob metadata); decommission removes exactly those both records claim (`judge_grants`).
 
-    Read from tags a Key Vault secret writer can edit: an entry only ever selects among the grants the
-    managed identity holds (read from Graph), and only for removal; grants are authorised by the spec
-    and today's allow-lists, never by these tags."""
+    The tags are editable by a Key Vault secret writer: an entry only ever selects among the grants the
+    managed identity holds (read from Graph), only for removal, and only with the witness's agreement;
+    grants are authorised by the spec and today's allow-lists, never by these records."""
 
     consent: str | None = None  # the assignment id, INTENDED, or None
     roles: tuple[str, ...] = ()  # assignment ids, or INTENDED + role template id
@@ -128,6 +136,60 @@ class RecordedGrants:
                       if self.owns_role(role_id, assignment))
         return RecordedGrants(consent, roles)
 
+    def to_witness(self, principal_id: str) -> dict[str, str]:
+        """The witness's blob metadata: this record, for that managed identity."""
+        tags = self.to_tags()
+        witness = {WITNESS_PRINCIPAL: principal_id, WITNESS_CONSENT: tags.get(CONSENT_ASSIGNMENT, ""),
+                   WITNESS_ROLES: tags.get(ROLE_ASSIGNMENTS, "")}
+        return {k: v for k, v in witness.items() if v}
+
+    @classmethod
+    def from_witness(cls, metadata: Mapping[str, str] | None, principal_id: str | None) -> RecordedGrants | None:
+        """The record a witness holds for that managed identity; None: no witness, or one of another principal
+        (a name decommissioned and bootstrapped again for another managed identity)."""
+        found = {k.lower(): v for k, v in (metadata or {}).items()}
+        if principal_id is None or found.get(WITNESS_PRINCIPAL, "").lower() != principal_id.lower():
+            return None
+        return cls.from_tags({CONSENT_ASSIGNMENT: found.get(WITNESS_CONSENT, ""),
+                              ROLE_ASSIGNMENTS: found.get(WITNESS_ROLES, "")})
+
+
+@dataclass(frozen=True)
+class HeldGrant:
+    """A grant the managed identity holds now, and which of the two records says the product made it."""
+
+    assignment_id: str
+    role_id: str | None  # None: the Exchange.ManageAsApp grant (consent)
+    recorded: bool  # the registry (Key Vault tags) says ours
+    witnessed: bool  # the witness (lease blob metadata) says ours
+
+
+@dataclass(frozen=True)
+class GrantVerdict:
+    """What decommission may remove of a managed identity's grants, and what it must leave to an operator."""
+
+    removable: tuple[HeldGrant, ...] = ()
+    unconfirmed: tuple[HeldGrant, ...] = ()  # claimed by one record only, or by either when they disagree
+
+
+def judge_grants(recorded: RecordedGrants, witnessed: RecordedGrants | None, consent_id: str | None,
+                 role_assignments: Mapping[str, str]) -> GrantVerdict:
+    """Which held grants decommission may remove: only those both the registry and the witness say are ours.
+
+    The registry is writable by a Key Vault secret writer, the witness is not. When they agree on every held
+    grant, the grants both claim are removed. When they disagree on any (one claims a grant the other does not,
+    or there is no witness at all for this managed identity), the registry was edited or lost its record:
+    nothing is removed, and every grant either claims is for an operator to check."""
+    witness = witnessed or RecordedGrants()
+    held = [HeldGrant(a, role_id, recorded.owns_role(role_id, a), witness.owns_role(role_id, a))
+            for role_id, a in sorted(role_assignments.items())]
+    if consent_id is not None:
+        held.append(HeldGrant(consent_id, None, recorded.owns_consent(consent_id), witness.owns_consent(consent_id)))
+    claimed = tuple(g for g in held if g.recorded or g.witnessed)
+    if any(g.recorded != g.witnessed for g in claimed):
+        return GrantVerdict(unconfirmed=claimed)
+    return GrantVerdict(removable=claimed)
+
 
 def outcome_tags(spec_tags: Mapping[str, str], facts: Mapping[str, str], now: dt.datetime,
                  error: tuple[str, str] | None) -> dict[str, str]:
@@ -152,4 +214,4 @@ def _time(text: str | None) -> dt.datetime | None:
         return None
 
 
-__all__ = ["LastRun", "RecordedGrants", "started_by_us"]
+__all__ = ["GrantVerdict", "HeldGrant", "LastRun", "RecordedGrants", "judge_grants", "started_by_us"]

@@ -31,7 +31,7 @@ def problem(status: int, reason: str, detail: str, **extensions: Any) -> dict[st
 # Needs-an-operator reasons that are a conflict with the state found, not a failure of a service.
 _CONFLICTS = frozenset({"DeletedButRecoverable", "Decommissioning", "RoleRefused", "RoleNoLongerAllowed",
                         "RegistryTagsInvalid", "CredentialKindCannotChange", "ManagedIdentityRefused",
-                        "ManagedIdentityNotFound"})
+                        "ManagedIdentityNotFound", "GrantsUnconfirmed"})
 
 
 def status_for(error: ExoAutomationError) -> int:

@@ -93,7 +93,7 @@ def test_operation_documents_expire_and_identity_leases_are_kept() -> None:
     # A prefix is `<container>/<blob prefix>`: the whole operations container, and nothing else.
     assert rule["definition"]["filters"] == {"blobTypes": ["blockBlob"], "prefixMatch": ["${operationsContainerName}/"]}
     assert rule["definition"]["actions"] == {"baseBlob": {"delete": {"daysAfterModificationGreaterThan": 30}}}
-    assert LEASE_CONTAINER not in str(policy.body), "identity leases are kept"
+    assert LEASE_CONTAINER not in str(policy.body), "identity leases are kept (their metadata is a witness)"
     # The retention is a deployment parameter (OPERATION_RETENTION_DAYS), within bounds.
     (shorter,) = render(operationRetentionDays=7).of_type("Microsoft.Storage/storageAccounts/managementPolicies")
     assert shorter.properties["policy"]["rules"][0]["definition"]["actions"]["baseBlob"]["delete"] == {

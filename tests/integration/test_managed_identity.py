@@ -4,7 +4,8 @@ identity, and decommission removes exactly what the product made.
 End to end through the stand-ins and the real SDKs: a job whose host has the managed identity assigned runs
 Get-Mailbox through `connection()` and `exchange_client()`; a principal not on the allow-list is refused with
 zero writes; decommission leaves a grant or role the managed identity had before; drift repair restores a
-removed grant or role; a crash between a grant and the outcome still records the grant as ours.
+removed grant or role; a crash between a grant and the outcome still records the grant as ours, in the registry
+and in its witness (the identity's lease blob's metadata), and decommission then removes it.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def test_drift_repair_restores_a_removed_grant_and_role(stack: Stack, monkeypatc
     assert grants_of(stack, mi.object_id) == {"consent": [], "roles": []}
 
 
-def test_a_grant_made_just_before_a_crash_is_still_ours(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_grant_made_just_before_a_crash_is_still_ours(stack: Stack, azurite: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from devstack.faults import Fault
 
     mi = job_identity(stack, monkeypatch)
@@ -177,11 +179,73 @@ def test_a_grant_made_just_before_a_crash_is_still_ours(stack: Stack, monkeypatc
     tags = secret_tags(stack, "mi-crash")
     assert tags["consentAssignment"] == "?" and tags["roleAssignments"] == f"?{ERA}"
 
+    witness = lease_metadata(azurite, "mi-crash")  # the witness's outcome was written, the registry's refused
+    assert witness["consentassignment"] == grants_of(stack, mi.object_id)["consent"][0], witness
+    assert "roleassignments" not in witness  # the role's intent resolved to nothing: its grant was refused
+
     assert reconcile(stack, "mi-crash").error is None
     tags = secret_tags(stack, "mi-crash")
     assert tags["consentAssignment"] == grants_of(stack, mi.object_id)["consent"][0]
     assert "?" not in tags["roleAssignments"]
     assert delete_identity("mi-crash").status == 200
+    assert grants_of(stack, mi.object_id) == {"consent": [], "roles": []}
+
+
+def lease_metadata(azurite: str, name: str) -> dict[str, str]:
+    from azure.storage.blob import BlobClient
+
+    from shared.lease import LEASE_CONTAINER
+
+    with BlobClient.from_connection_string(azurite, LEASE_CONTAINER, name) as blob:
+        return dict(blob.get_blob_properties().metadata or {})
+
+
+def test_a_run_stopped_between_its_grants_and_their_ids_leaves_intents_in_both_records_and_they_are_ours(
+        stack: Stack, azurite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run loses its lease while its role grant is in flight (as a killed run would, it records no outcome):
+    the intents written before the grants, in the witness first and then the registry, still make both grants
+    ours, so decommission removes them."""
+    from azure.storage.blob import BlobClient, BlobLeaseClient
+
+    from devstack.faults import Fault
+    from shared import service
+    from shared.lease import LEASE_CONTAINER, LeaseLost
+
+    from .platform_helpers import with_platform
+
+    monkeypatch.setenv("IDENTITY_LEASE_SECONDS", "15")  # renewed every 5 s
+    mi = job_identity(stack, monkeypatch)
+    stack.world.faults.add(Fault(service="graph", method="POST", path="roleAssignments$", latency=7.0))
+    blob = BlobClient.from_connection_string(azurite, LEASE_CONTAINER, "mi-severed")
+
+    def intents_witnessed() -> bool:
+        try:
+            return "?" in (blob.get_blob_properties().metadata or {}).get("roleassignments", "")
+        except Exception:
+            return False  # not created yet
+
+    async def scenario(platform: Any) -> BaseException | None:
+        run = asyncio.create_task(service.bootstrap(platform, body("mi-severed", mi.object_id)))
+        while not await asyncio.to_thread(intents_witnessed):
+            assert not run.done(), run
+            await asyncio.sleep(0.05)
+        # Someone breaks the lease: the run's renewal, due while the role's grant is in flight, is refused.
+        await asyncio.to_thread(lambda: BlobLeaseClient(blob).break_lease(lease_break_period=0))
+        return (await asyncio.gather(run, return_exceptions=True))[0]
+
+    outcome = with_platform(stack, scenario)
+    blob.close()
+    assert isinstance(outcome, LeaseLost), outcome
+    stack.world.faults.clear()
+    made = grants_of(stack, mi.object_id)
+    assert len(made["consent"]) == 1 and made["roles"] == [ERA], "both grants were made..."
+    tags = secret_tags(stack, "mi-severed")
+    assert (tags["consentAssignment"], tags["roleAssignments"]) == ("?", f"?{ERA}"), "...and no id recorded"
+    witness = lease_metadata(azurite, "mi-severed")
+    assert (witness["consentassignment"], witness["roleassignments"]) == ("?", f"?{ERA}")
+    assert witness["principalid"] == mi.object_id
+
+    assert delete_identity("mi-severed").status == 200
     assert grants_of(stack, mi.object_id) == {"consent": [], "roles": []}
 
 

@@ -36,6 +36,7 @@ from .helpers import call, delete_identity, get_identity, post_identity, princip
 from .platform_helpers import reconcile, sweep
 
 ERA = "31392ffb-586c-42d1-9346-e59415a2cc4e"
+GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
 
 
 def sp_id_of(stack: Stack, name: str) -> str:
@@ -237,12 +238,85 @@ def test_vault_secret_writer_cannot_aim_decommission_at_another_principals_grant
     monkeypatch.setenv("ALLOWED_MANAGED_IDENTITIES", f"{job.object_id},{other.object_id}")
     credentials = [{"type": "managedIdentity", "principalId": job.object_id}]
     assert post_identity({"name": "mi-decoy", "credentials": credentials}).status == 201
+    ours = exchange_grants(stack, job.object_id)
 
     vault_secret_writer(stack).set_secret_tags("exo-mi-decoy-connection", consentAssignment=other_grant,
                                                roleAssignments=other_role)
-    assert delete_identity("mi-decoy").status == 200
+    answer = delete_identity("mi-decoy")
+    assert answer.status == 409 and answer.body["reason"] == "GrantsUnconfirmed", answer.body
     assert exchange_grants(stack, other.object_id) == [other_grant]
     assert principal_roles(stack, other.object_id) == {ERA}
+    # Ours are no longer claimed by the registry, only by the witness: left, and named for an operator.
+    assert exchange_grants(stack, job.object_id) == ours and principal_roles(stack, job.object_id) == {ERA}
+    assert ours[0] in answer.body["detail"] and "witness only" in answer.body["detail"]
+    assert get_identity("mi-decoy").status == 404
+
+
+def lease_metadata(azurite: str, name: str) -> dict[str, str]:
+    """The identity's lease blob's metadata: the witness of a managedIdentity identity's grants."""
+    from azure.storage.blob import BlobClient
+
+    from shared.lease import LEASE_CONTAINER
+
+    with BlobClient.from_connection_string(azurite, LEASE_CONTAINER, name) as blob:
+        return dict(blob.get_blob_properties().metadata or {})
+
+
+# What a Key Vault secret writer writes into the registry entry to make decommission remove a grant the managed
+# identity had before the product made its own: (a) the recorded consent id rewritten to that grant's id, (b) an
+# intent (`?` matches any consent, `?<role>` any assignment of the role), (c) a role assignment's id added.
+TAMPERING = {
+    "(a) consent id of a grant it had before": lambda tags, grant, role: {"consentAssignment": grant},
+    "(b) intent for consent": lambda tags, grant, role: {"consentAssignment": "?"},
+    "(b) intent for a role it had before": lambda tags, grant, role: {
+        "roleAssignments": f"{tags['roleAssignments']},?{GLOBAL_READER}"},
+    "(c) id of a role assignment it had before": lambda tags, grant, role: {
+        "roleAssignments": f"{tags['roleAssignments']},{role}"},
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+def test_vault_secret_writer_cannot_make_decommission_remove_grants_the_managed_identity_had_before(
+        stack: Stack, azurite: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        tampering: str) -> None:
+    """A grant is removed only if the registry and the witness (the lease blob's metadata, which a Key Vault
+    writer cannot write) both say the product made it; they disagree here, so nothing of the managed identity's
+    is removed, and the answer names what an operator should check."""
+    from .helpers import connection_secret
+
+    job = stack.world.add_managed_identity("id-mailbox-jobs")
+    their_grant = grant_app_role(stack.world, job.object_id, EXCHANGE_APP_ID, "Exchange.ManageAsApp")  # an admin's
+    their_role = assign_directory_role(stack.world, job.object_id, GLOBAL_READER)
+    monkeypatch.setenv("ALLOWED_MANAGED_IDENTITIES", job.object_id)
+    name = "mi-tamper-" + "abcd"[list(TAMPERING).index(tampering)]
+    credentials = [{"type": "managedIdentity", "principalId": job.object_id}]
+    assert post_identity({"name": name, "credentials": credentials}).status == 201
+    assert principal_roles(stack, job.object_id) == {GLOBAL_READER, ERA}  # the product made only the role
+    witness = lease_metadata(azurite, name)
+    tags = connection_secret(stack, name)[1]
+    assert "consentassignment" not in witness and witness["roleassignments"] == tags["roleAssignments"]
+
+    changes = TAMPERING[tampering](tags, their_grant, their_role)
+    vault_secret_writer(stack).set_secret_tags(f"exo-{name}-connection", **changes)
+    # The next run (the sweep's deep check) resolves the registry's claims, and never copies them to the witness.
+    assert reconcile(stack, name).error is None
+    assert lease_metadata(azurite, name) == witness
+
+    caplog.set_level("INFO", logger="exo_automation.audit")
+    answer = delete_identity(name)
+    assert answer.status == 409 and answer.body["reason"] == "GrantsUnconfirmed", answer.body
+    (event,) = [e for e in audit_records(caplog) if e["result"] == "GrantsUnconfirmed"]  # operators are told
+    assert (event["operation"], event["action"], event["facet"]) == ("decommission", "Decommission", "managedIdentity")
+    # Read back from Graph: what it had before is untouched, and so is ours (the records disagree: an operator looks).
+    assert exchange_grants(stack, job.object_id) == [their_grant]
+    assert principal_roles(stack, job.object_id) == {GLOBAL_READER, ERA}
+    detail = answer.body["detail"]
+    claimed = their_grant if "consent" in tampering else their_role
+    assert claimed in detail and "registry only" in detail, detail
+    assert tags["roleAssignments"] in detail  # ours too, claimed by both
+    assert [e["action"] for e in answer.body["run"]["executed"]] == ["MarkDecommissioning", "DeleteConnectionSecret"]
+    assert get_identity(name).status == 404  # the rest of the decommission is done
+    assert job.object_id in stack.world.directory.service_principals
 
 
 def app_keys(stack: Stack, object_id: str) -> list[str]:

@@ -8,6 +8,8 @@ import dataclasses
 import datetime as dt
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shared.core.checks import Facet, Reason, State, desired_certificate_tags
 from shared.core.model import OWNER_TAG, OWNER_TAG_VALUE, Observed, ObservedManagedIdentity
@@ -23,7 +25,7 @@ from shared.core.planner import (
     plan_decommission,
 )
 from shared.core.record import ConnectionRecord, format_time
-from shared.core.registry import RecordedGrants
+from shared.core.registry import GrantVerdict, HeldGrant, RecordedGrants, judge_grants
 from shared.core.roles import EXCHANGE_RECIPIENT_ADMINISTRATOR
 from shared.core.spec import IdentitySpec, parse_spec, registry_spec
 from shared.errors import InvalidSpec
@@ -59,15 +61,25 @@ def registry(grants: RecordedGrants = OURS, **extra: str) -> dict[str, str]:
     return {**desired_certificate_tags(SPEC_MI), **grants.to_tags(), **extra}
 
 
+AGREEING = "the registry's own grants"
+
+
 def observed(*, consent: str | None = "grant-1", roles: dict[str, str] | None = None, found: bool = True,
-             is_mi: bool = True, published: bool = True, tags: dict[str, str] | None = None) -> Observed:
+             is_mi: bool = True, published: bool = True, tags: dict[str, str] | None = None,
+             witness: RecordedGrants | dict[str, str] | str | None = AGREEING) -> Observed:
+    """`witness`: the grants its lease blob's metadata records (by default what the registry records), raw
+    metadata, or None for none."""
     principal = ObservedManagedIdentity(MI, CLIENT, is_mi) if found else None
     grants_seen = found and is_mi
+    registry_tags = (tags if tags is not None else registry()) if published else {}
+    if witness == AGREEING:
+        witness = RecordedGrants.from_tags(registry_tags)
     return Observed(
         service_principal_id=MI if grants_seen else None, consent_assignment_id=consent if grants_seen else None,
         role_assignments=(roles if roles is not None else {ERA: "ra-1"}) if grants_seen else {},
-        record=record() if published else None, registry_tags=(tags if tags is not None else registry())
-        if published else {}, managed_identity=principal, managed_identity_looked_up=True)
+        record=record() if published else None, registry_tags=registry_tags, managed_identity=principal,
+        managed_identity_looked_up=True,
+        grant_witness=witness.to_witness(MI) if isinstance(witness, RecordedGrants) else witness)  # type: ignore[arg-type]
 
 
 # -- the spec -----------------------------------------------------------------------------------------------
@@ -97,6 +109,93 @@ def test_an_intent_becomes_the_grants_id_and_a_removed_grant_is_no_longer_ours()
     assert made.resolved(None, {GLOBAL_ADMINISTRATOR: "ra-3"}) == RecordedGrants()  # removed behind our back
     # A grant repaired after a removal replaces the old id.
     assert made.intending(True, []).resolved("grant-3", {ERA: "ra-2"}) == RecordedGrants("grant-3", ("ra-2",))
+
+
+# -- the witness: the same record where a Key Vault writer cannot write -----------------------------------------
+def test_the_witness_holds_the_record_for_one_managed_identity() -> None:
+    intended = RecordedGrants("?", (f"?{ERA}", "ra-1"))
+    metadata = intended.to_witness(MI)
+    assert metadata == {"principalid": MI, "consentassignment": "?", "roleassignments": f"?{ERA},ra-1"}
+    assert RecordedGrants.from_witness(metadata, MI) == intended
+    shouted = {k.upper(): v for k, v in metadata.items()} | {"PRINCIPALID": MI.upper()}
+    assert RecordedGrants.from_witness(shouted, MI) == intended  # metadata names and ids are case-insensitive
+    assert RecordedGrants().to_witness(MI) == {"principalid": MI}  # binds the principal, claims nothing
+    assert RecordedGrants.from_witness({"principalid": MI}, MI) == RecordedGrants()
+    for missing in (None, {}, RecordedGrants("grant-1").to_witness(CLIENT)):
+        assert RecordedGrants.from_witness(missing, MI) is None  # none, or another principal's (a reused name)
+    assert RecordedGrants.from_witness(metadata, None) is None
+
+
+THEIR_CONSENT, THEIR_ROLE = "grant-theirs", "ra-theirs"
+HELD_ROLES = {ERA: "ra-1", GLOBAL_ADMINISTRATOR: THEIR_ROLE}
+
+
+def judge(registry_record: RecordedGrants, witness_record: RecordedGrants | None,
+          consent_id: str | None = "grant-1") -> GrantVerdict:
+    """The verdict on a managed identity holding our consent (or another), our role and a role of its own."""
+    return judge_grants(registry_record, witness_record, consent_id, HELD_ROLES)
+
+
+def ours(*, recorded: bool = True, witnessed: bool = True) -> tuple[HeldGrant, ...]:
+    return (HeldGrant("ra-1", ERA, recorded, witnessed), HeldGrant("grant-1", None, recorded, witnessed))
+
+
+@pytest.mark.parametrize(("registry_record", "witness_record"), [
+    (OURS, OURS),
+    (RecordedGrants("?", (f"?{ERA}",)), RecordedGrants("?", (f"?{ERA}",))),  # stopped before the ids were recorded
+    (RecordedGrants("?", (f"?{ERA}",)), OURS),  # stopped between the witness's outcome and the registry's
+    (OURS, RecordedGrants("?", (f"?{ERA}",))),
+])
+def test_grants_both_records_claim_are_removed_whatever_form_the_claim_takes(
+        registry_record: RecordedGrants, witness_record: RecordedGrants) -> None:
+    assert judge(registry_record, witness_record) == GrantVerdict(removable=ours())
+
+
+@pytest.mark.parametrize(("label", "registry_record", "witness_record", "unconfirmed"), [
+    ("(a) the consent id rewritten to a grant it had before", RecordedGrants(THEIR_CONSENT, ("ra-1",)),
+     RecordedGrants(None, ("ra-1",)),
+     (HeldGrant("ra-1", ERA, True, True), HeldGrant(THEIR_CONSENT, None, True, False))),
+    ("(b) an intent for consent", RecordedGrants("?", ("ra-1",)), RecordedGrants(None, ("ra-1",)),
+     (HeldGrant("ra-1", ERA, True, True), HeldGrant(THEIR_CONSENT, None, True, False))),
+    ("(b) an intent for a role", RecordedGrants(None, ("ra-1", f"?{GLOBAL_ADMINISTRATOR}")),
+     RecordedGrants(None, ("ra-1",)), (HeldGrant("ra-1", ERA, True, True), HeldGrant(THEIR_ROLE, GLOBAL_ADMINISTRATOR,
+                                                                                    True, False))),
+    ("(c) a role assignment it had before", RecordedGrants(None, ("ra-1", THEIR_ROLE)), RecordedGrants(None, ("ra-1",)),
+     (HeldGrant("ra-1", ERA, True, True), HeldGrant(THEIR_ROLE, GLOBAL_ADMINISTRATOR, True, False))),
+    ("ours erased from the registry", RecordedGrants(), RecordedGrants(None, ("ra-1",)),
+     (HeldGrant("ra-1", ERA, False, True),)),
+    ("no witness (its lease blob deleted)", RecordedGrants(None, ("ra-1",)), None,
+     (HeldGrant("ra-1", ERA, True, False),)),
+])
+def test_when_the_records_disagree_nothing_is_removed_and_every_claimed_grant_is_named(
+        label: str, registry_record: RecordedGrants, witness_record: RecordedGrants | None,
+        unconfirmed: tuple[HeldGrant, ...]) -> None:
+    assert judge(registry_record, witness_record, THEIR_CONSENT) == GrantVerdict(unconfirmed=unconfirmed), label
+
+
+def test_grants_neither_record_claims_are_not_judged_at_all() -> None:
+    assert judge(RecordedGrants(), None) == GrantVerdict()
+    assert judge(RecordedGrants(None, ("ra-gone",)), RecordedGrants(None, ("ra-gone",))) == GrantVerdict()
+
+
+_ENTRIES = st.sampled_from(["ra-1", THEIR_ROLE, f"?{ERA}", f"?{GLOBAL_ADMINISTRATOR}", "ra-gone"])
+_RECORDS = st.builds(RecordedGrants, st.sampled_from([None, "?", "grant-1", THEIR_CONSENT]),
+                     st.lists(_ENTRIES, max_size=3, unique=True).map(tuple))
+
+
+@given(_RECORDS, st.none() | _RECORDS, st.sampled_from([None, "grant-1", THEIR_CONSENT]))
+def test_only_grants_the_witness_claims_are_ever_removed(registry_record: RecordedGrants,
+                                                         witness_record: RecordedGrants | None,
+                                                         consent_id: str | None) -> None:
+    """Whatever the registry says (a secret writer may have written it), a removal needs the witness's claim."""
+    verdict = judge(registry_record, witness_record, consent_id)
+    for grant in verdict.removable:
+        assert witness_record is not None and grant.recorded and grant.witnessed
+        assert witness_record.owns_consent(grant.assignment_id) if grant.role_id is None \
+            else witness_record.owns_role(grant.role_id, grant.assignment_id)
+    assert not (verdict.removable and verdict.unconfirmed)
+    if witness_record == registry_record:
+        assert verdict.unconfirmed == ()  # honest records never stop a decommission
 
 
 # -- the plan -----------------------------------------------------------------------------------------------
@@ -145,6 +244,22 @@ def test_decommission_removes_exactly_the_recorded_grants_and_never_the_principa
     intended = observed(tags=registry(RecordedGrants("?", (f"?{ERA}",)), state="decommissioning"))
     again = plan_decommission(intended, SPEC_MI)  # a run that stopped before recording the ids
     assert again.actions == (RemoveRoleAssignment("ra-1", ERA), RevokeConsent("grant-1"), DeleteConnectionSecret())
+    assert ours.needs_operator == again.needs_operator == ()
+
+
+@pytest.mark.parametrize("witness", [None, {"principalid": CLIENT, "consentassignment": "grant-1"},
+                                     RecordedGrants(None, ("ra-1",))])
+def test_decommission_removes_none_of_its_grants_when_the_witness_disagrees_and_names_them(
+        witness: RecordedGrants | dict[str, str] | None) -> None:
+    plan = plan_decommission(observed(witness=witness), SPEC_MI)
+    assert plan.actions == (MarkDecommissioning(), DeleteConnectionSecret())  # the rest of the decommission
+    (finding,) = plan.needs_operator
+    assert plan.findings == plan.needs_operator
+    assert (finding.facet, finding.state, finding.reason) == (Facet.MANAGED_IDENTITY, State.REFUSED,
+                                                              "GrantsUnconfirmed")
+    assert "grant-1" in finding.message and "Exchange.ManageAsApp" in finding.message
+    if not isinstance(witness, RecordedGrants):  # no witness for this managed identity: the registry claims both
+        assert "ra-1" in finding.message and "Exchange Recipient Administrator" in finding.message
 
 
 # -- the sweep agrees ---------------------------------------------------------------------------------------

@@ -22,10 +22,14 @@ FULLEST = dataclasses.replace(
 
 
 class TagSink:
-    """Stands in for the vault gateway: keeps the tags a run writes."""
+    """Stands in for the vault gateway (and the witness): keeps the tags (and the witness) a run writes."""
 
     def __init__(self) -> None:
         self.written: dict[str, str] = {}
+        self.witnessed: dict[str, str] = {}
+
+    async def write(self, name: str, metadata: dict[str, str]) -> None:
+        self.witnessed = metadata
 
     async def update_certificate_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         self.written = tags
@@ -35,8 +39,8 @@ class TagSink:
 
 
 def executor_for(spec: Any, observed: Any, sink: TagSink) -> _Executor:
-    reconciler = type("R", (), {"vault": sink, "clock": staticmethod(lambda: T0 + dt.timedelta(days=300)),
-                                "context": CONTEXT})()
+    reconciler = type("R", (), {"vault": sink, "witness": sink,
+                                "clock": staticmethod(lambda: T0 + dt.timedelta(days=300)), "context": CONTEXT})()
     return _Executor(reconciler, spec, observed)  # type: ignore[arg-type]
 
 
@@ -68,3 +72,4 @@ def test_a_managed_identitys_fullest_entry_fits(with_error: bool) -> None:
     asyncio.run(executor_for(spec, observed, sink).record_outcome(result))
     assert len(sink.written) <= MAX_TAGS, sorted(sink.written)
     assert sink.written["lastResult"] == ("RoleRefused" if with_error else "Succeeded")
+    assert sink.witnessed == {"principalid": "mi-principal"}  # bound to its managed identity; no grant recorded
