@@ -128,14 +128,16 @@ class SignInProbe:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
         from azure.identity.aio import CertificateCredential
 
+        # One credential for every attempt: the certificate is parsed and the connection to Entra opened once,
+        # so attempts follow each other at the policy's pace rather than a handshake later.
+        credential = CertificateCredential(
+            self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
+            disable_instance_discovery=self.disable_instance_discovery,
+        )
+
         async def sign_in() -> None:
-            credential = CertificateCredential(
-                self.tenant_id, app_id, certificate_data=pfx, authority=self.authority_host,
-                disable_instance_discovery=self.disable_instance_discovery,
-            )
             try:
-                async with credential:
-                    await credential.get_token(self.scope)
+                await credential.get_token(self.scope)
             except ClientAuthenticationError:
                 raise  # a key added seconds ago is not yet known everywhere (observed: 4-18 s): tried again
             except AzureError as exc:
@@ -143,8 +145,9 @@ class SignInProbe:
                                 reason="TokenServiceUnavailable") from exc
 
         try:
-            await retry(sign_in, dataclasses.replace(PROBE_POLICY, budget=self.budget_seconds),
-                        retry_on=lambda exc: isinstance(exc, ClientAuthenticationError))
+            async with credential:
+                await retry(sign_in, dataclasses.replace(PROBE_POLICY, budget=self.budget_seconds),
+                            retry_on=lambda exc: isinstance(exc, ClientAuthenticationError))
         except ClientAuthenticationError as exc:
             raise Retryable("the new certificate cannot sign in yet; it will be published once it can "
                             f"({first_line(exc)})", reason="SignInNotYetPossible") from exc
