@@ -85,6 +85,7 @@ class HeldLease:
     duration: float
     renewed_at: float
     lost: str | None = None
+    gone: bool = False  # the run removed the identity: its lease blob goes with the lease (`identity_gone`)
 
     def check(self, now: float) -> None:
         if self.lost is None and now >= self.renewed_at + self.duration - EXPIRY_MARGIN_SECONDS:
@@ -95,6 +96,15 @@ class HeldLease:
 
 
 _held: ContextVar[HeldLease | None] = ContextVar("exo_automation_identity_lease", default=None)
+
+
+def identity_gone() -> None:
+    """The current run removed its identity for good (a completed decommission): the lease blob is deleted
+    with the lease instead of the lease being released, so the index no longer names it. A later run of
+    the name creates the blob again. A no-op outside a lease."""
+    held = _held.get()
+    if held is not None:
+        held.gone = True
 
 
 def ensure_held() -> None:
@@ -159,13 +169,28 @@ class LeaseStore:
                     await asyncio.gather(renewer, return_exceptions=True)
                     try:
                         # Shielded: a cancelled run still hands the identity on at once.
-                        await asyncio.shield(lease.release())
+                        await asyncio.shield(self._end(service, lease, held))
                     except (AzureError, asyncio.CancelledError) as exc:
                         log.warning("identity=%s lease not released (%s); it expires in %d s", name,
                                     type(exc).__name__, self.duration)
         finally:
             if credential is not None:
                 await credential.close()
+
+    @staticmethod
+    async def _end(service: Any, lease: Any, held: HeldLease) -> None:
+        """Release the lease; after a run that removed its identity, delete the blob with it (a waiting run
+        then creates it again, as for a new name)."""
+        from azure.core.exceptions import AzureError
+
+        if held.gone and held.lost is None:
+            try:
+                await service.get_blob_client(LEASE_CONTAINER, held.name).delete_blob(lease=lease)
+                return
+            except AzureError as exc:
+                log.warning("identity=%s lease blob not deleted (%s); the index names it until a run ends with "
+                            "its removal", held.name, type(exc).__name__)
+        await lease.release()
 
     async def _acquire(self, service: Any, name: str, wait_seconds: float,
                        on_wait: Callable[[str], None] | None) -> tuple[Any, float]:
