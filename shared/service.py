@@ -108,8 +108,9 @@ async def status(platform: Platform, name: str) -> dict[str, Any]:
 
 
 async def list_identities(platform: Platform) -> list[dict[str, Any]]:
-    """Every identity in the vault: the paged certificate listing, and the paged secret listing for identities
-    without a certificate (their registry entry is on the connection secret); no per-identity request."""
+    """Every identity in the vault, as the sweep reads the registry (`shared.sweep.load_registry`): the paged
+    certificate listing, and the connection secrets of identities without a certificate (their registry entry),
+    found through the lease blobs' names or by listing every secret; no request per certificate identity."""
     from shared.sweep import read_registry
 
     items = []

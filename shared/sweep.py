@@ -180,6 +180,7 @@ class RegistryRead:
     entries: list[RegistryEntry]
     index: LeaseIndex | None  # the lease blobs' names (None: storage unavailable or not configured)
     listed_every_secret: bool
+    at: dt.datetime  # before the secrets were read: what a complete listing shows is at least this recent
 
     def unindexed(self) -> frozenset[str]:
         """Identities without a certificate that only the listing of every secret found: the index lacks
@@ -244,10 +245,10 @@ async def load_registry(platform: Platform) -> RegistryRead:
     certificate (`find_without_certificate`)."""
     certificates, index = await asyncio.gather(_certificate_entries(platform), read_index(platform.settings))
     period = dt.timedelta(hours=platform.settings.deep_check_hours)
+    at = platform.reconciler.clock()
     others, listed = await find_without_certificate(platform.vault, platform.settings.organization,
-                                                    {e.name for e in certificates}, index,
-                                                    platform.reconciler.clock(), period)
-    return RegistryRead(certificates + others, index, listed)
+                                                    {e.name for e in certificates}, index, at, period)
+    return RegistryRead(certificates + others, index, listed, at)
 
 
 async def read_registry(platform: Platform) -> list[RegistryEntry]:
@@ -355,17 +356,17 @@ async def sweep(platform: Platform) -> SweepResult:
         if name not in result.due and name not in {e.name for e in entries}:
             result.due[name] = ["CertificateDeleted"]  # deleted by hand: the reconcile recovers it
     if found.listed_every_secret and found.index is not None and not unindexed:
-        await _record_secrets_listed(platform, now)
+        await _record_secrets_listed(platform, found.at)
     if expiring:
         await notify_near_expiry(platform.settings, expiring)
     return result
 
 
-async def _record_secrets_listed(platform: Platform, now: dt.datetime) -> None:
+async def _record_secrets_listed(platform: Platform, at: dt.datetime) -> None:
     """The index named every identity without a certificate that the listing of every secret found: readers can
     trust it for DEEP_CHECK_HOURS. (Not recorded while it misses one: the next sweep lists every secret again.)"""
     try:
-        await LeaseStore(platform.settings).mark_secrets_listed(now)
+        await LeaseStore(platform.settings).mark_secrets_listed(at)
     except StorageUnavailable as exc:
         log.warning("the identity index's marker could not be written (the next sweep lists every secret): %s",
                     exc.message)

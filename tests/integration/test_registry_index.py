@@ -2,7 +2,8 @@
 shared/sweep.py `load_registry`): the sweep, `GET /api/identities` and the doctor read only the connection
 secrets of names the index holds without a certificate, instead of listing every secret of the vault; every
 secret is still listed without an index, when that is cheaper, and at least once every DEEP_CHECK_HOURS, so an
-identity whose lease blob is missing is found and indexed again. A name in the index is only a hint."""
+identity whose lease blob is missing is found and indexed again. A name in the index is only a hint
+(tests/integration/test_trust_boundaries.py plays someone who writes the blobs)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from azure.storage.blob import BlobClient, ContainerClient
 from devstack import Stack
 from shared.lease import LEASE_CONTAINER, SECRETS_LISTED_MARKER
 
-from .helpers import delete_identity, post_identity, write_count
+from .helpers import delete_identity, post_identity
 from .platform_helpers import bootstrap, reconcile, sweep, with_platform
 from .test_federated import app_of, trusting_platform
 
@@ -139,40 +140,6 @@ def test_a_disabled_connection_secret_is_still_listed(stack: Stack, monkeypatch:
     stack.world.counter.reset()
     assert listed_names(stack) == {"disabled-record"}
     assert secret_requests(stack) == {"read": 1, "list": 1}
-
-
-def test_names_a_storage_writer_adds_to_the_index_are_hints_that_reach_nothing(
-        stack: Stack, azurite: str) -> None:
-    """A lease blob names no identity by itself: without a registry entry in Key Vault (the connection secret's
-    tags, ours and describing that very identity) the name is read and dropped, with zero writes."""
-    from azure.identity import ManagedIdentityCredential
-    from azure.keyvault.secrets import SecretClient
-
-    assert bootstrap(stack, "real").error is None
-    assert sweep(stack).due == {}
-    with ManagedIdentityCredential() as credential, \
-            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
-        # Someone else's secret under an identity's connection-secret name, tagged like a registry entry.
-        secrets.set_secret("exo-unowned-connection", "{}", tags={"identity": "unowned", "credentials": "[]"})
-
-    def add_names(*names: str) -> None:
-        with ContainerClient.from_connection_string(azurite, LEASE_CONTAINER) as container:
-            for name in names:
-                container.upload_blob(name, b"", overwrite=True)
-
-    add_names("unowned", "real", "Not-An-Identity-Name")
-    stack.world.counter.reset()
-    result = sweep(stack)
-    assert (result.due, result.identities) == ({}, 1)
-    assert secret_requests(stack) == {"read": 1}  # unowned; real has its certificate, the other is no name
-    assert write_count(stack) == 0
-    # Two names without a certificate next to one certificate identity: one page of the listing costs less.
-    add_names("ghost")
-    stack.world.counter.reset()
-    result = sweep(stack)
-    assert (result.due, result.identities) == ({}, 1)
-    assert secret_requests(stack) == {"list": 1} and write_count(stack) == 0
-    assert listed_names(stack) == {"real"}
 
 
 def test_decommission_removes_the_name_from_the_index(
