@@ -67,7 +67,8 @@ resource reportsContainer 'Microsoft.Storage/storageAccounts/blobServices/contai
 
 // Operation documents (one small JSON blob per write that answered 202) are history once their
 // operation ended: deleted operationRetentionDays after their last change. The identity leases
-// (identity-leases: one empty blob per identity name) are kept: they cost nothing, and a run
+// (identity-leases: one empty blob per identity name, the registry's index of names) are kept: a
+// completed decommission deletes its own, they cost nothing otherwise, and a run
 // recreates a missing one (docs/deploy.md, "Storage lifecycle").
 resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
   parent: storage
