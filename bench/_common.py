@@ -218,7 +218,8 @@ class RequestTally:
 
     @property
     def service(self) -> int:
-        """Requests to Graph / Key Vault / Exchange, token requests and Key Vault polls apart."""
+        """Requests to Graph / Key Vault / Exchange (and the Functions storage where a `StorageCounter` counts
+        it), token requests and Key Vault polls apart."""
         return self.total("service")
 
     @property
@@ -247,6 +248,58 @@ def routes_table(tallies: list[RequestTally]) -> list[dict[str, Any]]:
                   for t in tallies]
         table.append({"service": service, "method": method, "route": route, "kind": kind, "counts": counts})
     return table
+
+
+class StorageCounter:
+    """The product's requests to the Functions storage account (Azurite), which, unlike the stand-ins, counts
+    nothing for us: azure-core's aiohttp transport (the storage SDK's, as the other SDKs') is wrapped while
+    installed, and requests to the storage endpoints of `connection_string` are counted by method and route
+    (container, `{blob}`, and the `comp` of the query). Rows as the stand-ins' counter gives them (service
+    "storage"), so `RequestTally` counts them as service requests."""
+
+    def __init__(self, connection_string: str) -> None:
+        parts = dict(p.split("=", 1) for p in connection_string.split(";") if "=" in p)
+        self.endpoints = tuple(parts[k].rstrip("/") for k in ("BlobEndpoint", "QueueEndpoint") if parts.get(k))
+        self.counts: dict[tuple[str, str], int] = {}
+        self._original: Any = None
+
+    def route(self, method: str, url: str) -> tuple[str, str] | None:
+        from urllib.parse import parse_qs, urlsplit
+
+        endpoint = next((e for e in self.endpoints if url.startswith(e + "/") or url == e), None)
+        if endpoint is None:
+            return None
+        split = urlsplit(url)
+        container, _, blob = split.path.removeprefix(urlsplit(endpoint).path).strip("/").partition("/")
+        comp = parse_qs(split.query).get("comp")
+        return method, "/" + container + ("/{blob}" if blob else "") + (f"?comp={comp[0]}" if comp else "")
+
+    def __enter__(self) -> StorageCounter:
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        counter, original = self, AioHttpTransport.send
+        self._original = original
+
+        async def send(transport: Any, request: Any, **config: Any) -> Any:
+            key = counter.route(request.method, request.url)
+            if key is not None:
+                counter.counts[key] = counter.counts.get(key, 0) + 1
+            return await original(transport, request, **config)
+
+        AioHttpTransport.send = send  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        AioHttpTransport.send = self._original  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        self.counts.clear()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{"service": "storage", "method": method, "route": route, "count": count}
+                for (method, route), count in sorted(self.counts.items())]
 
 
 # --------------------------------------------------------------------------- fresh processes

@@ -12,11 +12,18 @@ sweep's wall time and cost, then the reconcile of those identities with bounded 
 sweep that must find nothing). Target: an in-sync sweep costs at most 0.1 service requests per
 identity (one request per facet per identity would be 5 or more).
 
+Requests to the Functions storage account (Azurite: the lease blobs' listing that finds identities without a
+certificate, the marker of a complete secret listing, the reconciles' leases) are service requests too,
+counted in this process (`StorageCounter`). The largest size's sweep that lists every secret (at least once
+every DEEP_CHECK_HOURS; the others read only the connection secrets the index names) is measured apart
+(`completeListing`).
+
 Then 1,000 identities due at once (every deep check, the clock moved past DEEP_CHECK_HOURS), fanned out
 with the sweep trigger's visibility delays against the Graph stand-in's per-tenant limit on reading key
 credentials (150 a minute), alone and with another app of the tenant reading too: wall time, Graph's
 429s, requeues, and whether every identity converged. Time is scaled down (THROTTLE_TIME_SCALE) and the
-output says how.
+output says how. Last, CERTLESS federated identities (no certificate) are bootstrapped through the product
+next to the largest fleet, and its in-sync sweep measured again (`withoutCertificate`).
 
 Faithfulness of the seeding is asserted, not assumed: after seeding, a sweep must find nothing due,
 and a full reconcile of a clone must change nothing.
@@ -27,6 +34,7 @@ and a full reconcile of a clone must change nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections import Counter
@@ -35,7 +43,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench import seed
-from bench._common import RequestTally, WarningLog, in_process_stack, routes_table, summarize, target, write_result
+from bench._common import (
+    RequestTally,
+    StorageCounter,
+    WarningLog,
+    in_process_stack,
+    patched_environ,
+    routes_table,
+    summarize,
+    target,
+    write_result,
+)
 
 if TYPE_CHECKING:
     from devstack import Stack
@@ -60,10 +78,12 @@ NOTES = [
     "here and is not a cost of the product.",
     "The Key Vault stand-in builds every certificate item for each page it serves (O(N) per page): its own work "
     "per sweep grows as N^2/25.",
-    "Identities without a certificate keep their registry entry on their connection secret, so the sweep also "
-    "lists secrets (concurrently with the certificates). Key Vault's secret listing holds every certificate's "
-    "backing secret and every identity's record as well: ceil(2N/25) pages for N certificate identities, the "
-    "largest share of the cost.",
+    "Identities without a certificate keep their registry entry on their connection secret. Key Vault's secret "
+    "listing holds every certificate's backing secret and every identity's record as well: ceil(2N/25) pages for N "
+    "certificate identities, which made it the largest share of the cost (136 requests at 1,000, 80 of them secret "
+    "pages). The sweep now lists the lease blobs instead (one storage request per 5,000 names, concurrently with the "
+    "certificates) and reads the connection secret of each name there without a certificate; it lists every secret "
+    "only when that is cheaper, without the index, or once per DEEP_CHECK_HOURS (completeListing).",
     "throttledDue: before the platform held its requests after a 429 (ThrottleGate), the row with another app of "
     "the tenant reading 60 key credentials a minute (that one ignoring its own 429s) collapsed: each run retried on "
     "its own, refused reads count against the limit too, and the tenant stayed throttled (11,355 product 429s, 601 "
@@ -87,14 +107,29 @@ def _reasons(due: dict[str, list[str]]) -> dict[str, int]:
     return dict(sorted(Counter(r for reasons in due.values() for r in reasons).items()))
 
 
+# The Functions storage account's requests (the lease blobs' listing, the marker of a complete secret listing,
+# the leases of reconciles), counted in this process while `run` measures: Azurite counts nothing for us.
+_storage: StorageCounter | None = None
+
+
+def _reset_counts(stack: Stack) -> None:
+    stack.world.counter.reset()
+    if _storage is not None:
+        _storage.reset()
+
+
+def _tally(stack: Stack) -> RequestTally:
+    return RequestTally.of([*stack.world.counter.snapshot(), *(_storage.snapshot() if _storage is not None else [])])
+
+
 async def _one_sweep(stack: Stack, platform: Platform) -> tuple[float, Any, RequestTally]:
     from shared.sweep import sweep
 
-    stack.world.counter.reset()
+    _reset_counts(stack)
     started = time.perf_counter()
     result = await sweep(platform)
     elapsed = time.perf_counter() - started
-    return elapsed, result, RequestTally.of(stack.world.counter.snapshot())
+    return elapsed, result, _tally(stack)
 
 
 def _row(identities: int, latency: float, cold: tuple[float, Any, RequestTally],
@@ -144,11 +179,11 @@ async def _reconcile_clone(stack: Stack, name: str) -> dict[str, Any]:
 
     platform = _platform(stack)
     try:
-        stack.world.counter.reset()
+        _reset_counts(stack)
         result = await reconcile(platform, name, operation="reconcile")
     finally:
         await platform.aclose()
-    tally = RequestTally.of(stack.world.counter.snapshot())
+    tally = _tally(stack)
     return {"identity": name, "succeeded": result.error is None, "changed": result.changed,
             "executed": [o.action.kind for o in result.executed], "serviceRequests": tally.service,
             "writes": tally.writes}
@@ -189,11 +224,11 @@ async def _due_scenario(stack: Stack, identities: int, due: int, repeats: int, c
             async with semaphore:
                 return await reconcile(platform, name, operation="reconcile", caller="sweep")
 
-        stack.world.counter.reset()
+        _reset_counts(stack)
         started = time.perf_counter()
         outcomes = await asyncio.gather(*(one(n) for n in sorted(found)))
         reconcile_wall = time.perf_counter() - started
-        tally = RequestTally.of(stack.world.counter.snapshot())
+        tally = _tally(stack)
         after = await _one_sweep(stack, platform)
     finally:
         await platform.aclose()
@@ -209,6 +244,76 @@ async def _due_scenario(stack: Stack, identities: int, due: int, repeats: int, c
     }
     row["sweepAfterReconcile"] = {"due": len(after[1].due), "dueReasons": _reasons(after[1].due),
                                   "wallSeconds": round(after[0], 4), "serviceRequests": after[2].service}
+    return row
+
+
+def _forget_complete_listing() -> None:
+    """Remove the marker of the last complete secret listing, as when DEEP_CHECK_HOURS have passed since."""
+    from azure.storage.blob import BlobClient
+
+    from shared.adapters.storage import STORAGE_CONNECTION
+    from shared.lease import LEASE_CONTAINER, SECRETS_LISTED_MARKER
+
+    with BlobClient.from_connection_string(os.environ[STORAGE_CONNECTION], LEASE_CONTAINER,
+                                           SECRETS_LISTED_MARKER) as marker:
+        marker.delete_blob()
+
+
+async def _complete_listing(stack: Stack, identities: int) -> dict[str, Any]:
+    """The sweep that lists every secret (at least once every DEEP_CHECK_HOURS, and whenever the lease blobs
+    cannot be listed), then the next one, which trusts the index again."""
+    platform = _platform(stack)
+    try:
+        await _one_sweep(stack, platform)  # tokens and the vault's challenge, as in the other rows
+        _forget_complete_listing()
+        elapsed, result, tally = await _one_sweep(stack, platform)
+        after = await _one_sweep(stack, platform)
+    finally:
+        await platform.aclose()
+    if result.due or after[1].due or result.identities != identities:
+        raise RuntimeError(f"expected {identities} identities in sync, found {result.identities}: {result.due}")
+    return {"identities": identities, "serviceRequests": tally.service,
+            "requestsPerIdentity": round(tally.service / identities, 4), "byService": tally.by_service(),
+            "wallSeconds": round(elapsed, 4), "nextSweepServiceRequests": after[2].service, "_tally": tally}
+
+
+CERTLESS = 20  # identities without a certificate added to the largest fleet (federated, through the product)
+
+
+def _certless_names(count: int) -> list[str]:
+    return [f"certless-{index:04d}" for index in range(count)]
+
+
+def _bootstrap_certless(stack: Stack, names: list[str]) -> None:
+    """Federated identities (no certificate) trusting the stand-ins' managed identity, bootstrapped through the
+    product: each gets its registry entry on its connection secret and its lease blob, as in production."""
+    from shared.service import bootstrap
+
+    settings = stack.settings()
+    trust = {"type": "federated", "issuer": f"{settings['AZURE_AUTHORITY_HOST']}/{stack.world.tenant_id}/v2.0",
+             "subject": stack.world.platform.object_id}
+
+    async def go() -> None:
+        platform = _platform(stack)
+        try:
+            for name in names:
+                result = await bootstrap(platform, {"name": name, "credentials": [trust]})
+                if result.error is not None:
+                    raise RuntimeError(f"bootstrap of {name} failed: {result.error.reason}")
+        finally:
+            await platform.aclose()
+
+    asyncio.run(go())
+
+
+def _without_certificate(stack: Stack, identities: int, count: int, repeats: int) -> dict[str, Any]:
+    """`count` identities without a certificate next to the fleet: found through the lease blobs' names, one
+    read of a connection secret each, instead of the listing of every secret."""
+    with patched_environ({"ALLOWED_MANAGED_IDENTITIES": stack.world.platform.object_id}):
+        _bootstrap_certless(stack, _certless_names(count))
+        row = asyncio.run(_sweeps(stack, identities + count, repeats))
+    _require_in_sync(row)
+    row["withoutCertificate"] = count
     return row
 
 
@@ -370,7 +475,7 @@ def _bootstrap_template(stack: Stack) -> None:
 
 
 def run(stack: Stack, sizes: Sequence[int], repeats: int, due: int, concurrency: int,
-        throttle_scale: float = THROTTLE_TIME_SCALE) -> dict[str, Any]:
+        throttle_scale: float = THROTTLE_TIME_SCALE, certless: int = CERTLESS) -> dict[str, Any]:
     sizes = sorted(sizes)
     largest = sizes[-1]
     started = time.perf_counter()
@@ -405,12 +510,16 @@ def run(stack: Stack, sizes: Sequence[int], repeats: int, due: int, concurrency:
             stack.world.faults.clear()
         _require_in_sync(latency_row)
         rows.append(latency_row)
+        complete = asyncio.run(_complete_listing(stack, largest))
         due_row = asyncio.run(_due_scenario(stack, largest, due, repeats, concurrency))
         throttled = [asyncio.run(_throttled_due(stack, largest, throttle_scale, neighbour, QUEUE_CONCURRENCY))
                      for neighbour in (0, NEIGHBOUR_READS_PER_MINUTE)]
+        without = _without_certificate(stack, largest, certless, repeats)
 
     tallies = [r.pop("_tally") for r in rows]
     due_tally = due_row.pop("_tally")
+    complete_tally = complete.pop("_tally")
+    without_tally = without.pop("_tally")
     in_sync = [r for r in rows if r["latencyMs"] == 0]
     smallest, biggest = in_sync[0], in_sync[-1]
     growth = {
@@ -432,13 +541,21 @@ def run(stack: Stack, sizes: Sequence[int], repeats: int, due: int, concurrency:
             "repeats": repeats,
             "latency": f"{round(LATENCY_SECONDS * 1000)} ms on every Graph and Key Vault request (latency-only "
                        "fault), in the latency row",
-            "requestCounting": "service = Graph + Key Vault + Exchange per sweep; Entra token requests apart",
+            "requestCounting": "service = Graph + Key Vault + Exchange + the Functions storage account (Azurite, "
+                               "counted in this process at azure-core's transport: the lease blobs' listing, the "
+                               "marker of a complete secret listing, the reconciles' leases) per sweep; Entra token "
+                               "requests apart",
             "templateBootstrapSeconds": round(bootstrap_seconds, 3),
             "cloneSeconds": round(seed_seconds, 3),
         },
         "targets": [target(f"service requests per identity, in-sync sweep of {r['identities']} at "
                            f"{r['latencyMs']} ms", TARGET_PER_IDENTITY, r["requestsPerIdentity"], "requests")
                     for r in rows] + [
+            target(f"service requests per identity, in-sync sweep of {complete['identities']} listing every secret "
+                   "(once per DEEP_CHECK_HOURS)", TARGET_PER_IDENTITY, complete["requestsPerIdentity"], "requests"),
+            target(f"service requests per identity, in-sync sweep of {without['identities']} of which "
+                   f"{certless} without a certificate", TARGET_PER_IDENTITY, without["requestsPerIdentity"],
+                   "requests")] + [
             target(f"identities not converged after {r['identities']} due at once, neighbour "
                    f"{r['neighbourReadsPerMinute']} reads/min", 0, r["due"] - r["succeeded"] + r["sweepAfter"]["due"],
                    "identities") for r in throttled] + [
@@ -446,8 +563,20 @@ def run(stack: Stack, sizes: Sequence[int], repeats: int, due: int, concurrency:
                    throttled[0]["graph429"]["product"], "responses")],
         "rows": rows,
         "growth": growth,
-        "byRoute": {"runs": [f"{r['identities']}@{r['latencyMs']}ms" for r in rows] + [f"{largest} due"],
-                    "routes": routes_table([*tallies, due_tally])},
+        "byRoute": {"runs": [f"{r['identities']}@{r['latencyMs']}ms" for r in rows]
+                    + [f"{largest} listing every secret", f"{largest} due",
+                       f"{without['identities']} ({certless} without a certificate)"],
+                    "routes": routes_table([*tallies, complete_tally, due_tally, without_tally])},
+        "completeListing": {
+            "what": "the sweep that lists every secret to find identities without a certificate: at least once every "
+                    "DEEP_CHECK_HOURS (the marker of the last one removed here), and whenever the lease blobs cannot "
+                    "be listed; the sweeps in between read only the connection secrets of the index's names without "
+                    "a certificate (nextSweepServiceRequests)",
+            **complete},
+        "withoutCertificate": {
+            "what": f"{certless} federated identities (no certificate) bootstrapped through the product next to the "
+                    f"{largest}, after the rows above: one read of a connection secret each",
+            **without},
         "dueSweep": due_row,
         "throttledDue": {
             "what": f"all {largest} identities due at once (their deep check), fanned out as the sweep trigger "
@@ -472,13 +601,20 @@ def run(stack: Stack, sizes: Sequence[int], repeats: int, due: int, concurrency:
 
 def main(sizes: Sequence[int] = SIZES, repeats: int = 3, due: int = 100, concurrency: int = 8,
          results_dir: Path | None = None, stack: Stack | None = None, echo: bool = True,
-         throttle_scale: float = THROTTLE_TIME_SCALE) -> dict[str, Any]:
+         throttle_scale: float = THROTTLE_TIME_SCALE, certless: int = CERTLESS) -> dict[str, Any]:
     """Measure, write `sweep.json` and return it. `stack`: use that running (reset) stack (tests)."""
-    if not sizes or min(sizes) < 2 or repeats < 1 or not 1 <= due < max(sizes) or throttle_scale < 1:
-        raise ValueError("sizes of at least 2 identities, repeats >= 1, 1 <= due < the largest size and a "
-                         "throttle time scale of at least 1")
-    with in_process_stack(stack) as running:
-        document = run(running, sizes, repeats, due, concurrency, throttle_scale)
+    if not sizes or min(sizes) < 2 or repeats < 1 or not 1 <= due < max(sizes) or throttle_scale < 1 or certless < 1:
+        raise ValueError("sizes of at least 2 identities, repeats >= 1, 1 <= due < the largest size, a "
+                         "throttle time scale of at least 1 and at least 1 identity without a certificate")
+    from shared.adapters.storage import STORAGE_CONNECTION
+
+    global _storage
+    with in_process_stack(stack) as running, StorageCounter(os.environ[STORAGE_CONNECTION]) as storage:
+        _storage = storage
+        try:
+            document = run(running, sizes, repeats, due, concurrency, throttle_scale, certless)
+        finally:
+            _storage = None
     return write_result(NAME, document, results_dir, echo=echo)
 
 

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     _wait_option(boot)
 
-    sub.add_parser("list", help="list identities (Key Vault's certificate and secret listings)")
+    sub.add_parser("list", help="list identities (Key Vault's certificate listing, and the connection secrets of "
+                               "identities without a certificate)")
     for command, text in (("status", "show an identity's facets and dates"),
                           ("plan", "show what a reconcile would do now")):
         sub.add_parser(command, help=text).add_argument("name")

@@ -1,8 +1,9 @@
 """The doctor's reads: settings, tokens, Graph, Key Vault and storage observed into `doctor.Facts`.
 
 Read-only by construction: only GETs and listings, each listing stopped after its first page except
-the registry's one certificate listing. The cost is a fixed handful of requests plus ceil(N/25) Key
-Vault pages for N identities (bench/doctor.py measures it). Tokens are observed through a wrapper
+the registry's certificate listing (and what finds identities without a certificate, as the sweep finds
+them). The cost is a fixed handful of requests plus ceil(N/25) Key Vault pages for N identities (bench/doctor.py
+measures it). Tokens are observed through a wrapper
 that notes, per scope, whether one came; the tokens themselves never leave it.
 """
 
@@ -12,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
@@ -177,8 +179,9 @@ def _vault_failure(exc: AzureError, what: str) -> Failure:
     return Failure(error.reason, error.message, exc.status_code if isinstance(exc, HttpResponseError) else None)
 
 
-async def observe_vault(facts: Facts, vault: VaultGateway) -> None:
-    """The registry (one paged certificate listing), one page of secrets, and the vault's recovery level."""
+async def observe_vault(facts: Facts, vault: VaultGateway, environ: Mapping[str, str]) -> None:
+    """The registry (one paged certificate listing, and the identities without a certificate as the sweep finds
+    them), one page of secrets, and the vault's recovery level."""
     level: str | None = None
     try:
         entries = []
@@ -200,25 +203,27 @@ async def observe_vault(facts: Facts, vault: VaultGateway) -> None:
         facts.secrets = _vault_failure(exc, "listing secrets")
     facts.recovery_level = level
     if isinstance(facts.certificates, list) and facts.secrets is None:
-        await _add_entries_without_certificate(facts, vault)
+        await _add_entries_without_certificate(facts, vault, environ)
 
 
-async def _add_entries_without_certificate(facts: Facts, vault: VaultGateway) -> None:
-    """Identities without a certificate keep their registry entry on the connection secret (one paged
-    secret listing, like the sweep's)."""
-    from shared.sweep import entries_without_certificate
+async def _add_entries_without_certificate(facts: Facts, vault: VaultGateway, environ: Mapping[str, str]) -> None:
+    """Identities without a certificate keep their registry entry on the connection secret, found as the sweep
+    finds them (`shared.sweep.find_without_certificate`: the lease blobs' names, or every secret)."""
+    from shared.sweep import find_without_certificate, read_index
 
     assert isinstance(facts.certificates, list) and facts.settings is not None
+    known = {e.name for e in facts.certificates}
+    index = await read_index(facts.settings, environ)
     try:
-        secrets = await vault.owned_secrets()
+        entries, _ = await find_without_certificate(vault, facts.settings.organization, known, index,
+                                                    dt.datetime.now(dt.UTC),
+                                                    dt.timedelta(hours=facts.settings.deep_check_hours))
     except ExoAutomationError as exc:
         facts.secrets = Failure(exc.reason, exc.message)
         return
-    known = {e.name for e in facts.certificates}
     facts.certificates = facts.certificates + [
         RegistryEntry(e.name, e.tags.get(registry.LAST_RESULT), e.tags.get(registry.LAST_ERROR),
-                      e.tags.get(registry.STATE, "active"))
-        for e in entries_without_certificate(facts.settings.organization, secrets) if e.name not in known]
+                      e.tags.get(registry.STATE, "active")) for e in entries]
 
 
 # -- Functions storage -------------------------------------------------------------------------------
@@ -316,7 +321,7 @@ async def run_doctor(environ: Mapping[str, str] | None = None, *, credential: An
     vault = VaultGateway(settings, recorder)
     try:
         target, _, _ = await asyncio.gather(observe_graph(facts, graph, settings, principal_id),
-                                            observe_vault(facts, vault), observe_storage(facts, env, settings))
+                                            observe_vault(facts, vault, env), observe_storage(facts, env, settings))
         await _ask_token(recorder, STORAGE_SCOPE)
         if not (isinstance(facts.exchange, dict) and not facts.exchange):  # no SP: its own check says so
             await _ask_token(recorder, settings.exo_scope)

@@ -16,7 +16,13 @@ next write with `LeaseLost` (retryable: the queue redelivers, HTTP answers 503, 
 
 The blob's metadata has one more use: for a `managedIdentity` identity it is the witness of the grants
 the product made (`shared.adapters.witness`), written under this lease. So no lifecycle rule may delete
-these blobs (infra/modules/storage.bicep covers only the operation documents).
+these blobs (infra/modules/storage.bicep covers only the operation documents); only a completed
+decommission deletes its identity's blob (`identity_gone`), when there are no grants left to witness.
+
+The lease blobs also serve as an index of identity names (`LeaseStore.index`, one listing call per
+5,000 names): the registry's readers use it to find identities without a certificate without listing
+every secret of the vault (`shared.sweep.load_registry`). A name there is only a hint: what an identity
+is, and whether it exists, still comes from Key Vault's tags.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -32,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.adapters.storage import storage_client
+from shared.core.record import format_time, parse_time
+from shared.core.spec import NAME_PATTERN
 from shared.errors import Retryable
 from shared.retry import Backoff, NotYet, retry
 from shared.settings import Settings
@@ -39,6 +48,10 @@ from shared.settings import Settings
 log = logging.getLogger("exo_automation.lease")
 
 LEASE_CONTAINER = "identity-leases"
+# When the registry's readers last listed every secret of the vault (metadata `listedAt`, the platform's
+# clock): a blob in the lease container, whose listing shows it for free; "/" keeps it out of identity names.
+SECRETS_LISTED_MARKER = "registry/secrets-listed"
+_LISTED_AT = "listedAt"
 # Polls a held lease: from a quarter second, doubling, at most 2 s apart, within the run's wait budget.
 LEASE_POLL = Backoff(first=0.25, max_delay=2.0)
 
@@ -53,6 +66,15 @@ class StorageUnavailable(Retryable):
 
 class LeaseLost(Retryable):
     reason = "LeaseLost"
+
+
+@dataclass(frozen=True)
+class LeaseIndex:
+    """The lease container as an index: the names of the identities that ever had a run, and when every
+    secret was last listed (None: never, or not recorded)."""
+
+    names: frozenset[str]
+    secrets_listed_at: dt.datetime | None
 
 
 # A write started this close to the lease's end could land after it: the run stops instead.
@@ -72,6 +94,7 @@ class HeldLease:
     # witness of a managedIdentity identity's grants is this blob's metadata (`shared.adapters.witness`).
     blob: Any = None
     lease: Any = None
+    gone: bool = False  # the run removed the identity: its lease blob goes with the lease (`identity_gone`)
 
     def check(self, now: float) -> None:
         if self.lost is None and now >= self.renewed_at + self.duration - EXPIRY_MARGIN_SECONDS:
@@ -90,12 +113,46 @@ def held_lease(name: str) -> HeldLease | None:
     return held if held is not None and held.name == name else None
 
 
+def identity_gone() -> None:
+    """The current run removed its identity for good (a completed decommission): the lease blob is deleted
+    with the lease instead of the lease being released, so the index no longer names it. A later run of
+    the name creates the blob again. A no-op outside a lease."""
+    held = _held.get()
+    if held is not None:
+        held.gone = True
+
+
 def ensure_held() -> None:
     """Raise `LeaseLost` if the current run's identity lease is lost or may have run out (a no-op
     outside a lease: dry runs and reads take none). Called before every write of a run."""
     held = _held.get()
     if held is not None:
         held.check(asyncio.get_running_loop().time())
+
+
+@contextlib.asynccontextmanager
+async def blob_service(settings: Settings, env: Mapping[str, str], failure: str) -> AsyncIterator[Any]:
+    """The Functions storage account's blob service for one piece of work, with the quick retries of a
+    request someone waits on; an Azure error in it becomes `StorageUnavailable` ("<failure> (<error>)")."""
+    from azure.core.exceptions import AzureError
+
+    service, credential = storage_client("blob", settings, env, quick=True)
+    try:
+        async with service:
+            yield service
+    except AzureError as exc:
+        raise StorageUnavailable(f"{failure} ({type(exc).__name__})", retry_after=10) from exc
+    finally:
+        if credential is not None:
+            await credential.close()
+
+
+async def create_container(service: Any, container: str) -> None:
+    """Create a container the product writes to, unless it exists (a concurrent run may create it first)."""
+    from azure.core.exceptions import ResourceExistsError
+
+    with contextlib.suppress(ResourceExistsError):
+        await service.create_container(container)
 
 
 class LeaseStore:
@@ -128,13 +185,28 @@ class LeaseStore:
                     await asyncio.gather(renewer, return_exceptions=True)
                     try:
                         # Shielded: a cancelled run still hands the identity on at once.
-                        await asyncio.shield(lease.release())
+                        await asyncio.shield(self._end(service, lease, held))
                     except (AzureError, asyncio.CancelledError) as exc:
                         log.warning("identity=%s lease not released (%s); it expires in %d s", name,
                                     type(exc).__name__, self.duration)
         finally:
             if credential is not None:
                 await credential.close()
+
+    @staticmethod
+    async def _end(service: Any, lease: Any, held: HeldLease) -> None:
+        """Release the lease; after a run that removed its identity, delete the blob with it (a waiting run
+        then creates it again, as for a new name)."""
+        from azure.core.exceptions import AzureError
+
+        if held.gone and held.lost is None:
+            try:
+                await service.get_blob_client(LEASE_CONTAINER, held.name).delete_blob(lease=lease)
+                return
+            except AzureError as exc:
+                log.warning("identity=%s lease blob not deleted (%s); the index names it until a run ends with "
+                            "its removal", held.name, type(exc).__name__)
+        await lease.release()
 
     async def _acquire(self, service: Any, name: str, wait_seconds: float,
                        on_wait: Callable[[str], None] | None) -> tuple[Any, float]:
@@ -178,14 +250,46 @@ class LeaseStore:
             try:
                 await blob.upload_blob(b"", overwrite=False)
             except ResourceNotFoundError:
-                with contextlib.suppress(ResourceExistsError):  # created concurrently
-                    await service.create_container(LEASE_CONTAINER)
+                await create_container(service, LEASE_CONTAINER)
                 await blob.upload_blob(b"", overwrite=False)
         except ResourceExistsError:
             pass  # another run created it first: leasing it is what matters
         except AzureError as exc:
             raise StorageUnavailable(f"the identity lease blob could not be created ({type(exc).__name__})",
                                      retry_after=10) from exc
+
+    async def index(self) -> LeaseIndex:
+        """The names of the lease blobs, and the marker of the last full secret listing: one listing call
+        per 5,000 blobs. A missing container is an empty index. Raises `StorageUnavailable`, or
+        `SettingsError` where the Functions storage is not configured."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        names: set[str] = set()
+        listed_at = None
+        async with blob_service(self.settings, self.env, "the identity lease blobs could not be listed") as service:
+            try:
+                async for blob in service.get_container_client(LEASE_CONTAINER).list_blobs(include=["metadata"]):
+                    if blob.name == SECRETS_LISTED_MARKER:
+                        listed_at = _listed_at(blob.metadata)
+                    elif NAME_PATTERN.fullmatch(blob.name):
+                        names.add(blob.name)
+            except ResourceNotFoundError:
+                pass  # no run has held a lease here yet: an empty index
+        return LeaseIndex(frozenset(names), listed_at)
+
+    async def mark_secrets_listed(self, at: dt.datetime) -> None:
+        """Record that every secret was listed at `at` (the marker blob's metadata). Raises
+        `StorageUnavailable`."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        async with blob_service(self.settings, self.env, "the registry marker could not be written") as service:
+            blob = service.get_blob_client(LEASE_CONTAINER, SECRETS_LISTED_MARKER)
+            metadata = {_LISTED_AT: format_time(at)}
+            try:
+                await blob.upload_blob(b"", overwrite=True, metadata=metadata)
+            except ResourceNotFoundError:
+                await create_container(service, LEASE_CONTAINER)
+                await blob.upload_blob(b"", overwrite=True, metadata=metadata)
 
     async def _renew(self, lease: Any, held: HeldLease) -> None:
         from azure.core.exceptions import AzureError, HttpResponseError
@@ -208,3 +312,10 @@ class LeaseStore:
             except AzureError as exc:
                 # Two more tries before the lease lapses; ensure_held() stops the run if none succeeds.
                 log.warning("identity=%s lease renewal failed (%s)", held.name, type(exc).__name__)
+
+
+def _listed_at(metadata: Mapping[str, str] | None) -> dt.datetime | None:
+    try:
+        return parse_time((metadata or {})[_LISTED_AT])
+    except (KeyError, ValueError):
+        return None

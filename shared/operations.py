@@ -31,7 +31,7 @@ from shared.adapters.storage import storage_client
 from shared.core import operation as ops
 from shared.core.spec import validate_name
 from shared.errors import ExoAutomationError, InvalidSpec, Retryable
-from shared.lease import IdentityBusy, StorageUnavailable
+from shared.lease import IdentityBusy, StorageUnavailable, blob_service, create_container
 from shared.platform import Platform
 from shared.reconciler import RunResult, utc_now
 from shared.settings import Settings
@@ -61,45 +61,28 @@ class OperationStore:
         self.env = os.environ if environ is None else environ
 
     async def save(self, document: dict[str, Any]) -> None:
-        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+        from azure.core.exceptions import ResourceNotFoundError
 
         data = json.dumps(document, indent=2).encode("utf-8")
-        service, credential = storage_client("blob", self.settings, self.env, quick=True)
-        try:
-            async with service:
-                blob = service.get_blob_client(OPERATIONS_CONTAINER, f"{document['id']}.json")
-                try:
-                    await blob.upload_blob(data, overwrite=True)
-                except ResourceNotFoundError:
-                    with contextlib.suppress(ResourceExistsError):
-                        await service.create_container(OPERATIONS_CONTAINER)
-                    await blob.upload_blob(data, overwrite=True)
-        except AzureError as exc:
-            raise StorageUnavailable(f"the operation could not be stored ({type(exc).__name__})",
-                                     retry_after=10) from exc
-        finally:
-            if credential is not None:
-                await credential.close()
+        async with blob_service(self.settings, self.env, "the operation could not be stored") as service:
+            blob = service.get_blob_client(OPERATIONS_CONTAINER, f"{document['id']}.json")
+            try:
+                await blob.upload_blob(data, overwrite=True)
+            except ResourceNotFoundError:
+                await create_container(service, OPERATIONS_CONTAINER)
+                await blob.upload_blob(data, overwrite=True)
 
     async def load(self, operation_id: str) -> dict[str, Any] | None:
-        from azure.core.exceptions import AzureError, ResourceNotFoundError
+        from azure.core.exceptions import ResourceNotFoundError
 
-        service, credential = storage_client("blob", self.settings, self.env, quick=True)
-        try:
-            async with service:
-                blob = service.get_blob_client(OPERATIONS_CONTAINER, f"{operation_id}.json")
-                try:
-                    downloaded = await blob.download_blob()
-                    document: dict[str, Any] = json.loads(await downloaded.readall())
-                    return document
-                except ResourceNotFoundError:
-                    return None
-        except AzureError as exc:
-            raise StorageUnavailable(f"the operation could not be read ({type(exc).__name__})",
-                                     retry_after=10) from exc
-        finally:
-            if credential is not None:
-                await credential.close()
+        async with blob_service(self.settings, self.env, "the operation could not be read") as service:
+            blob = service.get_blob_client(OPERATIONS_CONTAINER, f"{operation_id}.json")
+            try:
+                downloaded = await blob.download_blob()
+                document: dict[str, Any] = json.loads(await downloaded.readall())
+                return document
+            except ResourceNotFoundError:
+                return None
 
     async def enqueue(self, message: dict[str, Any], *, delay_seconds: int = 0) -> None:
         await self.enqueue_many([(message, delay_seconds)])

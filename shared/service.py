@@ -17,7 +17,7 @@ from shared.core.renewal import jittered_renewal_time
 from shared.core.roles import role_name
 from shared.core.spec import IdentityNames, IdentitySpec, parse_spec, registry_spec, validate_name
 from shared.errors import IdentityNotFound
-from shared.lease import IdentityBusy, LeaseStore, ensure_held
+from shared.lease import IdentityBusy, LeaseStore, ensure_held, identity_gone
 from shared.platform import Platform
 from shared.reconciler import RunResult, recorded_spec_without_certificate
 
@@ -92,8 +92,11 @@ async def decommission(platform: Platform, name: str, *, dry_run: bool = False, 
                        on_wait: Callable[[str], None] | None = None) -> RunResult:
     validate_name(name)
     async with writer(platform, name, dry_run=dry_run, lease_wait=lease_wait, on_wait=on_wait):
-        return await platform.reconciler.decommission(name, dry_run=dry_run, caller=caller,
-                                                      correlation_id=correlation_id)
+        result = await platform.reconciler.decommission(name, dry_run=dry_run, caller=caller,
+                                                        correlation_id=correlation_id)
+        if not dry_run and result.error is None:
+            identity_gone()  # its lease blob goes too: the registry's index (shared.lease) names it no more
+        return result
 
 
 async def status(platform: Platform, name: str) -> dict[str, Any]:
@@ -105,8 +108,9 @@ async def status(platform: Platform, name: str) -> dict[str, Any]:
 
 
 async def list_identities(platform: Platform) -> list[dict[str, Any]]:
-    """Every identity in the vault: the paged certificate listing, and the paged secret listing for identities
-    without a certificate (their registry entry is on the connection secret); no per-identity request."""
+    """Every identity in the vault, as the sweep reads the registry (`shared.sweep.load_registry`): the paged
+    certificate listing, and the connection secrets of identities without a certificate (their registry entry),
+    found through the lease blobs' names or by listing every secret; no request per certificate identity."""
     from shared.sweep import read_registry
 
     items = []

@@ -1,11 +1,14 @@
 """The sweep: find the identities that need work, with a handful of paged listings.
 
 One Key Vault certificate listing is the registry (each item carries the identity's tags and the
-current version's thumbprint and dates), with one secret listing for identities without a certificate
-(their registry entry is their connection secret's tags); one listing each of our applications, the grants on
-Exchange's service principal, the assignments of each directory role in use, and the deleted
-secrets describes the tenant side. `needs_work` then decides per identity, purely, and only
-those identities are fanned out to the queue. Cost is O(N / page size), not O(N) (docs/architecture.md).
+current version's thumbprint and dates). Identities without a certificate keep their registry entry on
+their connection secret's tags: the lease blobs' names (one storage listing) say which names to read,
+and every secret is listed instead when that is cheaper, when the index is unavailable, and at least
+once every DEEP_CHECK_HOURS, so an identity the index misses is still found (`load_registry`). One
+listing each of our applications, the grants on Exchange's service principal, the assignments of each
+directory role in use, and the deleted secrets describes the tenant side. `needs_work` then decides
+per identity, purely, and only those identities are fanned out to the queue. Cost is O(N / page size),
+not O(N) (docs/architecture.md).
 
 What the listings cannot see (a connection secret overwritten in place, say) is caught by the
 deep check: every identity is reconciled in full at least every DEEP_CHECK_HOURS.
@@ -18,12 +21,14 @@ import datetime as dt
 import functools
 import json
 import logging
+import math
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import shared.telemetry as telemetry
-from shared.adapters.vault import TaggedSecret
+from shared.adapters.vault import TaggedSecret, VaultGateway
 from shared.core import registry
 from shared.core.checks import CheckResult, Facet, IdentityView, State, run_checks
 from shared.core.fanout import fan_out
@@ -36,9 +41,11 @@ from shared.core.record import format_time, parse_time
 from shared.core.registry import LastRun, started_by_us
 from shared.core.renewal import jittered_renewal_time, next_attempt_after_failure
 from shared.core.spec import IdentityNames, IdentitySpec, registry_spec
-from shared.errors import NeedsOperator
+from shared.errors import ExoAutomationError, NeedsOperator, SettingsError
+from shared.lease import LeaseIndex, LeaseStore, StorageUnavailable
 from shared.notify import notify_near_expiry
 from shared.platform import Platform
+from shared.settings import Settings
 
 log = logging.getLogger("exo_automation.sweep")
 
@@ -162,12 +169,91 @@ def _gated(entry: RegistryEntry, reasons: list[str], now: dt.datetime, deep_chec
     return reasons
 
 
+# Key Vault's largest page of a listing (`maxresults` 25, docs/reference.md).
+VAULT_PAGE = 25
+
+
+@dataclass(frozen=True)
+class RegistryRead:
+    """Every identity, and how those without a certificate were found."""
+
+    entries: list[RegistryEntry]
+    index: LeaseIndex | None  # the lease blobs' names (None: storage unavailable or not configured)
+    listed_every_secret: bool
+    at: dt.datetime  # before the secrets were read: what a complete listing shows is at least this recent
+
+    def unindexed(self) -> frozenset[str]:
+        """Identities without a certificate that only the listing of every secret found: the index lacks
+        their name (their next run's lease adds it)."""
+        if self.index is None or not self.listed_every_secret:
+            return frozenset()
+        return frozenset(e.name for e in self.entries if not e.spec.certificate and e.name not in self.index.names)
+
+
+def lists_every_secret(index: LeaseIndex | None, candidates: int, certificate_identities: int,
+                       now: dt.datetime, period: dt.timedelta) -> bool:
+    """Whether to find the identities without a certificate by listing every secret of the vault, rather than by
+    reading the connection secret of each name of the index that has no certificate (`candidates`, one read each).
+
+    The listing: without an index (storage unreachable or not configured); when the last complete listing is
+    unknown, older than `period` (DEEP_CHECK_HOURS) or in the future, so an identity the index misses (its lease
+    blob deleted, another storage account) is still found within that period; and when the reads would cost more
+    than the listing, which holds at least each certificate identity's backing secret and record and each
+    candidate's secret, 25 a page.
+    """
+    if index is None or index.secrets_listed_at is None:
+        return True
+    if not dt.timedelta(0) <= now - index.secrets_listed_at < period:
+        return True
+    return candidates > math.ceil((2 * certificate_identities + candidates) / VAULT_PAGE)
+
+
+async def read_index(settings: Settings, environ: Mapping[str, str] | None = None) -> LeaseIndex | None:
+    """The lease blobs as an index of names, or None (logged) when storage cannot say."""
+    try:
+        return await LeaseStore(settings, environ).index()
+    except (SettingsError, ValueError) as exc:  # e.g. the CLI without the Functions storage's settings
+        log.info("no identity index (lease blobs) here, so every secret is listed: %s", exc)
+    except StorageUnavailable as exc:
+        log.warning("the identity index (lease blobs) is unavailable, so every secret is listed: %s", exc.message)
+    return None
+
+
+async def find_without_certificate(vault: VaultGateway, organization: str, held: set[str],
+                                   index: LeaseIndex | None, now: dt.datetime,
+                                   period: dt.timedelta) -> tuple[list[RegistryEntry], bool]:
+    """The registry entries of the identities without a certificate (`held`: the identities the certificate
+    listing found), and whether every secret was listed to find them (`lists_every_secret`).
+
+    A name in the index is only a hint: an entry still needs its connection secret's tags, checked like the
+    listing's (`entries_without_certificate`)."""
+    candidates = sorted(index.names - held) if index is not None else []
+    if not lists_every_secret(index, len(candidates), len(held), now, period):
+        try:
+            secrets = await vault.owned_secrets_named([IdentityNames(name).connection_secret for name in candidates])
+            return [e for e in entries_without_certificate(organization, secrets) if e.name not in held], False
+        except ExoAutomationError as exc:
+            # E.g. a disabled connection secret (403 on a read): the listing shows it, as it always did.
+            log.warning("reading %d connection secrets by name failed, so every secret is listed: %s",
+                        len(candidates), exc.message)
+    entries = entries_without_certificate(organization, await vault.owned_secrets())
+    return [e for e in entries if e.name not in held], True
+
+
+async def load_registry(platform: Platform) -> RegistryRead:
+    """Every identity: the certificate listing (concurrently with the lease blobs' listing), then those without a
+    certificate (`find_without_certificate`)."""
+    certificates, index = await asyncio.gather(_certificate_entries(platform), read_index(platform.settings))
+    period = dt.timedelta(hours=platform.settings.deep_check_hours)
+    at = platform.reconciler.clock()
+    others, listed = await find_without_certificate(platform.vault, platform.settings.organization,
+                                                    {e.name for e in certificates}, index, at, period)
+    return RegistryRead(certificates + others, index, listed, at)
+
+
 async def read_registry(platform: Platform) -> list[RegistryEntry]:
-    """Every identity: the certificate listing, and the secret listing for those without a certificate."""
-    certificates, secrets = await asyncio.gather(_certificate_entries(platform), platform.vault.owned_secrets())
-    held = {entry.name for entry in certificates}
-    return certificates + [e for e in entries_without_certificate(platform.settings.organization, secrets)
-                           if e.name not in held]
+    """Every identity (`load_registry`)."""
+    return (await load_registry(platform)).entries
 
 
 def entries_without_certificate(organization: str, secrets: list[TaggedSecret]) -> list[RegistryEntry]:
@@ -233,7 +319,8 @@ async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
 async def sweep(platform: Platform) -> SweepResult:
     """Decide which identities need a reconcile; the caller enqueues `result.messages()`."""
     result = SweepResult(sweep_id=uuid.uuid4().hex)
-    entries = await read_registry(platform)
+    found = await load_registry(platform)
+    entries = found.entries
     result.identities = len(entries)
     active = [e for e in entries if e.tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE]
     result.skipped = sorted(e.name for e in entries if e not in active)
@@ -245,8 +332,11 @@ async def sweep(platform: Platform) -> SweepResult:
     deep_check = dt.timedelta(hours=platform.settings.deep_check_hours)
     telemetry.ensure_configured()
     expiring: list[tuple[str, float, str | None]] = []
+    unindexed = found.unindexed() & {e.name for e in active}
     for entry in active:
         reasons, checked = assess(entry, snapshot, now, context, deep_check)
+        if entry.name in unindexed:
+            reasons = reasons or ["NotIndexed"]  # its run's lease adds it to the index
         telemetry.record_drift_found(drifted_facets(checked))
         if entry.not_after is not None:
             days_to_expiry = (entry.not_after - now) / dt.timedelta(days=1)
@@ -265,9 +355,21 @@ async def sweep(platform: Platform) -> SweepResult:
     for name in await read_deleted_identities(platform):
         if name not in result.due and name not in {e.name for e in entries}:
             result.due[name] = ["CertificateDeleted"]  # deleted by hand: the reconcile recovers it
+    if found.listed_every_secret and found.index is not None and not unindexed:
+        await _record_secrets_listed(platform, found.at)
     if expiring:
         await notify_near_expiry(platform.settings, expiring)
     return result
+
+
+async def _record_secrets_listed(platform: Platform, at: dt.datetime) -> None:
+    """The index named every identity without a certificate that the listing of every secret found: readers can
+    trust it for DEEP_CHECK_HOURS. (Not recorded while it misses one: the next sweep lists every secret again.)"""
+    try:
+        await LeaseStore(platform.settings).mark_secrets_listed(at)
+    except StorageUnavailable as exc:
+        log.warning("the identity index's marker could not be written (the next sweep lists every secret): %s",
+                    exc.message)
 
 
 async def read_deleted_identities(platform: Platform) -> list[str]:

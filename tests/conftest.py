@@ -65,7 +65,25 @@ def stack(_session_stack: Stack, azurite: str, monkeypatch: pytest.MonkeyPatch) 
     for name in ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri",
                  "AzureWebJobsStorage__accountName"):
         monkeypatch.delenv(name, raising=False)
+    _empty_lease_container(azurite)
     return _session_stack
+
+
+def _empty_lease_container(connection_string: str) -> None:
+    """The lease blobs name the identities that had a run, an index the registry's readers use (shared/lease.py):
+    reset with the tenant, so one test's identities are not another's index."""
+    from azure.storage.blob import BlobLeaseClient, ContainerClient
+
+    from shared.lease import LEASE_CONTAINER
+
+    with ContainerClient.from_connection_string(connection_string, LEASE_CONTAINER) as container:
+        if not container.exists():
+            return
+        for blob in container.list_blobs():
+            client = container.get_blob_client(blob.name)
+            if blob.lease.state == "leased":  # a run a previous test left holding it
+                BlobLeaseClient(client).break_lease(lease_break_period=0)
+            client.delete_blob()
 
 
 @pytest.fixture(scope="session")

@@ -67,8 +67,9 @@ resource reportsContainer 'Microsoft.Storage/storageAccounts/blobServices/contai
 
 // Operation documents (one small JSON blob per write that answered 202) are history once their
 // operation ended: deleted operationRetentionDays after their last change. The identity leases
-// (identity-leases: one empty blob per identity name) are kept and no rule may cover them: their
-// metadata is the witness of a managedIdentity identity's grants, which decommission needs
+// (identity-leases: one empty blob per identity name, the registry's index of names) are kept and no
+// rule may cover them: their metadata is the witness of a managedIdentity identity's grants, which
+// decommission needs; a completed decommission deletes its own, and a run recreates a missing one
 // (docs/deploy.md, "Storage lifecycle").
 resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
   parent: storage

@@ -560,6 +560,32 @@ class VaultGateway:
         except AzureError as exc:
             raise vault_error(exc, "listing secrets") from exc
 
+    async def owned_secrets_named(self, names: list[str], *, concurrency: int = 8) -> list[TaggedSecret]:
+        """The secrets of these names that exist and carry this product's owner tag, one read each (`concurrency`
+        at a time): the registry entries of identities without a certificate, when the names are known
+        (`shared.sweep.load_registry`), for less than listing every secret."""
+        _share_challenge(self.vault_url)  # the certificate listing before this learned the vault's challenge
+        gate = asyncio.Semaphore(concurrency)
+
+        async def read(name: str) -> TaggedSecret | None:
+            async with gate:
+                try:
+                    secret = await self.secrets.get_secret(name)
+                except ResourceNotFoundError:
+                    return None
+                except AzureError as exc:
+                    raise vault_error(exc, f"reading secret {name}") from exc
+            tags = dict(secret.properties.tags or {})
+            if tags.get(OWNER_TAG) != OWNER_TAG_VALUE:
+                return None
+            return TaggedSecret(name, tags, secret.properties.updated_on)
+
+        found = await asyncio.gather(*(read(name) for name in names), return_exceptions=True)
+        for outcome in found:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [secret for secret in found if isinstance(secret, TaggedSecret)]
+
     async def delete_secret(self, name: str) -> None:
         try:
             await self.secrets.delete_secret(name)

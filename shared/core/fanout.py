@@ -29,8 +29,9 @@ MAX_VISIBILITY_DELAY_SECONDS = 7 * 24 * 3600  # Azure Queue Storage's limit (doc
 _ADDS_KEY = frozenset({"CertificateMissing", "CertificateNotValid", "RenewalDue", "RotationRequested",
                        "ApplicationMissing", "KeyMissing", "RetryAfterFailure", "ChangedSinceFailure"})
 _RETIRES_KEY = frozenset({"RetirementDue"})
-# Only the periodic full check: nothing is known to be wrong, so it waits behind the rest.
-_ROUTINE = frozenset({"DeepCheckDue"})
+# Only the periodic full check, or a run to put the identity's name in the index (shared/sweep.py):
+# nothing is known to be wrong, so it waits behind the rest.
+_ROUTINE = frozenset({"DeepCheckDue", "NotIndexed"})
 
 
 def key_credential_reads(reasons: Iterable[str]) -> int:

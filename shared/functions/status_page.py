@@ -2,8 +2,8 @@
 
 Every identity with its timeline (notBefore, renewal point, notAfter, retirement of the previous
 key), its facets and its last result, most urgent first: failures and expired certificates, then
-overdue renewals and drift, then by days to expiry. The registry's listings give the rows (certificates,
-and secrets for identities without a certificate: they have no timeline, only facets); the
+overdue renewals and drift, then by days to expiry. The registry gives the rows (certificates, and the
+connection secrets of identities without a certificate: they have no timeline, only facets); the
 facets need one full observation per identity, so they are shown only up to DETAIL_LIMIT
 identities (docs/operations.md, "Status page", has the cost). Everything shown is escaped; the page
 loads nothing from elsewhere (inline CSS, no script).

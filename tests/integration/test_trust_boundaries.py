@@ -33,7 +33,7 @@ from .attackers import (
     vault_secret_writer,
 )
 from .helpers import call, delete_identity, get_identity, post_identity, principal_header, rotate, write_count
-from .platform_helpers import reconcile, sweep
+from .platform_helpers import bootstrap, reconcile, sweep
 
 ERA = "31392ffb-586c-42d1-9346-e59415a2cc4e"
 GLOBAL_READER = "f2ef992c-3afb-46b9-b7cf-a126ee74c451"
@@ -317,6 +317,46 @@ def test_vault_secret_writer_cannot_make_decommission_remove_grants_the_managed_
     assert [e["action"] for e in answer.body["run"]["executed"]] == ["MarkDecommissioning", "DeleteConnectionSecret"]
     assert get_identity(name).status == 404  # the rest of the decommission is done
     assert job.object_id in stack.world.directory.service_principals
+
+
+# -- Someone who can write the Functions storage account's blobs edits the registry's index of names ----------
+def test_names_a_storage_writer_adds_to_the_index_are_hints_that_reach_nothing(
+        stack: Stack, azurite: str) -> None:
+    """A lease blob names no identity by itself: without a registry entry in Key Vault (the connection secret's
+    tags, ours and describing that very identity) the name is read and dropped, with zero writes."""
+    from azure.identity import ManagedIdentityCredential
+    from azure.keyvault.secrets import SecretClient
+    from azure.storage.blob import ContainerClient
+
+    from shared.lease import LEASE_CONTAINER
+
+    from .test_registry_index import listed_names, secret_requests
+
+    assert bootstrap(stack, "real").error is None
+    assert sweep(stack).due == {}
+    with ManagedIdentityCredential() as credential, \
+            SecretClient(stack.settings()["KEY_VAULT_URL"], credential) as secrets:
+        # Someone else's secret under an identity's connection-secret name, tagged like a registry entry.
+        secrets.set_secret("exo-unowned-connection", "{}", tags={"identity": "unowned", "credentials": "[]"})
+
+    def add_names(*names: str) -> None:
+        with ContainerClient.from_connection_string(azurite, LEASE_CONTAINER) as container:
+            for name in names:
+                container.upload_blob(name, b"", overwrite=True)
+
+    add_names("unowned", "real", "Not-An-Identity-Name")
+    stack.world.counter.reset()
+    result = sweep(stack)
+    assert (result.due, result.identities) == ({}, 1)
+    assert secret_requests(stack) == {"read": 1}  # unowned; real has its certificate, the other is no name
+    assert write_count(stack) == 0
+    # Two names without a certificate next to one certificate identity: one page of the listing costs less.
+    add_names("ghost")
+    stack.world.counter.reset()
+    result = sweep(stack)
+    assert (result.due, result.identities) == ({}, 1)
+    assert secret_requests(stack) == {"list": 1} and write_count(stack) == 0
+    assert listed_names(stack) == {"real"}
 
 
 def app_keys(stack: Stack, object_id: str) -> list[str]:

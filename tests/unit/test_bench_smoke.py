@@ -84,11 +84,12 @@ def test_coldstart_benchmark_smallest_variant(tmp_path: Path) -> None:
 def test_sweep_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
     from bench import sweep
 
-    sweep.main(sizes=(4, 10), repeats=1, due=2, concurrency=2, results_dir=tmp_path, stack=stack, echo=False)
+    sweep.main(sizes=(4, 10), repeats=1, due=2, concurrency=2, results_dir=tmp_path, stack=stack, echo=False,
+               certless=2)
     written = json.loads((tmp_path / "sweep.json").read_text())
     assert written["benchmark"] == "sweep"
-    assert {"timestamp", "machine", "setup", "targets", "rows", "growth", "byRoute", "dueSweep",
-            "seedFaithfulness", "productWarnings"} <= set(written)
+    assert {"timestamp", "machine", "setup", "targets", "rows", "growth", "byRoute", "dueSweep", "completeListing",
+            "withoutCertificate", "seedFaithfulness", "productWarnings"} <= set(written)
     rows = written["rows"]
     assert [(r["identities"], r["latencyMs"]) for r in rows] == [(4, 0), (10, 0), (10, 25)]
     for row in rows:
@@ -115,9 +116,20 @@ def test_sweep_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
         assert row["standInLimit"]["reads"] == 150 and row["standInLimit"]["windowSeconds"] == 15.0
         assert row["keyCredentialReads"]["admitted"] >= 10 and row["wallSeconds"] > 0
         assert set(row["graph429"]) == {"product", "neighbour"}
-    assert len(written["targets"]) == 6 and all(isinstance(t["met"], bool) for t in written["targets"])
+    assert len(written["targets"]) == 8 and all(isinstance(t["met"], bool) for t in written["targets"])
     routes = written["byRoute"]["routes"]
-    assert all(len(r["counts"]) == len(written["byRoute"]["runs"]) == 4 for r in routes)
+    assert all(len(r["counts"]) == len(written["byRoute"]["runs"]) == 6 for r in routes)
+    # The in-sync sweeps list the lease blobs (storage) and no secret; the complete listing lists every secret
+    # once; so does the sweep with 2 identities without a certificate next to 10: one page (22 secrets) costs
+    # less than 2 reads (at 1,000 they cost one read each; tests/integration/test_registry_index.py).
+    assert all(r["byService"].get("storage") == 1 for r in rows), rows
+    listing = [r["counts"] for r in routes if (r["service"], r["route"]) == ("keyvault", "/secrets")]
+    assert listing == [[0, 0, 0, 1, 0, 1]], listing
+    complete = written["completeListing"]
+    assert complete["serviceRequests"] > complete["nextSweepServiceRequests"] == rows[1]["serviceRequests"]
+    without = written["withoutCertificate"]
+    assert without["identities"] == 12 and without["due"] == 0
+    assert without["serviceRequests"] == rows[1]["serviceRequests"] + 2  # the page, and the marker of a complete one
 
 
 def test_doctor_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None:
@@ -128,3 +140,7 @@ def test_doctor_benchmark_smallest_variant(stack: Stack, tmp_path: Path) -> None
     assert written["benchmark"] == "doctor"
     assert [r["identities"] for r in written["rows"]] == [1, 30]
     assert all(t["met"] for t in written["targets"]), written["targets"]
+    # Once a sweep has recorded a complete secret listing, the doctor lists no secret beyond its one probe page.
+    one, thirty = written["rows"]
+    assert thirty["afterSweep"]["serviceRequests"] - one["afterSweep"]["serviceRequests"] == 1  # a certificate page
+    assert thirty["afterSweep"]["serviceRequests"] == thirty["serviceRequests"] - 3  # ceil(60 / 25) secret pages
