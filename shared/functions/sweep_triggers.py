@@ -70,8 +70,14 @@ async def reconcile_identity(message: func.QueueMessage) -> None:
         return
     name = body["name"]
     if isinstance(body.get("operationId"), str):  # a write that answered 202 goes on here
-        with graph_wait_budget(QUEUE_GRAPH_WAIT_SECONDS):
-            await operations.resume(current_platform(), body["operationId"], name)
+        try:
+            with graph_wait_budget(QUEUE_GRAPH_WAIT_SECONDS):
+                await operations.resume(current_platform(), body["operationId"], name)
+        except Retryable as exc:
+            # Throttling needs time, not deliveries: requeued after Retry-After while that helps; then (or
+            # for any other transient failure) the host redelivers it, and poison marks the operation Failed.
+            if exc.reason != "GraphThrottled" or not await _requeue_throttled(body, exc):
+                raise
         return
     sweep_id = body.get("sweepId") if isinstance(body.get("sweepId"), str) else None
     try:
@@ -88,10 +94,12 @@ async def reconcile_identity(message: func.QueueMessage) -> None:
     except Retryable as exc:
         if exc.reason != "GraphThrottled":
             raise
-        await _requeue_throttled(body, exc)
+        if not await _requeue_throttled(body, exc):
+            _left_to_the_sweep(body)
         return
     if isinstance(result.error, Retryable) and result.error.reason == "GraphThrottled":
-        await _requeue_throttled(body, result.error)
+        if not await _requeue_throttled(body, result.error):
+            _left_to_the_sweep(body)
         return
     if isinstance(result.error, Retryable):
         # Raising hands the message back to the host, which redelivers it with its own back-off.
@@ -100,10 +108,11 @@ async def reconcile_identity(message: func.QueueMessage) -> None:
         log.error("identity=%s needs an operator: %s: %s", name, result.error.reason, result.error.message)
 
 
-async def _requeue_throttled(body: dict[str, Any], error: Retryable) -> None:
+async def _requeue_throttled(body: dict[str, Any], error: Retryable) -> bool:
     """Graph still throttles after the run's waiting budget: deliver the message again after its
     Retry-After (doubling, jittered), not after the host's fixed visibility timeout, and without
-    counting towards the poison queue: throttling needs time, not an operator."""
+    counting towards the poison queue: throttling needs time, not an operator. False once it has been
+    requeued as often as that is worth (the caller decides what then)."""
     from shared.core.fanout import throttled_requeue_delay
     from shared.operations import OperationStore
     from shared.platform import current_platform
@@ -111,14 +120,18 @@ async def _requeue_throttled(body: dict[str, Any], error: Retryable) -> None:
     attempt: int = body["throttled"] if isinstance(body.get("throttled"), int) else 0
     delay = throttled_requeue_delay(error.retry_after, attempt, random.random())
     if delay is None:
-        # The sweep brings it back: the identity is still due, or waits out its failure back-off.
-        log.warning("identity=%s still throttled by Microsoft Graph after %d redeliveries; left to the next "
-                    "sweep", body["name"], attempt)
-        return
+        return False
     log.info("identity=%s throttled by Microsoft Graph (Retry-After %s); delivered again in %d s", body["name"],
              error.retry_after, delay)
     await OperationStore(current_platform().settings).enqueue({**body, "throttled": attempt + 1},
                                                               delay_seconds=delay)
+    return True
+
+
+def _left_to_the_sweep(body: dict[str, Any]) -> None:
+    # The sweep brings it back: the identity is still due, or waits out its failure back-off.
+    log.warning("identity=%s still throttled by Microsoft Graph after %s redeliveries; left to the next sweep",
+                body["name"], body.get("throttled", 0))
 
 
 @bp.queue_trigger(arg_name="message", queue_name="%RECONCILE_QUEUE%-poison", connection="AzureWebJobsStorage")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import azure.functions as func
 import pytest
@@ -63,6 +64,18 @@ def fresh_limit(stack: Stack, limit: int, window_seconds: float) -> None:
     """An empty window (the bootstrap's reads forgotten) with this limit."""
     stack.world.key_credential_reads.reset()
     stack.world.key_credential_reads.configure(limit, window_seconds)
+
+
+def requeued_message(azurite: str, queue_name: str) -> Any:
+    """The message put back on the queue (visible once its delay is over), within 30 s."""
+    deadline = time.monotonic() + 30
+    requeued = None
+    with queue_client(azurite, queue_name) as queue:
+        while requeued is None and time.monotonic() < deadline:
+            requeued = next(iter(queue.receive_messages(visibility_timeout=1, max_messages=1)), None)
+            time.sleep(0.2)
+    assert requeued is not None, "nothing was requeued"
+    return requeued
 
 
 def app_object_id(stack: Stack, name: str) -> str:
@@ -157,13 +170,7 @@ def test_a_queued_reconcile_still_throttled_is_requeued_after_retry_after_and_co
         queue.send_message(json.dumps(message))
     assert deliver_one(azurite, queue_name)
     assert approximate_count(azurite, queue_name) == 1  # the original completed, one requeued
-    deadline = time.monotonic() + 30
-    requeued = None
-    with queue_client(azurite, queue_name) as queue:
-        while requeued is None and time.monotonic() < deadline:
-            requeued = next(iter(queue.receive_messages(visibility_timeout=1, max_messages=1)), None)
-            time.sleep(0.2)
-    assert requeued is not None
+    requeued = requeued_message(azurite, queue_name)
     body = json.loads(requeued.content)
     assert body == {**message, "throttled": 1}
     call_trigger("reconcile_identity", message=func.QueueMessage(id=requeued.id, body=requeued.content.encode()))
@@ -195,3 +202,28 @@ def test_a_throttled_sweep_converges_with_a_low_limit(stack: Stack, azurite: str
     assert approximate_count(azurite, f"{queue_name}-poison") == 0
     for name in names:
         assert get_identity(name).body["lastResult"]["result"] == "Succeeded", name
+
+
+def test_a_throttled_continuation_of_a_202_is_requeued_after_retry_after_and_completes(
+        stack: Stack, azurite: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that answered 202 and then meets Graph's throttling is delivered again after Retry-After,
+    not after the host's visibility timeout, and without counting towards the poison queue (which would
+    mark the operation Failed): it completes."""
+    from .helpers import post_identity
+    from .queue_helpers import operation
+
+    queue_name = use_fresh_queue(monkeypatch)
+    monkeypatch.setenv("HTTP_INLINE_BUDGET_SECONDS", "1")
+    stack.world.key_replication_delay = 3.0
+    answer = post_identity({"name": "throttled-op"})
+    assert answer.status == 202, answer.body
+    stack.world.faults.add(Fault(service="graph", method="GET", path=r"/applications\(uniqueName=", status=429,
+                                 retry_after=1, count=4))
+    assert deliver_one(azurite, queue_name)
+    requeued = requeued_message(azurite, queue_name)
+    body = json.loads(requeued.content)
+    assert body == {"name": "throttled-op", "operationId": answer.body["id"], "throttled": 1}
+    assert operation(answer.headers["Location"]).body["status"] == "Running"
+    call_trigger("reconcile_identity", message=func.QueueMessage(id=requeued.id, body=requeued.content.encode()))
+    assert operation(answer.headers["Location"]).body["status"] == "Succeeded"
+    assert approximate_count(azurite, f"{queue_name}-poison") == 0
