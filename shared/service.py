@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from shared.core import registry
+from shared.core.checks import Finding
 from shared.core.model import CertificateVersion, KeyCredential, Observed
 from shared.core.planner import Plan, plan_actions
 from shared.core.record import ConnectionRecord, format_time
@@ -163,11 +164,15 @@ async def record_poison(platform: Platform, name: str, *,
         return False
 
 
+def facets_document(findings: Iterable[Finding]) -> dict[str, dict[str, Any]]:
+    """Each facet's state, reason and message (status, plans, the status page)."""
+    return {f.facet.value: {"state": f.state.value, "reason": f.reason, "message": f.message} for f in findings}
+
+
 def plan_document(plan: Plan) -> dict[str, Any]:
     return {
         "inSync": plan.in_sync,
-        "facets": {f.facet.value: {"state": f.state.value, "reason": f.reason, "message": f.message}
-                   for f in plan.findings},
+        "facets": facets_document(plan.findings),
         "actions": [{"action": a.kind, "description": a.describe()} for a in plan.actions],
         "blocked": [{"facet": f.facet.value, "reason": f.reason, "message": f.message} for f in plan.blocked],
     }

@@ -316,6 +316,14 @@ async def read_tenant(platform: Platform, role_ids: set[str]) -> TenantSnapshot:
     return TenantSnapshot(apps, consented, dict(role_pairs), deleted)
 
 
+async def tenant_of(platform: Platform, entries: list[RegistryEntry]) -> TenantSnapshot:
+    """The tenant side of these identities, from the listings (none without identities): the holders of every
+    role a spec names (allowed or not, in both role modes), as the checks judge them."""
+    if not entries:
+        return TenantSnapshot({}, frozenset(), {}, frozenset())
+    return await read_tenant(platform, {role.template_id for e in entries for role in e.spec.roles})
+
+
 async def sweep(platform: Platform) -> SweepResult:
     """Decide which identities need a reconcile; the caller enqueues `result.messages()`."""
     result = SweepResult(sweep_id=uuid.uuid4().hex)
@@ -325,9 +333,7 @@ async def sweep(platform: Platform) -> SweepResult:
     active = [e for e in entries if e.tags.get(DECOMMISSIONING_TAG) != DECOMMISSIONING_VALUE]
     result.skipped = sorted(e.name for e in entries if e not in active)
     context = platform.reconciler.context
-    # Holders of every role a spec names (allowed or not), in both role modes: the checks judge them.
-    roles = {role.template_id for e in active for role in e.spec.roles}
-    snapshot = await read_tenant(platform, roles) if active else TenantSnapshot({}, frozenset(), {}, frozenset())
+    snapshot = await tenant_of(platform, active)
     now = platform.reconciler.clock()
     deep_check = dt.timedelta(hours=platform.settings.deep_check_hours)
     telemetry.ensure_configured()

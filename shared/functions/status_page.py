@@ -4,9 +4,10 @@ Every identity with its timeline (notBefore, renewal point, notAfter, retirement
 key), its facets and its last result, most urgent first: failures and expired certificates, then
 overdue renewals and drift, then by days to expiry. The registry gives the rows (certificates, and the
 connection secrets of identities without a certificate: they have no timeline, only facets); the
-facets need one full observation per identity, so they are shown only up to DETAIL_LIMIT
-identities (docs/operations.md, "Status page", has the cost). Everything shown is escaped; the page
-loads nothing from elsewhere (inline CSS, no script).
+facets are the sweep's checks over its listings of the tenant (one snapshot for every identity, the
+same definition of drift as a plan's), so every identity has them at a cost that grows with pages, not
+identities (docs/operations.md, "Status page"). Everything shown is escaped; the page loads nothing from
+elsewhere (inline CSS, no script).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import azure.functions as func
 
 bp = func.Blueprint()  # type: ignore[no-untyped-call]
 
-DETAIL_LIMIT = 25
-DETAIL_CONCURRENCY = 5
 _STYLE = "\n".join([
     'body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1b1b1b;background:#fafafa}',
     'h1{font-size:20px;margin:0 0 4px} .muted{color:#666;font-size:12px}',
@@ -101,14 +100,24 @@ def sort_by_urgency(rows: list[Row], now: dt.datetime) -> list[Row]:
 
 async def collect(platform: Any) -> list[Row]:
     from shared.core import registry
+    from shared.core.checks import run_checks
     from shared.core.record import parse_time
     from shared.core.renewal import jittered_renewal_time
-    from shared.service import status
-    from shared.sweep import read_registry
+    from shared.errors import ExoAutomationError
+    from shared.service import facets_document
+    from shared.sweep import read_registry, tenant_of, view_of_listings
 
-    policy = platform.reconciler.context.policy
+    context = platform.reconciler.context
+    policy = context.policy
+    entries = await read_registry(platform)
+    snapshot, notes = None, []
+    try:
+        snapshot = await tenant_of(platform, entries)
+    except ExoAutomationError as exc:  # Graph's trouble must not blank the page: the rows stand without facets
+        notes = [f"facets unavailable: {exc.reason}"]
+    now = platform.reconciler.clock()
     rows = []
-    for entry in await read_registry(platform):
+    for entry in entries:
         tags = entry.tags
         renewal = None
         if entry.not_after is not None:
@@ -121,18 +130,10 @@ async def collect(platform: Any) -> list[Row]:
             last_result=tags.get(registry.LAST_RESULT), last_run=tags.get(registry.LAST_RUN),
             last_error=tags.get(registry.LAST_ERROR),
             credential_type=entry.spec.credential_type,
+            facets=facets_document(run_checks(view_of_listings(entry, snapshot), now, context).findings)
+            if snapshot is not None else None,
+            notes=list(notes),
         ))
-    if len(rows) <= DETAIL_LIMIT:
-        gate = asyncio.Semaphore(DETAIL_CONCURRENCY)
-
-        async def detail(row: Row) -> None:
-            async with gate:
-                try:
-                    row.facets = (await status(platform, row.name))["facets"]
-                except Exception as exc:  # one identity's trouble must not blank the page
-                    row.notes.append(f"facets unavailable: {getattr(exc, 'reason', type(exc).__name__)}")
-
-        await asyncio.gather(*(detail(r) for r in rows))
     return rows
 
 
@@ -169,8 +170,7 @@ def _timeline(row: Row, now: dt.datetime) -> str:
 
 def _facets(row: Row) -> str:
     if row.facets is None:
-        notes = "; ".join(row.notes) or f"shown for up to {DETAIL_LIMIT} identities"
-        return f'<span class="muted">{html.escape(notes)}</span>'
+        return f'<span class="muted">{html.escape("; ".join(row.notes) or "not checked")}</span>'
     items = []
     for facet, finding in row.facets.items():
         state = str(finding.get("state") or "unknown")

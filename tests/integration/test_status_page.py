@@ -150,3 +150,42 @@ def test_everything_shown_is_escaped() -> None:
     page = render([evil], NOW, "<instance>", "https://kv.vault.azure.net/")
     assert "<script>" not in page and "<img" not in page and "<b>facet" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;instance&gt;" in page
+
+
+def test_every_identity_has_facets_from_the_listings_without_a_read_per_identity(stack: Stack) -> None:
+    """The facets are the sweep's checks over one snapshot of the tenant: a drifted facet shows, and the page
+    reads nothing per identity (no app, service principal or key read by name), however many there are."""
+    from shared.functions.status_page import collect
+
+    from .platform_helpers import bootstrap, with_platform
+    from .test_throttling import remove_consent
+
+    names = [f"fleet-{i}" for i in range(4)]
+    for name in names:
+        assert bootstrap(stack, name).error is None
+    remove_consent(stack, "fleet-2")
+    stack.world.counter.reset()
+
+    rows = {row.name: row for row in with_platform(stack, collect)}
+    assert set(rows) == set(names)
+    assert all(row.facets is not None for row in rows.values())
+    assert rows["fleet-2"].facets["consent"]["state"] == "missing"  # type: ignore[index]
+    assert rows["fleet-2"].condition(stack.world.clock.now()) == "drift"
+    assert all(rows[n].facets["consent"]["state"] == "ok" for n in names if n != "fleet-2")  # type: ignore[index]
+    by_key = {c["route"]: c["count"] for c in stack.world.counter.snapshot()
+              if c["service"] == "graph" and "(" in c["route"]}
+    # Only Exchange's own service principal is read by key (once per process, for its grant listing).
+    assert by_key == {"/v1.0/servicePrincipals(appId='{key}')": 1}, by_key
+
+
+def test_graph_trouble_leaves_the_rows_without_facets_and_says_why(stack: Stack) -> None:
+    from shared.functions.status_page import collect
+
+    from .platform_helpers import bootstrap, with_platform
+
+    assert bootstrap(stack, "shown-anyway").error is None
+    stack.world.faults.add(Fault.from_json({"service": "graph", "method": "GET", "path": "ownedObjects",
+                                            "status": 403, "count": None}))
+    (row,) = with_platform(stack, collect)
+    assert row.name == "shown-anyway" and row.facets is None
+    assert row.notes and row.notes[0].startswith("facets unavailable: ")
