@@ -556,8 +556,10 @@ class _Executor(_GrantRecords):
         return Outcome(f"requested; Key Vault is issuing it{capped}", tags=tags)
 
     async def _await_certificate(self, action: AwaitCertificate) -> Outcome:
-        issued = await self.r.vault.await_certificate(self._names.certificate, self._started)
-        self._started = None
+        try:
+            issued = await self.r.vault.await_certificate(self._names.certificate, self._started)
+        finally:
+            self._started = None  # awaited, or its failure is the run's: nothing left to settle
         version = issued.version
         # The private key came with the proof that the version is ours: kept for this run's sign-in proof only.
         self._new_pfx = (version.version, issued.pfx) if issued.pfx is not None else None
