@@ -156,9 +156,9 @@ def test_every_identity_has_facets_from_the_listings_without_a_read_per_identity
     """The facets are the sweep's checks over one snapshot of the tenant: a drifted facet shows, and the page
     reads nothing per identity (no app, service principal or key read by name), however many there are."""
     from shared.functions.status_page import collect
+    from tests.support.tenant import remove_consent
 
     from .platform_helpers import bootstrap, with_platform
-    from .test_throttling import remove_consent
 
     names = [f"fleet-{i}" for i in range(4)]
     for name in names:

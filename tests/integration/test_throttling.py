@@ -18,10 +18,10 @@ import pytest
 
 from devstack import Stack
 from devstack.faults import Fault
-from devstack.world import EXCHANGE_MANAGE_AS_APP
 from shared.adapters.graph import GraphError, graph_wait_budget
 from shared.platform import Platform
 from shared.settings import Settings
+from tests.support.tenant import remove_consent
 
 from .helpers import call_trigger, get_identity
 from .platform_helpers import bootstrap, sweep
@@ -81,16 +81,6 @@ def requeued_message(azurite: str, queue_name: str) -> Any:
 def app_object_id(stack: Stack, name: str) -> str:
     return next(a["id"] for a in stack.world.directory.applications.values()
                 if a.get("uniqueName") == f"exo-automation-{name}")
-
-
-def remove_consent(stack: Stack, name: str) -> None:
-    with stack.world.lock:
-        d = stack.world.directory
-        app_id = next(a["appId"] for a in d.applications.values() if a.get("uniqueName") == f"exo-automation-{name}")
-        sp = next(s["id"] for s in d.service_principals.values() if s["appId"] == app_id)
-        for key in [k for k, a in d.app_role_assignments.items()
-                    if a["principalId"] == sp and a["appRoleId"] == EXCHANGE_MANAGE_AS_APP]:
-            del d.app_role_assignments[key]
 
 
 def test_a_429_is_waited_out_for_its_retry_after_and_the_read_succeeds(stack: Stack) -> None:

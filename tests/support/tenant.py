@@ -114,3 +114,14 @@ def directory_of(stack: Stack, app: dict[str, Any]) -> str:
         "roles": sorted((a["id"], a["roleDefinitionId"]) for a in d.role_assignments.values()
                         if a["principalId"] == sp_id),
     }, sort_keys=True)
+
+
+def remove_consent(stack: Stack, name: str) -> None:
+    """Revoke identity `name`'s Exchange.ManageAsApp grant behind the product's back (drift)."""
+    with stack.world.lock:
+        d = stack.world.directory
+        app_id = next(a["appId"] for a in d.applications.values() if a.get("uniqueName") == f"exo-automation-{name}")
+        sp = next(s["id"] for s in d.service_principals.values() if s["appId"] == app_id)
+        for key in [k for k, a in d.app_role_assignments.items()
+                    if a["principalId"] == sp and a["appRoleId"] == EXCHANGE_MANAGE_AS_APP]:
+            del d.app_role_assignments[key]
